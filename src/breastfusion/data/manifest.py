@@ -1,0 +1,219 @@
+"""The manifest contract: one row per image, plus a clinical table keyed by subject.
+
+A *manifest folder* holds ``manifest.csv`` and, optionally, ``clinical.csv``.
+Image paths in the manifest are relative to that folder (absolute paths are
+accepted) and must stay inside it unless ``allow_outside_root`` is set.
+
+``manifest.csv`` columns (required):
+
+============  =====================================================
+subject_id    the patient; the unit of grouping in cross-validation
+lesion_id     the lesion; the unit of prediction
+modality      ``mammography`` or ``ultrasound``
+view          e.g. ``CC``, ``MLO``, ``frame1`` (free text, may be empty)
+path          the image file
+label         ``benign`` or ``malignant``
+============  =====================================================
+
+Extra columns are kept. ``clinical.csv`` has a ``subject_id`` column, unique,
+and one column per clinical variable; a subject absent from it has no clinical
+data (the clinical modality is then missing for that subject).
+
+Validation collects every problem before raising, and each message names the
+file, the line (as a spreadsheet shows it: the header is line 1), the column,
+what was found and what was expected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+__all__ = [
+    "MANIFEST_FILENAME",
+    "CLINICAL_FILENAME",
+    "MANIFEST_COLUMNS",
+    "MODALITIES",
+    "IMAGE_MODALITIES",
+    "LABELS",
+    "ManifestError",
+    "Cohort",
+    "load_cohort",
+    "validate_manifest",
+    "validate_clinical",
+]
+
+MANIFEST_FILENAME = "manifest.csv"
+CLINICAL_FILENAME = "clinical.csv"
+MANIFEST_COLUMNS = ("subject_id", "lesion_id", "modality", "view", "path", "label")
+IMAGE_MODALITIES = ("mammography", "ultrasound")
+MODALITIES = (*IMAGE_MODALITIES, "clinical")
+LABELS = ("benign", "malignant")
+_MAX_LISTED = 20
+
+
+class ManifestError(ValueError):
+    """A manifest or clinical table breaks the contract; ``problems`` lists every finding."""
+
+    def __init__(self, file: Path, problems: list[str]):
+        self.file = Path(file)
+        self.problems = problems
+        listed = "\n".join(f"  - {p}" for p in problems[:_MAX_LISTED])
+        more = f"\n  ... and {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else ""
+        super().__init__(f"{file}: {len(problems)} problem(s)\n{listed}{more}")
+
+
+@dataclass
+class Cohort:
+    """A validated manifest folder.
+
+    Attributes:
+        root: the folder; image paths resolve against it.
+        manifest: one row per image, with ``path`` made absolute.
+        clinical: one row per subject (``subject_id`` + variables), possibly empty.
+    """
+
+    root: Path
+    manifest: pd.DataFrame
+    clinical: pd.DataFrame
+
+    @property
+    def lesions(self) -> pd.DataFrame:
+        """One row per lesion: ``lesion_id``, ``subject_id``, ``label`` (0/1 as ``y``)."""
+        lesions = self.manifest.drop_duplicates("lesion_id")[["lesion_id", "subject_id", "label"]]
+        lesions = lesions.reset_index(drop=True)
+        lesions["y"] = (lesions["label"] == "malignant").astype(int)
+        return lesions
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """Modalities present for at least one subject, in canonical order."""
+        have = set(self.manifest["modality"])
+        if len(self.clinical.columns) > 1 and len(self.clinical):
+            have.add("clinical")
+        return tuple(m for m in MODALITIES if m in have)
+
+
+def _line(index: int) -> int:
+    return index + 2  # header is line 1, first data row is line 2
+
+
+def _blank(series: pd.Series) -> pd.Series:
+    return series.isna() | (series.astype(str).str.strip() == "")
+
+
+def validate_manifest(
+    frame: pd.DataFrame, *, root: Path, file: Path, check_files: bool = True, allow_outside_root: bool = False
+) -> pd.DataFrame:
+    """Check a manifest frame against the contract and return it with absolute paths.
+
+    Args:
+        frame: the manifest as read (all columns as strings).
+        root: folder that relative paths resolve against.
+        file: the manifest's path, for messages.
+        check_files: also check that every image file exists.
+        allow_outside_root: accept paths that resolve outside ``root``.
+
+    Raises:
+        ManifestError: listing every problem found.
+    """
+    missing = [c for c in MANIFEST_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ManifestError(file, [f"missing column(s) {missing}; expected columns {list(MANIFEST_COLUMNS)}, "
+                                   f"found {list(frame.columns)}"])
+    problems: list[str] = []
+    for column in ("subject_id", "lesion_id", "path", "modality", "label"):
+        for i in frame.index[_blank(frame[column])]:
+            problems.append(f"line {_line(i)}, column '{column}': empty; expected a value")
+    for column, allowed in (("modality", IMAGE_MODALITIES), ("label", LABELS)):
+        bad = ~frame[column].isin(allowed) & ~_blank(frame[column])
+        for i in frame.index[bad]:
+            problems.append(f"line {_line(i)}, column '{column}': got {frame.at[i, column]!r}; "
+                            f"expected one of {list(allowed)}")
+
+    root_resolved = root.resolve()
+    absolute = []
+    for i, rel in frame["path"].items():
+        if _blank(pd.Series([rel])).iloc[0]:
+            absolute.append("")
+            continue
+        path = Path(rel) if Path(rel).is_absolute() else root / rel
+        resolved = path.resolve()
+        if not allow_outside_root and not resolved.is_relative_to(root_resolved):
+            problems.append(f"line {_line(i)}, column 'path': {rel!r} resolves outside the manifest folder "
+                            f"{root_resolved}; move the file inside it or pass allow_outside_root")
+        elif check_files and not resolved.is_file():
+            problems.append(f"line {_line(i)}, column 'path': file not found: {resolved}")
+        absolute.append(str(resolved))
+
+    for path, group in frame[frame["path"].duplicated(keep=False) & ~_blank(frame["path"])].groupby("path"):
+        problems.append(f"lines {[_line(i) for i in group.index]}, column 'path': {path!r} listed more than once")
+    labelled = frame[frame["label"].isin(LABELS)]
+    for lesion, group in labelled.groupby("lesion_id"):
+        if group["label"].nunique() > 1:
+            problems.append(f"lesion_id {lesion!r} (lines {[_line(i) for i in group.index]}): labels "
+                            f"{sorted(group['label'].unique())} disagree; expected one label per lesion")
+        if group["subject_id"].nunique() > 1:
+            problems.append(f"lesion_id {lesion!r} (lines {[_line(i) for i in group.index]}): belongs to subjects "
+                            f"{sorted(group['subject_id'].unique())}; expected one subject per lesion")
+    if problems:
+        raise ManifestError(file, problems)
+    out = frame.copy()
+    out["path"] = absolute
+    out["view"] = out["view"].fillna("")
+    return out
+
+
+def validate_clinical(frame: pd.DataFrame, *, file: Path) -> pd.DataFrame:
+    """Check a clinical table: a unique, non-empty ``subject_id`` column.
+
+    Raises:
+        ManifestError: listing every problem found.
+    """
+    if "subject_id" not in frame.columns:
+        raise ManifestError(file, [f"missing column 'subject_id'; found {list(frame.columns)}"])
+    problems = [f"line {_line(i)}, column 'subject_id': empty; expected a value"
+                for i in frame.index[_blank(frame["subject_id"])]]
+    for sid, group in frame[frame["subject_id"].duplicated(keep=False)].groupby("subject_id"):
+        problems.append(f"lines {[_line(i) for i in group.index]}, column 'subject_id': {sid!r} appears more "
+                        "than once; expected one row per subject")
+    if problems:
+        raise ManifestError(file, problems)
+    return frame
+
+
+def load_cohort(root: str | Path, *, check_files: bool = True, allow_outside_root: bool = False) -> Cohort:
+    """Read and validate a manifest folder.
+
+    Args:
+        root: folder with ``manifest.csv`` (and optionally ``clinical.csv``),
+            or the path of a manifest CSV itself.
+        check_files: check that every image exists.
+        allow_outside_root: accept image paths outside the folder.
+
+    Raises:
+        FileNotFoundError: no manifest at ``root``.
+        ManifestError: the manifest or clinical table breaks the contract.
+    """
+    root = Path(root)
+    manifest_file = root if root.suffix.lower() == ".csv" else root / MANIFEST_FILENAME
+    root = manifest_file.parent
+    if not manifest_file.is_file():
+        raise FileNotFoundError(f"no manifest at {manifest_file}; expected a folder with {MANIFEST_FILENAME} "
+                                "(see `breastfusion demo` for an example) or the path of a manifest CSV")
+    frame = pd.read_csv(manifest_file, dtype=str, keep_default_na=False, na_values=[""])
+    manifest = validate_manifest(frame, root=root, file=manifest_file, check_files=check_files,
+                                 allow_outside_root=allow_outside_root)
+    clinical_file = root / CLINICAL_FILENAME
+    if clinical_file.is_file():
+        clinical = pd.read_csv(clinical_file, dtype={"subject_id": str})
+        clinical = validate_clinical(clinical, file=clinical_file)
+        unknown = sorted(set(clinical["subject_id"]) - set(manifest["subject_id"]))
+        if unknown:
+            raise ManifestError(clinical_file, [f"subject_id(s) {unknown[:10]} have clinical data but no image "
+                                                f"in {manifest_file.name}; expected every subject in the manifest"])
+    else:
+        clinical = pd.DataFrame({"subject_id": pd.Series(dtype=str)})
+    return Cohort(root=root, manifest=manifest, clinical=clinical)

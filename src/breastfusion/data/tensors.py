@@ -1,0 +1,115 @@
+"""Turn a cohort into per-lesion tensors: the multimodal sample dict every model reads.
+
+A sample is a dict keyed by modality:
+
+* ``{image modality}``: uint8 (V, 1, S, S), V view slots (e.g. CC and MLO),
+  ``{image modality}_views``: bool (V,) which slots hold an image;
+* ``clinical``: float32 (F,) preprocessed features, ``clinical_present``: bool;
+* ``label``: float32 (1 = malignant).
+
+Images are decoded once per run and kept in memory as uint8; conversion to
+float, normalisation and augmentation happen on the batch, in the model step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from breastfusion.data.images import load_images
+from breastfusion.data.manifest import IMAGE_MODALITIES, Cohort
+
+__all__ = ["LesionImages", "build_lesion_images", "LesionDataset", "clinical_features_for"]
+
+
+class LesionImages:
+    """Decoded images of every lesion, per image modality.
+
+    Attributes:
+        lesion_ids: lesion order shared by every array.
+        images: ``{modality: uint8 tensor (L, V, 1, S, S)}``.
+        views: ``{modality: bool tensor (L, V)}``.
+    """
+
+    def __init__(self, lesion_ids: list[str], images: dict[str, torch.Tensor], views: dict[str, torch.Tensor]):
+        self.lesion_ids = lesion_ids
+        self.images = images
+        self.views = views
+
+
+def build_lesion_images(
+    cohort: Cohort, sizes: dict[str, int], *, on_image: Callable[[], None] | None = None
+) -> LesionImages:
+    """Decode every image of the requested modalities into per-lesion view slots.
+
+    Args:
+        cohort: a validated cohort.
+        sizes: ``{image modality: side in pixels}``; modalities not listed are skipped.
+        on_image: called after each decoded image (progress).
+    """
+    lesion_ids = cohort.lesions["lesion_id"].tolist()
+    row_of = {lid: i for i, lid in enumerate(lesion_ids)}
+    images, views = {}, {}
+    for modality in IMAGE_MODALITIES:
+        if modality not in sizes:
+            continue
+        rows = cohort.manifest[cohort.manifest["modality"] == modality].sort_values(["lesion_id", "view", "path"])
+        slot = torch.as_tensor(rows.groupby("lesion_id").cumcount().to_numpy(copy=True))
+        n_views = int(slot.max()) + 1 if len(rows) else 1
+        size = sizes[modality]
+        pixels = load_images(rows["path"].tolist(), size, on_image=on_image)
+        stack = torch.zeros(len(lesion_ids), n_views, 1, size, size, dtype=torch.uint8)
+        present = torch.zeros(len(lesion_ids), n_views, dtype=torch.bool)
+        lesion_rows = torch.as_tensor(rows["lesion_id"].map(row_of).to_numpy(copy=True))
+        stack[lesion_rows, slot, 0] = torch.from_numpy(pixels)
+        present[lesion_rows, slot] = True
+        images[modality], views[modality] = stack, present
+    return LesionImages(lesion_ids, images, views)
+
+
+class LesionDataset(Dataset):
+    """Samples for a subset of lesions and modalities (see the module docstring for keys).
+
+    Args:
+        images: the decoded images of the cohort.
+        index: positions (into ``images.lesion_ids``) of this dataset's lesions.
+        labels: 0/1 per lesion in ``index`` order.
+        modalities: the modalities this network reads.
+        clinical: float32 (len(index), F) features, or ``None``.
+        clinical_present: bool (len(index),), or ``None``.
+    """
+
+    def __init__(self, images: LesionImages, index: np.ndarray, labels: np.ndarray, modalities: tuple[str, ...],
+                 clinical: np.ndarray | None = None, clinical_present: np.ndarray | None = None):
+        self.tensors: dict[str, torch.Tensor] = {"label": torch.as_tensor(labels, dtype=torch.float32)}
+        index_t = torch.as_tensor(index, dtype=torch.long)
+        for modality in modalities:
+            if modality == "clinical":
+                if clinical is None or clinical_present is None:
+                    raise ValueError("the clinical modality needs clinical features and their presence")
+                self.tensors["clinical"] = torch.as_tensor(clinical, dtype=torch.float32)
+                self.tensors["clinical_present"] = torch.as_tensor(clinical_present, dtype=torch.bool)
+            else:
+                self.tensors[modality] = images.images[modality][index_t]
+                self.tensors[f"{modality}_views"] = images.views[modality][index_t]
+
+    def __len__(self) -> int:
+        return len(self.tensors["label"])
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {key: value[i] for key, value in self.tensors.items()}
+
+
+def clinical_features_for(lesions: pd.DataFrame, clinical: pd.DataFrame, preprocessor) -> tuple[np.ndarray, np.ndarray]:
+    """Features (n, F) and presence (n,) for each lesion's subject; absent subjects get zeros."""
+    table = clinical.set_index("subject_id")
+    present = lesions["subject_id"].isin(table.index).to_numpy()
+    features = np.zeros((len(lesions), preprocessor.n_features_), dtype=np.float32)
+    if present.any():
+        rows = table.loc[lesions.loc[present, "subject_id"]].reset_index()
+        features[present] = preprocessor.transform(rows)
+    return features, present

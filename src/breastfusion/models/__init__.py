@@ -1,0 +1,1 @@
+"""Networks: image encoders (timm), branches, fusion and the multimodal network."""

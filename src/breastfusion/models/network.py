@@ -1,0 +1,46 @@
+"""The multimodal network: a branch per modality, then fusion."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from breastfusion.models.branches import ClinicalBranch, ImageBranch
+from breastfusion.models.encoders import create_encoder
+from breastfusion.models.fusion import ConcatFusion
+
+__all__ = ["MultimodalNet", "build_network"]
+
+
+class MultimodalNet(nn.Module):
+    """Branches keyed by modality, fused into one malignancy logit per lesion."""
+
+    def __init__(self, branches: dict[str, nn.Module], dropout: float = 0.2):
+        super().__init__()
+        if not branches:
+            raise ValueError("a network needs at least one modality branch")
+        self.branches = nn.ModuleDict(branches)
+        self.fusion = ConcatFusion({m: b.out_features for m, b in branches.items()}, dropout=dropout)
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(self.branches)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """A batch dict (see the branches for keys) → logits (B,)."""
+        return self.fusion({m: branch(batch) for m, branch in self.branches.items()})
+
+
+def build_network(modalities: tuple[str, ...], model_config, n_clinical_features: int) -> MultimodalNet:
+    """Build the network for a modality subset from a :class:`~breastfusion.config.ModelConfig`."""
+    branches: dict[str, nn.Module] = {}
+    for modality in modalities:
+        if modality == "clinical":
+            cfg = model_config.clinical
+            branches[modality] = ClinicalBranch(n_clinical_features, hidden=cfg.hidden, dropout=cfg.dropout)
+        else:
+            cfg = getattr(model_config, modality)
+            encoder = create_encoder(cfg.encoder, in_chans=1, attention=cfg.attention, weights=cfg.weights,
+                                     **cfg.encoder_kwargs)
+            branches[modality] = ImageBranch(modality, encoder)
+    return MultimodalNet(branches, dropout=model_config.dropout)

@@ -1,0 +1,124 @@
+"""Run an experiment on a cohort and write its self-describing run folder.
+
+A run folder holds:
+
+* ``config.yaml``       the resolved configuration (every key, defaults included);
+* ``predictions.csv``   out-of-fold predictions: variant, fold, subject, lesion, label, probability;
+* ``results.json``      every number in the report, under keys that say what they are;
+* ``roc.png``           subject-level ROC curves of every variant (and the oracle on synthetic data);
+* ``report.html``       a short self-contained report (images embedded).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from rich.progress import Progress
+from sklearn.metrics import roc_auc_score
+
+from breastfusion.config import ExperimentConfig, dump_config
+from breastfusion.data.manifest import MANIFEST_FILENAME, Cohort
+from breastfusion.data.synthetic.cohort import Oracle, load_oracle
+from breastfusion.evaluation.crossval import cross_validate
+from breastfusion.evaluation.metrics import auc_with_ci, subject_level
+from breastfusion.report.html import write_report
+from breastfusion.report.plots import plot_roc
+
+__all__ = ["run_experiment", "library_versions"]
+
+_LIBRARIES = ("breastfusion", "torch", "timm", "lightning", "scikit-learn", "numpy", "pandas")
+
+
+def library_versions() -> dict[str, str]:
+    """Installed versions of the libraries a result depends on, and Python's."""
+    out = {"python": platform.python_version()}
+    for name in _LIBRARIES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def _variant_results(predictions: pd.DataFrame, config: ExperimentConfig, oracle: Oracle | None) -> dict[str, Any]:
+    variants: dict[str, Any] = {}
+    for name, modalities in config.variants.items():
+        subset = predictions[predictions["variant"] == name]
+        subjects = subject_level(subset)
+        auc, ci = auc_with_ci(subjects["y"], subjects["prob"], n_boot=config.cv.bootstrap, seed=config.cv.seed)
+        fold_auc = [float(roc_auc_score(g["y"], g["prob"])) for _, g in subset.groupby("fold")]
+        entry = {"modalities": list(modalities), "auc": auc, "auc_ci": list(ci), "fold_auc": fold_auc,
+                 "n_subjects": int(len(subjects)), "n_malignant": int(subjects["y"].sum()), "ceiling_auc": None}
+        if oracle is not None:
+            ceiling = oracle.posterior(tuple(modalities)).loc[subjects["subject_id"]]
+            entry["ceiling_auc"] = float(roc_auc_score(subjects["y"], ceiling))
+        variants[name] = entry
+    return variants
+
+
+def run_experiment(
+    cohort: Cohort, config: ExperimentConfig, out_dir: str | Path, *, progress: Progress | None = None
+) -> dict[str, Any]:
+    """Cross-validate every variant of ``config`` on ``cohort`` and write the run folder.
+
+    On a synthetic cohort (a folder with ``truth.csv``) the results also carry
+    the oracle AUC and each variant's ceiling.
+
+    Args:
+        cohort: a validated cohort.
+        config: the experiment.
+        out_dir: the run folder (created).
+        progress: a rich Progress for long steps.
+
+    Returns:
+        The content of ``results.json``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    dump_config(config, out / "config.yaml")
+
+    predictions = cross_validate(cohort, config, progress=progress)
+    predictions.to_csv(out / "predictions.csv", index=False)
+
+    oracle = load_oracle(cohort.root)
+    lesions = cohort.lesions
+    results: dict[str, Any] = {
+        "name": config.name,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": library_versions(),
+        "manifest_sha256": hashlib.sha256((cohort.root / MANIFEST_FILENAME).read_bytes()).hexdigest(),
+        "cohort": {"root": str(cohort.root), "n_subjects": int(lesions["subject_id"].nunique()),
+                   "n_lesions": int(len(lesions)), "n_malignant": int(lesions.groupby("subject_id")["y"].max().sum()),
+                   "n_images": int(len(cohort.manifest)), "modalities": list(cohort.modalities)},
+        "cv": config.cv.model_dump(),
+        "level": "subject",
+        "variants": _variant_results(predictions, config, oracle),
+        "oracle_auc": None, "oracle_auc_ci": None, "modality_oracle_auc": None,
+    }
+    curves = {name: (g_subj["y"].to_numpy(), g_subj["prob"].to_numpy(), results["variants"][name]["auc"])
+              for name in config.variants
+              for g_subj in [subject_level(predictions[predictions["variant"] == name])]}
+    if oracle is not None:
+        subjects = subject_level(predictions[predictions["variant"] == next(iter(config.variants))])
+        posterior = oracle.posterior().loc[subjects["subject_id"]].to_numpy()
+        auc, ci = auc_with_ci(subjects["y"], posterior, n_boot=config.cv.bootstrap, seed=config.cv.seed)
+        results.update(oracle_auc=auc, oracle_auc_ci=list(ci), modality_oracle_auc={
+            m: float(roc_auc_score(subjects["y"], oracle.posterior((m,)).loc[subjects["subject_id"]]))
+            for m in cohort.modalities})
+        curves["oracle"] = (subjects["y"].to_numpy(), posterior, auc)
+
+    plot_roc(curves, out / "roc.png")
+    results["runtime_s"] = round(time.perf_counter() - started, 1)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    write_report(results, roc_png=out / "roc.png", config_yaml=(out / "config.yaml").read_text(),
+                 path=out / "report.html")
+    return results
