@@ -1,0 +1,27 @@
+"""Shared fixtures: small synthetic cohorts and a tiny, fast model configuration."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+#: Model settings small enough for tests: timm's tiny test ResNet at 32 px, 2 epochs.
+TINY_MODEL = {
+    "mammography": {"encoder": "test_resnet", "encoder_kwargs": {}, "image_size": 32},
+    "ultrasound": {"encoder": "test_resnet", "encoder_kwargs": {}, "image_size": 32},
+}
+TINY_TRAINING = {"epochs": 2, "batch_size": 16}
+
+
+@pytest.fixture(scope="session")
+def small_cohort_dir(tmp_path_factory) -> Path:
+    """A 60-subject synthetic cohort at 64 px, written once per session."""
+    from breastfusion.data.synthetic.cohort import generate_cohort
+
+    root = tmp_path_factory.mktemp("cohort")
+    generate_cohort(root, n_subjects=60, seed=3, image_px=64)
+    return root

@@ -1,0 +1,36 @@
+"""Experiment configuration: validated, with errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from breastfusion.config import ConfigError, ExperimentConfig, dump_config, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_configs_demo_yaml_is_the_demo_default():
+    assert load_config(REPO / "configs" / "demo.yaml") == ExperimentConfig()
+
+
+def test_round_trip(tmp_path):
+    config = load_config(None, training={"epochs": 3}, variants={"us": ["ultrasound"]})
+    dump_config(config, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == config
+
+
+@pytest.mark.parametrize("text, pattern", [
+    ("trainig: {epochs: 3}", r"trainig: Extra inputs are not permitted"),
+    ("training: {epochs: 0}", r"training.epochs: Input should be greater than or equal to 1"),
+    ("model: {ultrasound: {attention: se}}", r"model.ultrasound.attention: Input should be 'none', 'eca' or 'cbam'"),
+    ("variants: {x: [mri]}", r"variants: .*modalities \['mri'\] not allowed"),
+    ("[1, 2]", r"expected a mapping"),
+    ("training: {epochs: [", r"not valid YAML"),
+])
+def test_bad_config_names_the_key(tmp_path, text, pattern):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(path)
