@@ -180,6 +180,8 @@ BAD_METRIC_CALLS = [
     (lambda: bootstrap_ci([0, 1] * 5, [0.3] * 10, "sensitivity"), MetricInputError, "needs a threshold"),
     (lambda: bootstrap_ci([0, 1] * 5, [0.3] * 10, "auroc"), MetricInputError, "unknown metric 'auroc'"),
     (lambda: bootstrap_ci([0, 1] * 5, [0.3] * 10, n_boot=10), MetricInputError, "n_boot"),
+    (lambda: bootstrap_cis([0, 1] * 5, [0.3] * 10, (lambda y, p: 0.0, lambda y, p: 1.0)), MetricInputError,
+     "distinct names"),
     (lambda: bootstrap_ci([0, 1] * 5, [0.3] * 10, level=95), MetricInputError, r"level should be in \(0, 1\)"),
     (lambda: bootstrap_ci([1] * 10, [0.3] * 10), SingleClassError, "both classes"),
     (lambda: youden_threshold([0, 0], [0.1, 0.2]), SingleClassError, "both classes"),

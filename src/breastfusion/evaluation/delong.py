@@ -168,8 +168,10 @@ def delong_ci(y, scores, *, level: float = 0.95,
     level = check_probability(level, name="level")
     if transform not in ("plain", "logit"):
         raise MetricInputError(f"transform should be 'plain' or 'logit', got {transform!r}")
-    var = auc_variance(y, scores)
-    auc = float(delong_components(y, scores)[0][0])
+    if np.ndim(scores) != 1:
+        raise MetricInputError(f"scores should have shape (n,) for one model, got shape {np.shape(scores)}")
+    aucs, cov = delong_covariance(y, scores)
+    auc, var = float(aucs[0]), float(cov[0, 0])
     se = float(np.sqrt(max(var, 0.0)))
     z = norm.ppf(0.5 + level / 2)
     if transform == "plain":

@@ -257,8 +257,8 @@ def bootstrap_cis(y, p, metrics: Sequence = ("auc",), *, threshold: float | None
         Replicates where a metric is undefined (NaN) are left out of its quantiles.
 
     Raises:
-        MetricInputError: bad inputs, unknown metric, missing threshold,
-            ``n_boot < 100``, ``level`` outside (0, 1).
+        MetricInputError: bad inputs, unknown metric, two metrics with one
+            name, missing threshold, ``n_boot < 100``, ``level`` outside (0, 1).
         SingleClassError: one class absent.
     """
     needs_prob = any(not callable(m) and m != "auc" for m in metrics)
@@ -266,7 +266,11 @@ def bootstrap_cis(y, p, metrics: Sequence = ("auc",), *, threshold: float | None
     level = check_probability(level, name="level")
     if int(n_boot) != n_boot or n_boot < 100:
         raise MetricInputError(f"n_boot should be an integer >= 100, got {n_boot!r}")
-    kernels = dict(_resolve_metric(m, threshold, n_bins) for m in metrics)
+    resolved = [_resolve_metric(m, threshold, n_bins) for m in metrics]
+    kernels = dict(resolved)
+    if len(kernels) != len(resolved):
+        raise MetricInputError(f"metrics should have distinct names, got {[name for name, _ in resolved]}; "
+                               "give callables distinct __name__s")
     pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
     rng = np.random.default_rng(seed)
     idx = np.concatenate([rng.choice(pos, (n_boot, pos.size)), rng.choice(neg, (n_boot, neg.size))], axis=1)
