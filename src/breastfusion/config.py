@@ -63,6 +63,9 @@ class ModelConfig(_Strict):
     clinical: ClinicalBranchConfig = ClinicalBranchConfig()
     fusion: Literal["concat"] = "concat"
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    init_from_single: bool = Field(
+        True, description="start a multimodal variant's branches from the same fold's single-modality "
+        "variants (trained on the same training subjects), then fine-tune jointly")
 
 
 class TrainingConfig(_Strict):
@@ -73,6 +76,9 @@ class TrainingConfig(_Strict):
     seed: int = 0
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     augment: bool = True
+    finetune_epochs: int = Field(5, ge=1, description="epochs of a multimodal variant whose branches start "
+                                 "from single-modality variants")
+    finetune_lr_scale: float = Field(0.3, gt=0, le=1)
 
 
 class CVConfig(_Strict):

@@ -41,7 +41,9 @@ def run_demo(out_dir: str | Path, *, quick: bool = False, seed: int = 0,
     config = demo_config(quick=quick, seed=seed)
     out = Path(out_dir)
     s = config.synthetic
+    task = progress.add_task("rendering synthetic cohort", total=s.n_subjects) if progress else None
     generate_cohort(out / "cohort", n_subjects=s.n_subjects, seed=s.seed, prevalence=s.prevalence,
-                    us_frames=s.us_frames, missing_rate=s.missing_rate, image_px=s.image_px)
+                    us_frames=s.us_frames, missing_rate=s.missing_rate, image_px=s.image_px,
+                    on_subject=(lambda: progress.advance(task)) if progress else None)
     cohort = load_cohort(out / "cohort")
     return run_experiment(cohort, config, out, progress=progress)

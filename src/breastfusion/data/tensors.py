@@ -85,7 +85,7 @@ class LesionDataset(Dataset):
 
     def __init__(self, images: LesionImages, index: np.ndarray, labels: np.ndarray, modalities: tuple[str, ...],
                  clinical: np.ndarray | None = None, clinical_present: np.ndarray | None = None):
-        self.tensors: dict[str, torch.Tensor] = {"label": torch.as_tensor(labels, dtype=torch.float32)}
+        self.tensors: dict[str, torch.Tensor] = {"label": torch.tensor(np.asarray(labels), dtype=torch.float32)}
         index_t = torch.as_tensor(index, dtype=torch.long)
         for modality in modalities:
             if modality == "clinical":

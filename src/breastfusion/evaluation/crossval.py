@@ -7,7 +7,7 @@ import pandas as pd
 import torch
 from rich.progress import Progress
 
-from breastfusion.config import ExperimentConfig
+from breastfusion.config import ExperimentConfig, TrainingConfig
 from breastfusion.data.clinical import ClinicalPreprocessor
 from breastfusion.data.manifest import IMAGE_MODALITIES, Cohort
 from breastfusion.data.tensors import LesionDataset, build_lesion_images, clinical_features_for
@@ -67,12 +67,16 @@ def cross_validate(cohort: Cohort, config: ExperimentConfig, *, progress: Progre
     decode_task = progress.add_task("decoding images", total=n_images) if progress else None
     images = build_lesion_images(cohort, sizes,
                                  on_image=(lambda: progress.advance(decode_task)) if progress else None)
-    total_epochs = len(config.variants) * len(folds) * config.training.epochs
+    # Single-modality variants first, so multimodal ones can start from their branches.
+    order = sorted(config.variants, key=lambda name: len(config.variants[name]) > 1)
+    plans = {name: _training_plan(config, tuple(config.variants[name])) for name in order}
+    total_epochs = len(folds) * sum(plan.epochs for plan in plans.values())
     train_task = progress.add_task("training", total=total_epochs) if progress else None
 
+    single_branches: dict[tuple[int, str], dict] = {}  # (fold, modality) -> branch state
     rows = []
-    for variant, modalities in config.variants.items():
-        modalities = tuple(modalities)
+    for variant in order:
+        modalities = tuple(config.variants[variant])
         for k, (train_idx, test_idx) in enumerate(folds):
             if progress:
                 progress.update(train_task, description=f"training {variant} · fold {k + 1}/{len(folds)}")
@@ -87,9 +91,30 @@ def cross_validate(cohort: Cohort, config: ExperimentConfig, *, progress: Progre
             seed = config.training.seed + 1000 * k
             torch.manual_seed(seed)
             net = build_network(modalities, config.model, n_clinical)
-            probs = fit_predict(net, train_ds, test_ds, config.training, seed=seed,
+            training = config.training
+            if len(modalities) > 1 and all((k, m) in single_branches for m in modalities) \
+                    and config.model.init_from_single:
+                for m in modalities:
+                    net.branches[m].load_state_dict(single_branches[(k, m)])
+                training = plans[variant]
+            probs = fit_predict(net, train_ds, test_ds, training, seed=seed,
                                 on_epoch=(lambda: progress.advance(train_task)) if progress else None)
+            if len(modalities) == 1:
+                single_branches[(k, modalities[0])] = {n: t.detach().clone()
+                                                       for n, t in net.branches[modalities[0]].state_dict().items()}
             rows.append(pd.DataFrame({"variant": variant, "fold": k, "subject_id": test["subject_id"].to_numpy(),
                                       "lesion_id": test["lesion_id"].to_numpy(), "y": test["y"].to_numpy(),
                                       "prob": probs}))
-    return pd.concat(rows, ignore_index=True)
+    predictions = pd.concat(rows, ignore_index=True)
+    # Report variants in the config's order.
+    predictions["variant"] = pd.Categorical(predictions["variant"], categories=list(config.variants), ordered=True)
+    return predictions.sort_values(["variant", "fold"], kind="stable").astype({"variant": str}).reset_index(drop=True)
+
+
+def _training_plan(config: ExperimentConfig, modalities: tuple[str, ...]) -> TrainingConfig:
+    """The training settings of a variant: a short fine-tune when it starts from single-modality branches."""
+    singles = {tuple(m) for m in config.variants.values() if len(m) == 1}
+    if len(modalities) > 1 and config.model.init_from_single and all((m,) in singles for m in modalities):
+        t = config.training
+        return t.model_copy(update={"epochs": t.finetune_epochs, "lr": t.lr * t.finetune_lr_scale})
+    return config.training

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import lightning as L
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from breastfusion.data.manifest import IMAGE_MODALITIES
@@ -11,6 +14,32 @@ from breastfusion.data.manifest import IMAGE_MODALITIES
 __all__ = ["LesionClassifier"]
 
 _MEAN, _STD = 0.5, 0.25  # intensity normalisation of [0, 1] images
+
+
+def _augment(x: torch.Tensor, *, vertical_flip: bool) -> torch.Tensor:
+    """Random flips, a small affine (rotation ±10°, scale ±10%, shift ±8%) and gain, per image.
+
+    Args:
+        x: images (B, V, C, H, W) in [0, 1].
+        vertical_flip: also flip top-bottom (fine for mammograms; not for ultrasound,
+            where posterior shadowing points away from the probe).
+    """
+    b, v = x.shape[:2]
+    flat = x.reshape(b * v, *x.shape[2:])
+    n = flat.shape[0]
+    rand = lambda *shape: torch.rand(*shape, device=x.device)  # noqa: E731
+    flat = torch.where(rand(n, 1, 1, 1) < 0.5, flat.flip(-1), flat)
+    if vertical_flip:
+        flat = torch.where(rand(n, 1, 1, 1) < 0.5, flat.flip(-2), flat)
+    angle = (rand(n) - 0.5) * (2 * math.pi / 18)
+    scale = 1 + (rand(n) - 0.5) * 0.2
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    shift = (rand(n, 2) - 0.5) * 0.16
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, list(flat.shape), align_corners=False)
+    flat = F.grid_sample(flat, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    flat = flat * (1 + 0.1 * torch.randn(n, 1, 1, 1, device=x.device))
+    return flat.reshape(x.shape)
 
 
 class LesionClassifier(L.LightningModule):
@@ -38,10 +67,7 @@ class LesionClassifier(L.LightningModule):
                 continue
             x = batch[modality].float().div_(255.0)  # (B, V, 1, H, W)
             if train and self.augment:
-                flip = torch.rand(x.shape[0], 1, 1, 1, 1, device=x.device) < 0.5
-                x = torch.where(flip, x.flip(-1), x)
-                gain = 1 + 0.1 * torch.randn(x.shape[0], 1, 1, 1, 1, device=x.device)
-                x = x * gain
+                x = _augment(x, vertical_flip=modality == "mammography")
             batch[modality] = (x - _MEAN) / _STD
         return batch
 

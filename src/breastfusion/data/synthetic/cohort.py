@@ -9,6 +9,7 @@ oracle posterior, in ``truth.csv``, which no model reads.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,6 +113,7 @@ def generate_cohort(
     us_frames: int = 1,
     missing_rate: float = 0.0,
     image_px: int = 128,
+    on_subject: Callable[[], None] | None = None,
 ) -> SyntheticCohort:
     """Draw a cohort, render its images and write it as a manifest folder.
 
@@ -124,6 +126,7 @@ def generate_cohort(
         missing_rate: per subject and modality, the chance it is missing
             (a subject always keeps at least one image modality).
         image_px: side of the rendered images in pixels.
+        on_subject: called after each subject is rendered (progress).
 
     Returns:
         The written cohort with its oracle AUCs.
@@ -168,6 +171,8 @@ def generate_cohort(
                     size_mm=size_mm, irregularity=irregularity, nonparallel=bool(row.nonparallel),
                     posterior=int(row.posterior_features),
                     hypoechogenicity=float(expit(row.hypoechogenicity_raw)), shape=shape, rng=rng, px=image_px))
+        if on_subject is not None:
+            on_subject()
 
     manifest = pd.DataFrame(rows)
     clinical = pd.DataFrame({

@@ -26,7 +26,7 @@ from scipy.special import expit
 __all__ = ["LesionShape", "render_mammogram", "render_ultrasound", "MAMMO_FIELD_MM", "US_FIELD_MM"]
 
 #: Width of tissue an image covers, in mm (sets the lesion's size in pixels).
-MAMMO_FIELD_MM = 45.0
+MAMMO_FIELD_MM = 38.0
 US_FIELD_MM = 40.0
 _DENSITY_FIBROGLANDULAR = (0.15, 0.35, 0.60, 0.85)  # BI-RADS density a..d
 
@@ -134,20 +134,20 @@ def render_mammogram(
     n_spicules = int(round(len(shape.spicule_angles) * spiculation))
     spicules = np.zeros_like(image)
     for angle in shape.spicule_angles[:n_spicules]:
-        length = r0 * rng.uniform(0.6, 1.4) * (0.5 + spiculation)
+        length = r0 * rng.uniform(0.5, 1.1) * (0.5 + spiculation)
         y0, x0 = cy + 0.8 * r0 * np.sin(angle), cx + 0.8 * r0 * np.cos(angle)
         y1, x1 = cy + (r0 + length) * np.sin(angle), cx + (r0 + length) * np.cos(angle)
-        spicules = np.maximum(spicules, np.exp(-(_segment_distance(yy, xx, y0, x0, y1, x1) ** 2) / 2.5))
+        spicules = np.maximum(spicules, np.exp(-(_segment_distance(yy, xx, y0, x0, y1, x1) ** 2) / 4.0))
     image = image + 0.40 * np.maximum(mass, 0.8 * spicules)
 
     if microcalcifications:
-        n_specks = 5 + rng.poisson(5)
+        n_specks = 6 + rng.poisson(6)
         sy = cy + rng.normal(0, 0.7 * r0, n_specks)
         sx = cx + rng.normal(0, 0.7 * r0, n_specks)
         specks = np.zeros_like(image)
         for y, x in zip(sy, sx, strict=True):
-            specks = np.maximum(specks, np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / 2.0))
-        image = image + 0.6 * specks
+            specks = np.maximum(specks, np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / 3.0))
+        image = image + 0.7 * specks
 
     image = image + rng.normal(0, 0.025, image.shape)
     return np.clip(np.where(breast, image, 0.03 + rng.normal(0, 0.01, image.shape)), 0, 1).astype(np.float32)
