@@ -6,30 +6,26 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from breastfusion.data.readers import ImageReadError, read_image
 
 __all__ = ["ImageReadError", "read_grayscale", "to_square", "load_images"]
 
 
-class ImageReadError(OSError):
-    """An image file could not be decoded; the message names the file and why."""
-
-
 def read_grayscale(path: str | Path) -> np.ndarray:
-    """Read a PNG / JPEG / PGM / TIFF file as 8-bit greyscale (H, W) uint8.
+    """Read any supported image (DICOM, PNG, JPEG, PGM, TIFF, NPY/NPZ) as 8-bit greyscale.
+
+    DICOMs are windowed and MONOCHROME1 is inverted (see :mod:`breastfusion.data.readers`);
+    deeper images are scaled from their stored range to 0..255.
+
+    Returns:
+        uint8 (H, W).
 
     Raises:
-        ImageReadError: missing, truncated or not an image.
+        ImageReadError: missing, truncated, not an image, or no pixel data.
     """
-    path = Path(path)
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return np.asarray(image.convert("L"))
-    except FileNotFoundError as exc:
-        raise ImageReadError(f"{path}: file not found") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ImageReadError(f"{path}: cannot decode image ({exc})") from exc
+    return np.rint(read_image(Path(path)).pixels * 255).astype(np.uint8)
 
 
 def to_square(image: np.ndarray, size: int) -> np.ndarray:

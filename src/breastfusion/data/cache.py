@@ -1,0 +1,179 @@
+"""A disk cache of decoded + preprocessed arrays, keyed by file content and parameters.
+
+The key is SHA-256 over: the image file's content hash, the ROI inputs' content
+(mask files or box), the preprocessing parameters (``params.to_dict()``) and
+:data:`PIPELINE_VERSION`. Renaming or moving a file keeps its entry; changing
+a pixel or a parameter misses. Entries are ``.npy`` files written to a
+temporary name and renamed into place (atomic on POSIX), so several processes
+may read and fill one cache at once; a half-written or corrupt entry is never
+visible, and an unreadable one is recomputed.
+
+Location: ``$BREASTFUSION_CACHE`` or ``~/.cache/breastfusion/arrays``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from breastfusion.data.preprocess import Box, Params, preprocess
+from breastfusion.data.readers import read_image
+
+__all__ = ["PIPELINE_VERSION", "ArrayCache", "CacheInfo", "default_cache_dir", "file_digest", "load_prepared"]
+
+#: Bump when decoding or preprocessing code changes what it outputs for the same parameters.
+PIPELINE_VERSION = "1"
+_CHUNK = 1 << 20
+_digests: dict[tuple[str, int, int], str] = {}
+
+
+def default_cache_dir() -> Path:
+    """``$BREASTFUSION_CACHE`` if set, else ``~/.cache/breastfusion/arrays``."""
+    env = os.environ.get("BREASTFUSION_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "breastfusion" / "arrays"
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, remembered per (path, size, mtime) within this process."""
+    path = Path(path)
+    stat = path.stat()
+    memo = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    digest = _digests.get(memo)
+    if digest is None:
+        hasher = hashlib.sha256()
+        with open(path, "rb") as handle:
+            while chunk := handle.read(_CHUNK):
+                hasher.update(chunk)
+        digest = _digests[memo] = hasher.hexdigest()
+    return digest
+
+
+@dataclass
+class CacheInfo:
+    """Where the cache is and what it holds."""
+
+    root: Path
+    entries: int
+    bytes: int
+
+
+class ArrayCache:
+    """Content-addressed ``.npy`` store.
+
+    Args:
+        root: the folder (created on first write); default :func:`default_cache_dir`.
+        enabled: ``False`` bypasses the cache (always compute, never store): ``--no-cache``.
+    """
+
+    def __init__(self, root: str | Path | None = None, *, enabled: bool = True):
+        self.root = Path(root) if root is not None else default_cache_dir()
+        self.enabled = enabled
+        self.hits = 0
+        self.misses = 0
+
+    def key(self, path: str | Path, params: dict, *, extra: Sequence[str] = ()) -> str:
+        """The entry key of ``path`` preprocessed with ``params`` (plus ``extra`` strings, e.g. ROI hashes)."""
+        blob = json.dumps({"file": file_digest(path), "params": params, "extra": list(extra),
+                           "version": PIPELINE_VERSION}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def _entry(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.npy"
+
+    def get(self, key: str) -> np.ndarray | None:
+        """The stored array, or ``None`` if absent or unreadable."""
+        if not self.enabled:
+            return None
+        try:
+            return np.load(self._entry(key), allow_pickle=False)
+        except (OSError, ValueError, EOFError):
+            return None
+
+    def put(self, key: str, array: np.ndarray) -> None:
+        """Store ``array`` atomically (temporary file in the same folder, then rename)."""
+        if not self.enabled:
+            return
+        entry = self._entry(key)
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=entry.parent, prefix=".tmp-", suffix=".npy")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                np.save(handle, array, allow_pickle=False)
+            os.replace(tmp, entry)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def info(self) -> CacheInfo:
+        """Number of entries and their total size."""
+        files = list(self.root.glob("*/*.npy")) if self.root.is_dir() else []
+        return CacheInfo(self.root, len(files), sum(f.stat().st_size for f in files))
+
+    def clear(self) -> int:
+        """Delete every entry; returns how many there were."""
+        n = self.info().entries
+        if self.root.is_dir():
+            for sub in self.root.iterdir():
+                if sub.is_dir() and len(sub.name) == 2:
+                    shutil.rmtree(sub, ignore_errors=True)
+        return n
+
+
+def _read_mask(paths: Sequence[str | Path]) -> np.ndarray:
+    from PIL import Image
+
+    from breastfusion.data.readers import ImageReadError
+
+    union = None
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                mask = np.asarray(image.convert("L")) > 0
+        except OSError as exc:
+            raise ImageReadError(f"{path}: cannot read ROI mask ({exc})") from exc
+        union = mask if union is None else union | mask
+    return union
+
+
+def load_prepared(path: str | Path, params: Params, *, cache: ArrayCache | None = None,
+                  roi_masks: Sequence[str | Path] = (), roi: Box | None = None) -> np.ndarray:
+    """Decode and preprocess one image, through the cache when one is given.
+
+    Args:
+        path: the image file.
+        params: the modality's preprocessing parameters.
+        cache: an :class:`ArrayCache`; ``None`` computes without caching.
+        roi_masks: mask files (their union is the ROI) when ``params.roi == "mask"``.
+        roi: (top, left, bottom, right) when ``params.roi == "box"``.
+
+    Returns:
+        uint8 (S, S).
+
+    Raises:
+        ImageReadError: the image or a mask cannot be decoded.
+        PreprocessError: the ROI does not fit the image.
+    """
+    key = None
+    if cache is not None and cache.enabled:
+        extra = [file_digest(m) for m in roi_masks] if params.roi == "mask" else []
+        if params.roi == "box":
+            extra = [json.dumps(list(roi) if roi is not None else None)]
+        key = cache.key(path, params.to_dict(), extra=extra)
+        hit = cache.get(key)
+        if hit is not None:
+            cache.hits += 1
+            return hit
+        cache.misses += 1
+    mask = _read_mask(roi_masks) if params.roi == "mask" and roi_masks else None
+    pixels = preprocess(read_image(path), params, roi_mask=mask, roi=roi).pixels
+    if key is not None:
+        cache.put(key, pixels)
+    return pixels
