@@ -143,5 +143,11 @@ def synthetic(
                   f"oracle AUC {cohort.oracle_auc:.3f} (per modality: {auc})")
 
 
+from breastfusion.data.cli import app as data_app, cache_app  # noqa: E402  (sub-apps; heavy imports stay inside)
+
+app.add_typer(data_app, name="data")
+app.add_typer(cache_app, name="cache")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

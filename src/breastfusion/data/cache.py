@@ -27,7 +27,8 @@ import numpy as np
 from breastfusion.data.preprocess import Box, Params, preprocess
 from breastfusion.data.readers import read_image
 
-__all__ = ["PIPELINE_VERSION", "ArrayCache", "CacheInfo", "default_cache_dir", "file_digest", "load_prepared"]
+__all__ = ["PIPELINE_VERSION", "ArrayCache", "CacheInfo", "CohortImages", "default_cache_dir", "file_digest",
+           "load_prepared", "preprocess_cohort"]
 
 #: Bump when decoding or preprocessing code changes what it outputs for the same parameters.
 PIPELINE_VERSION = "1"
@@ -177,3 +178,68 @@ def load_prepared(path: str | Path, params: Params, *, cache: ArrayCache | None 
     if key is not None:
         cache.put(key, pixels)
     return pixels
+
+
+@dataclass
+class CohortImages:
+    """Preprocessed images of a manifest, from :func:`preprocess_cohort`.
+
+    Attributes:
+        arrays: ``{absolute path: uint8 (S, S)}`` for every image that was read.
+        failures: ``[{"path", "error"}]`` for every image that was not.
+        excluded: the failed paths that were left out because ``exclude_unreadable`` was set (else empty).
+        params: ``{modality: params.to_dict()}`` as used (record these with the run).
+    """
+
+    arrays: dict[str, np.ndarray]
+    failures: list[dict]
+    excluded: list[str]
+    params: dict[str, dict]
+
+
+def _roi_inputs(row, root: Path) -> tuple[list[Path], Box | None]:
+    masks = [root / p for p in str(row.get("mask_path", "") or "").split("|") if p and p != "nan"]
+    box_text = str(row.get("roi_box", "") or "")
+    box = tuple(int(v) for v in box_text.split(",")) if box_text and box_text != "nan" else None
+    return masks, box
+
+
+def preprocess_cohort(cohort, params: dict[str, Params], *, cache: ArrayCache | None = None,
+                      exclude_unreadable: bool = False, on_image=None) -> CohortImages:
+    """Decode and preprocess every image of a cohort, collecting every failure.
+
+    Args:
+        cohort: a :class:`breastfusion.data.manifest.Cohort`.
+        params: ``{modality: params}``; rows of other modalities are skipped.
+        cache: an :class:`ArrayCache` (``None`` or ``enabled=False``: decode every time).
+        exclude_unreadable: leave unreadable images out (listed in ``excluded``) instead of raising.
+        on_image: called after each image (progress).
+
+    Raises:
+        ImageReadError: some images could not be read and ``exclude_unreadable`` is not set; the message
+            lists every one with its reason.
+    """
+    from breastfusion.data.preprocess import PreprocessError
+    from breastfusion.data.readers import ImageReadError
+
+    arrays, failures = {}, []
+    for row in cohort.manifest.to_dict("records"):
+        if row["modality"] not in params:
+            continue
+        modality_params = params[row["modality"]]
+        masks, box = _roi_inputs(row, cohort.root)
+        try:
+            arrays[row["path"]] = load_prepared(row["path"], modality_params, cache=cache, roi_masks=masks, roi=box)
+        except (ImageReadError, PreprocessError, FileNotFoundError) as exc:
+            message = str(exc) if str(row["path"]) in str(exc) else f"{row['path']}: {exc}"
+            failures.append({"path": row["path"], "error": message})
+        if on_image is not None:
+            on_image()
+    if failures and not exclude_unreadable:
+        listed = "\n  - ".join(f["error"] for f in failures[:20])
+        more = f"\n  ... and {len(failures) - 20} more" if len(failures) > 20 else ""
+        raise ImageReadError(f"{len(failures)} of {len(arrays) + len(failures)} image(s) could not be read "
+                             f"(pass exclude_unreadable / --exclude-unreadable to leave them out, recorded):"
+                             f"\n  - {listed}{more}")
+    return CohortImages(arrays, failures, [f["path"] for f in failures] if exclude_unreadable else [],
+                        {m: p.to_dict() for m, p in params.items()})
