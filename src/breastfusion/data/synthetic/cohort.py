@@ -3,7 +3,9 @@
 The cohort travels the same path as real data: PNG images, a manifest (one row
 per image) and a clinical table keyed by subject. Beside them it writes the
 ground truth that real data never has: the latent lesion properties and the
-oracle posterior, in ``truth.csv``, which no model reads.
+oracle posterior, in ``truth.csv``, which no model reads. It also writes each
+image's lesion mask (``masks/<image>_mask.png``, listed in the manifest's extra
+column ``mask_path``), against which explanation heatmaps are scored.
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ from breastfusion.data.manifest import CLINICAL_FILENAME, MANIFEST_FILENAME
 from breastfusion.data.synthetic.latents import MODALITY_LATENTS, oracle_posterior, sample_latents
 from breastfusion.data.synthetic.render import LesionShape, render_mammogram, render_ultrasound
 
-__all__ = ["SyntheticCohort", "Oracle", "generate_cohort", "load_oracle", "TRUTH_FILENAME"]
+__all__ = ["SyntheticCohort", "Oracle", "generate_cohort", "load_oracle", "TRUTH_FILENAME", "MASK_COLUMN"]
 
 TRUTH_FILENAME = "truth.csv"
+#: Extra manifest column holding each image's lesion mask (a 0/255 PNG, same size as the image).
+MASK_COLUMN = "mask_path"
 _MAX_SPICULES = 14
 _DENSITY_LABELS = ("a", "b", "c", "d")
 
@@ -114,6 +118,7 @@ def generate_cohort(
     missing_rate: float = 0.0,
     image_px: int = 128,
     on_subject: Callable[[], None] | None = None,
+    masks: bool = True,
 ) -> SyntheticCohort:
     """Draw a cohort, render its images and write it as a manifest folder.
 
@@ -127,6 +132,8 @@ def generate_cohort(
             (a subject always keeps at least one image modality).
         image_px: side of the rendered images in pixels.
         on_subject: called after each subject is rendered (progress).
+        masks: also write each image's lesion mask under ``masks/`` and list it
+            in the manifest column ``mask_path`` (the images are the same either way).
 
     Returns:
         The written cohort with its oracle AUCs.
@@ -139,6 +146,8 @@ def generate_cohort(
         raise ValueError(f"us_frames should be at least 1, got {us_frames}")
     root = Path(out_dir)
     (root / "images").mkdir(parents=True, exist_ok=True)
+    if masks:
+        (root / "masks").mkdir(exist_ok=True)
     rng = np.random.default_rng(seed)
     latents = sample_latents(n_subjects, prevalence=prevalence, rng=rng)
     present = _missing_plan(n_subjects, missing_rate, rng)
@@ -153,24 +162,30 @@ def generate_cohort(
         size_mm = float(np.exp(row.log_size_mm))
         irregularity = float(expit(row.irregularity_raw))
 
-        def add(modality: str, view: str, image: np.ndarray) -> None:
+        def add(modality: str, view: str, rendered: np.ndarray | tuple[np.ndarray, np.ndarray]) -> None:
             rel = f"images/{sid}_{modality}_{view}.png"
+            image, mask = rendered if masks else (rendered, None)
             _save_png(image, root / rel)
-            rows.append(dict(subject_id=sid, lesion_id=f"{sid}-L1", modality=modality, view=view,
-                             path=rel, label=labels[i]))
+            row = dict(subject_id=sid, lesion_id=f"{sid}-L1", modality=modality, view=view,
+                       path=rel, label=labels[i])
+            if mask is not None:
+                row[MASK_COLUMN] = f"masks/{sid}_{modality}_{view}_mask.png"
+                _save_png(mask.astype(np.float32), root / row[MASK_COLUMN])
+            rows.append(row)
 
         if present["mammography"][i]:
             for view in ("CC", "MLO"):
                 add("mammography", view, render_mammogram(
                     size_mm=size_mm, irregularity=irregularity, spiculation=float(expit(row.spiculation_raw)),
                     microcalcifications=bool(row.microcalcifications), density=int(row.density),
-                    shape=shape, view=view, rng=rng, px=image_px))
+                    shape=shape, view=view, rng=rng, px=image_px, return_mask=masks))
         if present["ultrasound"][i]:
             for frame in range(us_frames):
                 add("ultrasound", f"frame{frame + 1}", render_ultrasound(
                     size_mm=size_mm, irregularity=irregularity, nonparallel=bool(row.nonparallel),
                     posterior=int(row.posterior_features),
-                    hypoechogenicity=float(expit(row.hypoechogenicity_raw)), shape=shape, rng=rng, px=image_px))
+                    hypoechogenicity=float(expit(row.hypoechogenicity_raw)), shape=shape, rng=rng, px=image_px,
+                    return_mask=masks))
         if on_subject is not None:
             on_subject()
 

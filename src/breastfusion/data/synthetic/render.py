@@ -13,6 +13,11 @@ small CNN has to *learn* the cues a radiologist reads:
 
 Every image draws its own placement and noise, so two views of one lesion
 differ the way two acquisitions do. Intensities are floats in [0, 1].
+
+With ``return_mask=True`` a renderer also returns the lesion's pixel mask (the
+ground truth that explanation faithfulness is scored against). The mask is
+computed from the same geometry and draws nothing from ``rng``, so the image
+is the same with or without it.
 """
 
 from __future__ import annotations
@@ -92,7 +97,8 @@ def render_mammogram(
     view: str,
     rng: np.random.Generator,
     px: int = 128,
-) -> np.ndarray:
+    return_mask: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Render one mammographic view (left breast, chest wall on the left edge).
 
     Args:
@@ -105,9 +111,12 @@ def render_mammogram(
         view: ``"CC"`` or ``"MLO"`` (MLO adds the pectoral muscle wedge).
         rng: random generator for placement and noise.
         px: output side in pixels.
+        return_mask: also return the lesion mask: the mass and its spicules
+            (calcification specks, which scatter around the mass, are not in it).
 
     Returns:
-        float32 array (px, px) in [0, 1].
+        float32 array (px, px) in [0, 1]; with ``return_mask``, a pair
+        (image, bool mask (px, px)).
     """
     yy, xx = _grid(px)
     u, v = xx / px, yy / px
@@ -150,7 +159,10 @@ def render_mammogram(
         image = image + 0.7 * specks
 
     image = image + rng.normal(0, 0.025, image.shape)
-    return np.clip(np.where(breast, image, 0.03 + rng.normal(0, 0.01, image.shape)), 0, 1).astype(np.float32)
+    image = np.clip(np.where(breast, image, 0.03 + rng.normal(0, 0.01, image.shape)), 0, 1).astype(np.float32)
+    if return_mask:
+        return image, ((mass >= 0.5) | (spicules >= 0.5)) & breast
+    return image
 
 
 def render_ultrasound(
@@ -163,7 +175,8 @@ def render_ultrasound(
     shape: LesionShape,
     rng: np.random.Generator,
     px: int = 128,
-) -> np.ndarray:
+    return_mask: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Render one B-mode ultrasound frame (skin at the top).
 
     Args:
@@ -176,9 +189,12 @@ def render_ultrasound(
         shape: the lesion's shape, shared across frames.
         rng: random generator for placement and speckle.
         px: output side in pixels.
+        return_mask: also return the lesion mask (the hypoechoic mass; the
+            posterior shadow or enhancement below it is not in it).
 
     Returns:
-        float32 array (px, px) in [0, 1].
+        float32 array (px, px) in [0, 1]; with ``return_mask``, a pair
+        (image, bool mask (px, px)).
     """
     yy, xx = _grid(px)
     depth = yy / px
@@ -206,4 +222,7 @@ def render_ultrasound(
     speckle = gaussian_filter(rng.rayleigh(1.0, (px, px)).astype(np.float32), (0.6, 1.2))
     image = image * speckle / speckle.mean()
     image = image * np.exp(-0.6 * depth)
-    return np.clip(image, 0, 1).astype(np.float32)
+    image = np.clip(image, 0, 1).astype(np.float32)
+    if return_mask:
+        return image, lesion >= 0.5
+    return image
