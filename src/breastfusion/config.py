@@ -61,7 +61,9 @@ class ModelConfig(_Strict):
     mammography: ImageBranchConfig = ImageBranchConfig()
     ultrasound: ImageBranchConfig = ImageBranchConfig()
     clinical: ClinicalBranchConfig = ClinicalBranchConfig()
-    fusion: Literal["concat"] = "concat"
+    fusion: Literal["concat", "gated", "late"] = "concat"
+    fusion_hidden: int = Field(64, ge=1, description="common feature size of gated fusion")
+    late_weights: Literal["learned", "mean"] = "learned"
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
     init_from_single: bool = Field(
         True, description="start a multimodal variant's branches from the same fold's single-modality "
@@ -79,6 +81,18 @@ class TrainingConfig(_Strict):
     finetune_epochs: int = Field(5, ge=1, description="epochs of a multimodal variant whose branches start "
                                  "from single-modality variants")
     finetune_lr_scale: float = Field(0.3, gt=0, le=1)
+    sampler: Literal["shuffle", "balanced"] = Field(
+        "shuffle", description="balanced: class-aware sampling, each class drawn equally often")
+    class_weights: bool = Field(False, description="weight the loss by inverse class frequency")
+    modality_dropout: float = Field(0.0, ge=0, lt=1, description="chance to hide each present modality of a "
+                                    "training sample (never all of them), so the network learns to predict "
+                                    "from any subset")
+    val_fraction: float = Field(0.0, ge=0, le=0.5, description="share of the training subjects held out "
+                                "(grouped by subject) for early stopping; 0 trains on all for `epochs`")
+    patience: int = Field(5, ge=1, description="early-stopping patience in epochs (with val_fraction > 0)")
+    devices: int | Literal["auto"] = 1
+    num_nodes: int = Field(1, ge=1)
+    strategy: Literal["auto", "ddp", "ddp_spawn"] = "auto"
 
 
 class CVConfig(_Strict):

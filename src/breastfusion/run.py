@@ -6,7 +6,8 @@ A run folder holds:
 * ``predictions.csv``   out-of-fold predictions: variant, fold, subject, lesion, label, probability;
 * ``results.json``      every number in the report, under keys that say what they are;
 * ``roc.png``           subject-level ROC curves of every variant (and the oracle on synthetic data);
-* ``report.html``       a short self-contained report (images embedded).
+* ``report.html``       a short self-contained report (images embedded);
+* ``checkpoints/``      each fold's network, ``{variant}/fold{k}.safetensors`` (weights only).
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def run_experiment(
     started = time.perf_counter()
     dump_config(config, out / "config.yaml")
 
-    predictions = cross_validate(cohort, config, progress=progress)
+    predictions = cross_validate(cohort, config, progress=progress, checkpoint_dir=out / "checkpoints")
     predictions.to_csv(out / "predictions.csv", index=False)
 
     oracle = load_oracle(cohort.root)

@@ -91,8 +91,8 @@ class LesionDataset(Dataset):
             if modality == "clinical":
                 if clinical is None or clinical_present is None:
                     raise ValueError("the clinical modality needs clinical features and their presence")
-                self.tensors["clinical"] = torch.as_tensor(clinical, dtype=torch.float32)
-                self.tensors["clinical_present"] = torch.as_tensor(clinical_present, dtype=torch.bool)
+                self.tensors["clinical"] = torch.tensor(np.asarray(clinical), dtype=torch.float32)
+                self.tensors["clinical_present"] = torch.tensor(np.asarray(clinical_present), dtype=torch.bool)
             else:
                 self.tensors[modality] = images.images[modality][index_t]
                 self.tensors[f"{modality}_views"] = images.views[modality][index_t]

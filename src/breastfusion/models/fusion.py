@@ -1,19 +1,35 @@
-"""Fusion of branch outputs into one logit per lesion."""
+"""Fusion of branch outputs into one malignancy logit per lesion.
+
+Every fusion takes ``{modality: (features (B, F_m), present (B,) bool)}`` and
+returns logits (B,). A modality that is absent for a sample never influences
+that sample's output (its features are masked out), so the same network
+predicts from any subset of its modalities.
+
+* ``concat`` — intermediate fusion: masked features and presence flags concatenated, then a linear head.
+* ``gated``  — each modality projected to a common size, weighted by a learned, input-dependent gate
+  (softmax over the present modalities); the gates are kept for explanations (``last_gates``).
+* ``late``   — one head per modality; the logits are averaged over the present modalities, with learned
+  (``late_weights="learned"``) or equal weights.
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-__all__ = ["ConcatFusion"]
+__all__ = ["FUSIONS", "ConcatFusion", "GatedFusion", "LateFusion", "create_fusion"]
+
+FUSIONS = ("concat", "gated", "late")
+Outputs = dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+def _masked(feats: torch.Tensor, present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    mask = present.to(feats.dtype).unsqueeze(1)
+    return feats * mask, mask
 
 
 class ConcatFusion(nn.Module):
-    """Intermediate fusion: concatenate masked branch features and their presence flags, then a linear head.
-
-    Features of a missing modality are zeroed, and the presence flags let the
-    head shift its bias when a modality is absent.
-    """
+    """Concatenate masked branch features and their presence flags, then a linear head."""
 
     def __init__(self, in_features: dict[str, int], dropout: float = 0.2):
         super().__init__()
@@ -21,11 +37,88 @@ class ConcatFusion(nn.Module):
         total = sum(in_features.values()) + len(in_features)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(total, 1))
 
-    def forward(self, outputs: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        """``{modality: (features (B, F_m), present (B,))}`` → logits (B,)."""
+    def forward(self, outputs: Outputs) -> torch.Tensor:
         parts = []
         for m in self.modalities:
-            feats, present = outputs[m]
-            mask = present.to(feats.dtype).unsqueeze(1)
-            parts += [feats * mask, mask]
+            feats, mask = _masked(*outputs[m])
+            parts += [feats, mask]
         return self.head(torch.cat(parts, dim=1)).squeeze(1)
+
+
+class GatedFusion(nn.Module):
+    """Gated attention fusion: ``sum_m g_m(x) * proj_m(h_m)`` with ``g`` a softmax over present modalities.
+
+    Attributes:
+        last_gates: (B, M) gate weights of the last forward pass, in ``modalities`` order
+            (0 for absent modalities); kept for explanations.
+    """
+
+    def __init__(self, in_features: dict[str, int], dropout: float = 0.2, hidden: int = 64):
+        super().__init__()
+        self.modalities = tuple(in_features)
+        self.project = nn.ModuleDict({m: nn.Sequential(nn.Linear(f, hidden), nn.ReLU()) for m, f in in_features.items()})
+        self.score = nn.ModuleDict({m: nn.Linear(hidden, 1) for m in in_features})
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, 1))
+        self.last_gates: torch.Tensor | None = None
+
+    def forward(self, outputs: Outputs) -> torch.Tensor:
+        projected, scores, masks = [], [], []
+        for m in self.modalities:
+            feats, present = outputs[m]
+            h = self.project[m](feats)
+            projected.append(h)
+            scores.append(self.score[m](h).squeeze(1))
+            masks.append(present)
+        h = torch.stack(projected, dim=1)  # (B, M, H)
+        present = torch.stack(masks, dim=1)  # (B, M)
+        scores = torch.stack(scores, dim=1).masked_fill(~present, float("-inf"))
+        gates = torch.softmax(scores, dim=1).nan_to_num(0.0)  # a sample with no modality gets all-zero gates
+        self.last_gates = gates.detach()
+        return self.head((gates.unsqueeze(-1) * h).sum(dim=1)).squeeze(1)
+
+
+class LateFusion(nn.Module):
+    """Late fusion: a logistic head per modality, logits averaged over the present modalities.
+
+    Args:
+        in_features: feature size per modality.
+        dropout: dropout before each head.
+        weights: ``"learned"`` (softmax of learned scalars, renormalised over present
+            modalities) or ``"mean"`` (equal weights).
+    """
+
+    def __init__(self, in_features: dict[str, int], dropout: float = 0.2, weights: str = "learned"):
+        super().__init__()
+        if weights not in ("learned", "mean"):
+            raise ValueError(f"late fusion weights should be 'learned' or 'mean', got {weights!r}")
+        self.modalities = tuple(in_features)
+        self.heads = nn.ModuleDict({m: nn.Sequential(nn.Dropout(dropout), nn.Linear(f, 1))
+                                    for m, f in in_features.items()})
+        self.log_weights = nn.Parameter(torch.zeros(len(in_features)), requires_grad=weights == "learned")
+
+    def modality_logits(self, outputs: Outputs) -> torch.Tensor:
+        """Per-modality logits (B, M), in ``modalities`` order."""
+        return torch.stack([self.heads[m](outputs[m][0]).squeeze(1) for m in self.modalities], dim=1)
+
+    def forward(self, outputs: Outputs) -> torch.Tensor:
+        logits = self.modality_logits(outputs)
+        present = torch.stack([outputs[m][1] for m in self.modalities], dim=1)
+        w = torch.softmax(self.log_weights, dim=0).expand_as(logits) * present.to(logits.dtype)
+        w = w / w.sum(dim=1, keepdim=True).clamp(min=1e-12)
+        return (w * logits).sum(dim=1)
+
+
+def create_fusion(name: str, in_features: dict[str, int], *, dropout: float = 0.2, hidden: int = 64,
+                  late_weights: str = "learned") -> nn.Module:
+    """Build a fusion module by name (one of ``FUSIONS``).
+
+    Raises:
+        ValueError: unknown name (the message lists the options).
+    """
+    if name == "concat":
+        return ConcatFusion(in_features, dropout)
+    if name == "gated":
+        return GatedFusion(in_features, dropout, hidden)
+    if name == "late":
+        return LateFusion(in_features, dropout, late_weights)
+    raise ValueError(f"fusion should be one of {list(FUSIONS)}, got {name!r}")

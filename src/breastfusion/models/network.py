@@ -7,7 +7,7 @@ from torch import nn
 
 from breastfusion.models.branches import ClinicalBranch, ImageBranch
 from breastfusion.models.encoders import create_encoder
-from breastfusion.models.fusion import ConcatFusion
+from breastfusion.models.fusion import create_fusion
 
 __all__ = ["MultimodalNet", "build_network"]
 
@@ -15,12 +15,12 @@ __all__ = ["MultimodalNet", "build_network"]
 class MultimodalNet(nn.Module):
     """Branches keyed by modality, fused into one malignancy logit per lesion."""
 
-    def __init__(self, branches: dict[str, nn.Module], dropout: float = 0.2):
+    def __init__(self, branches: dict[str, nn.Module], fusion: str = "concat", **fusion_kwargs):
         super().__init__()
         if not branches:
             raise ValueError("a network needs at least one modality branch")
         self.branches = nn.ModuleDict(branches)
-        self.fusion = ConcatFusion({m: b.out_features for m, b in branches.items()}, dropout=dropout)
+        self.fusion = create_fusion(fusion, {m: b.out_features for m, b in branches.items()}, **fusion_kwargs)
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -43,4 +43,5 @@ def build_network(modalities: tuple[str, ...], model_config, n_clinical_features
             encoder = create_encoder(cfg.encoder, in_chans=1, attention=cfg.attention, weights=cfg.weights,
                                      **cfg.encoder_kwargs)
             branches[modality] = ImageBranch(modality, encoder)
-    return MultimodalNet(branches, dropout=model_config.dropout)
+    return MultimodalNet(branches, model_config.fusion, dropout=model_config.dropout,
+                         hidden=model_config.fusion_hidden, late_weights=model_config.late_weights)

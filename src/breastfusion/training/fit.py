@@ -4,24 +4,31 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from torch.utils.data import DataLoader
 
 from breastfusion.config import TrainingConfig
 from breastfusion.data.tensors import LesionDataset
 from breastfusion.training.module import LesionClassifier
+from breastfusion.training.sampling import EpochSampler
 
-__all__ = ["fit_predict", "select_device"]
+__all__ = ["fit_predict", "select_device", "clear_work_dir"]
 
 for _name in ("lightning", "lightning.pytorch", "lightning.fabric"):
     logging.getLogger(_name).setLevel(logging.ERROR)
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+warnings.filterwarnings("ignore", message=".*validation_step.* but have no .val_dataloader.*")
+warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
 
 
 def select_device(accelerator: str) -> tuple[str, str]:
@@ -47,16 +54,25 @@ def fit_predict(
     config: TrainingConfig,
     *,
     seed: int,
+    val: LesionDataset | None = None,
+    work_dir: Path | None = None,
     on_epoch: Callable[[], None] | None = None,
 ) -> np.ndarray:
-    """Train ``net`` on ``train`` for ``config.epochs`` epochs, then return P(malignant) for ``test``.
+    """Train ``net`` on ``train``, then return P(malignant) for ``test``.
+
+    Without ``val`` it trains for ``config.epochs``; with ``val`` it stops early
+    on the validation loss (patience ``config.patience``) and predicts with the
+    best epoch's weights. With ``work_dir`` it saves a checkpoint after every
+    epoch and, if one is already there (an interrupted run), resumes from it.
 
     Args:
-        net: the network to train (modified in place).
+        net: the network to train (modified in place: it ends with the weights used to predict).
         train: training lesions.
         test: held-out lesions.
-        config: optimiser and schedule settings.
-        seed: seeds weights-independent randomness (shuffling, augmentation, dropout).
+        config: optimiser, schedule, sampling and device settings.
+        seed: seeds sampling, augmentation and dropout (as a function of epoch and batch).
+        val: inner validation lesions from the training subjects, for early stopping.
+        work_dir: folder for the in-progress checkpoint of this fold.
         on_epoch: called after every training epoch (progress).
 
     Returns:
@@ -65,19 +81,43 @@ def fit_predict(
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     L.seed_everything(seed, workers=True, verbose=False)
     accelerator, precision = select_device(config.accelerator)
+    labels = train.tensors["label"].numpy()
+    pos_weight = (labels == 0).sum() / max((labels == 1).sum(), 1) if config.class_weights else 1.0
     module = LesionClassifier(net, lr=config.lr, weight_decay=config.weight_decay, epochs=config.epochs,
-                              augment=config.augment)
-    generator = torch.Generator().manual_seed(seed)
+                              augment=config.augment, pos_weight=pos_weight,
+                              modality_dropout=config.modality_dropout, seed=seed)
+    sampler = EpochSampler(labels, seed=seed, balanced=config.sampler == "balanced")
     # drop_last keeps BatchNorm away from a final batch of one sample.
-    train_loader = DataLoader(train, batch_size=config.batch_size, shuffle=True, generator=generator,
+    train_loader = DataLoader(train, batch_size=config.batch_size, sampler=sampler,
                               drop_last=len(train) > config.batch_size)
-    test_loader = DataLoader(test, batch_size=max(config.batch_size, 64), shuffle=False)
-    trainer = L.Trainer(
-        max_epochs=config.epochs, accelerator=accelerator, devices=1, precision=precision,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        deterministic=True, num_sanity_val_steps=0,
-        callbacks=[_EpochCallback(on_epoch)] if on_epoch else [],
-    )
-    trainer.fit(module, train_loader)
-    batches = trainer.predict(module, test_loader)
+    eval_batch = max(config.batch_size, 64)
+    val_loader = DataLoader(val, batch_size=eval_batch) if val is not None else None
+    with tempfile.TemporaryDirectory(prefix="breastfusion-fold-") as scratch:
+        root = work_dir if work_dir is not None else Path(scratch)
+        callbacks: list[L.Callback] = [_EpochCallback(on_epoch)] if on_epoch else []
+        best = None
+        if val is not None:
+            best = ModelCheckpoint(dirpath=root, filename="best", monitor="val_loss", save_top_k=1,
+                                   enable_version_counter=False)
+            callbacks += [EarlyStopping(monitor="val_loss", patience=config.patience), best]
+        if work_dir is not None:
+            callbacks.append(ModelCheckpoint(dirpath=root, filename="last", save_top_k=0, save_last=True,
+                                             enable_version_counter=False))
+        trainer = L.Trainer(
+            max_epochs=config.epochs, accelerator=accelerator, devices=config.devices, num_nodes=config.num_nodes,
+            strategy=config.strategy, precision=precision, logger=False, enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+            enable_progress_bar=False, enable_model_summary=False, deterministic=True,
+            num_sanity_val_steps=0, callbacks=callbacks, default_root_dir=str(root),
+        )
+        resume = root / "last.ckpt" if (root / "last.ckpt").is_file() else None
+        trainer.fit(module, train_loader, val_loader, ckpt_path=resume)
+        if best is not None and best.best_model_path:
+            state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
+            module.load_state_dict(state)
+        batches = trainer.predict(module, DataLoader(test, batch_size=eval_batch))
     return torch.cat(batches).cpu().numpy().astype(float)
+
+
+def clear_work_dir(work_dir: Path) -> None:
+    """Remove a fold's in-progress checkpoints once its results are saved."""
+    shutil.rmtree(work_dir, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""The LightningModule: batch preparation, augmentation, loss, optimiser and prediction."""
+"""The LightningModule: batch preparation, augmentation, modality dropout, loss, optimiser and prediction."""
 
 from __future__ import annotations
 
@@ -11,25 +11,28 @@ from torch import nn
 
 from breastfusion.data.manifest import IMAGE_MODALITIES
 
-__all__ = ["LesionClassifier"]
+__all__ = ["LesionClassifier", "augment_images", "drop_modalities"]
 
 _MEAN, _STD = 0.5, 0.25  # intensity normalisation of [0, 1] images
 
 
-def _augment(x: torch.Tensor, *, vertical_flip: bool) -> torch.Tensor:
-    """Random flips, a small affine (rotation ±10°, scale ±10%, shift ±8%) and gain, per image.
+def augment_images(x: torch.Tensor, *, modality: str) -> torch.Tensor:
+    """Random flips, a small affine (rotation ±10°, scale ±10%, shift ±8%), gain, and speckle for ultrasound.
 
     Args:
         x: images (B, V, C, H, W) in [0, 1].
-        vertical_flip: also flip top-bottom (fine for mammograms; not for ultrasound,
-            where posterior shadowing points away from the probe).
+        modality: ``mammography`` also flips top-bottom; ``ultrasound`` does not (posterior
+            shadowing points away from the probe) but gets multiplicative speckle noise.
     """
     b, v = x.shape[:2]
     flat = x.reshape(b * v, *x.shape[2:])
     n = flat.shape[0]
-    rand = lambda *shape: torch.rand(*shape, device=x.device)  # noqa: E731
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.rand(*shape, device=x.device)
+
     flat = torch.where(rand(n, 1, 1, 1) < 0.5, flat.flip(-1), flat)
-    if vertical_flip:
+    if modality == "mammography":
         flat = torch.where(rand(n, 1, 1, 1) < 0.5, flat.flip(-2), flat)
     angle = (rand(n) - 0.5) * (2 * math.pi / 18)
     scale = 1 + (rand(n) - 0.5) * 0.2
@@ -39,46 +42,83 @@ def _augment(x: torch.Tensor, *, vertical_flip: bool) -> torch.Tensor:
     grid = F.affine_grid(theta, list(flat.shape), align_corners=False)
     flat = F.grid_sample(flat, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     flat = flat * (1 + 0.1 * torch.randn(n, 1, 1, 1, device=x.device))
+    if modality == "ultrasound":
+        flat = flat * (1 + 0.1 * torch.randn_like(flat)).clamp(min=0)
     return flat.reshape(x.shape)
+
+
+def drop_modalities(batch: dict[str, torch.Tensor], modalities: tuple[str, ...], p: float) -> dict[str, torch.Tensor]:
+    """Hide each present modality of each sample with probability ``p``, never all of a sample's modalities."""
+    flags = {m: (batch[f"{m}_views"].any(1) if m in IMAGE_MODALITIES else batch["clinical_present"])
+             for m in modalities}
+    present = torch.stack([flags[m] for m in modalities], dim=1)  # (B, M)
+    drop = (torch.rand(present.shape, device=present.device) < p) & present
+    emptied = ~(present & ~drop).any(dim=1, keepdim=True)
+    drop = drop & ~emptied  # a sample that would lose everything keeps all it has
+    batch = dict(batch)
+    for i, m in enumerate(modalities):
+        if m in IMAGE_MODALITIES:
+            batch[f"{m}_views"] = batch[f"{m}_views"] & ~drop[:, i:i + 1]
+        else:
+            batch["clinical_present"] = batch["clinical_present"] & ~drop[:, i]
+    return batch
 
 
 class LesionClassifier(L.LightningModule):
     """Trains a :class:`~breastfusion.models.network.MultimodalNet` with BCE, AdamW and a cosine schedule.
+
+    All training randomness (augmentation, modality dropout, dropout layers) is
+    reseeded from (seed, epoch, batch) before each batch, so a run resumed from
+    a checkpoint continues exactly as an uninterrupted one.
 
     Args:
         net: the network.
         lr: peak learning rate.
         weight_decay: AdamW weight decay.
         epochs: schedule length.
-        augment: random flips and intensity jitter on training batches.
+        augment: per-modality augmentation on training batches.
+        pos_weight: weight of the malignant class in the loss (1 = none).
+        modality_dropout: chance to hide each present modality of a training sample.
+        seed: base seed of the per-batch randomness.
     """
 
-    def __init__(self, net: nn.Module, *, lr: float, weight_decay: float, epochs: int, augment: bool = True):
+    def __init__(self, net: nn.Module, *, lr: float, weight_decay: float, epochs: int, augment: bool = True,
+                 pos_weight: float = 1.0, modality_dropout: float = 0.0, seed: int = 0):
         super().__init__()
         self.net = net
         self.lr, self.weight_decay, self.epochs, self.augment = lr, weight_decay, epochs, augment
-        self.loss = nn.BCEWithLogitsLoss()
+        self.modality_dropout, self.seed = modality_dropout, seed
+        self.loss = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(float(pos_weight)))
 
     def _prepare(self, batch: dict[str, torch.Tensor], train: bool) -> dict[str, torch.Tensor]:
-        """uint8 images → normalised floats; on training batches, random flips and gain."""
+        """uint8 images → normalised floats; on training batches, augmentation and modality dropout."""
         batch = dict(batch)
         for modality in IMAGE_MODALITIES:
             if modality not in batch:
                 continue
             x = batch[modality].float().div_(255.0)  # (B, V, 1, H, W)
             if train and self.augment:
-                x = _augment(x, vertical_flip=modality == "mammography")
+                x = augment_images(x, modality=modality)
             batch[modality] = (x - _MEAN) / _STD
+        if train and self.modality_dropout > 0:
+            batch = drop_modalities(batch, tuple(self.net.branches), self.modality_dropout)
         return batch
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.net(self._prepare(batch, train=False))
 
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        torch.manual_seed(hash((self.seed, self.current_epoch, batch_idx)) % (2**63))
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logits = self.net(self._prepare(batch, train=True))
-        loss = self.loss(logits, batch["label"])
+        loss = self.loss(logits.float(), batch["label"])
         self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(logits))
         return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        loss = self.loss(self(batch).float(), batch["label"])
+        self.log("val_loss", loss, on_step=False, on_epoch=True, batch_size=len(batch["label"]))
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return torch.sigmoid(self(batch).float())
