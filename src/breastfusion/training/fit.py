@@ -47,6 +47,16 @@ class _EpochCallback(L.Callback):
         self.on_epoch()
 
 
+class _SaveLast(L.Callback):
+    """Save a full training checkpoint (weights, optimiser, schedule, epoch) after every epoch."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        trainer.save_checkpoint(self.path)
+
+
 def fit_predict(
     net: torch.nn.Module,
     train: LesionDataset,
@@ -101,11 +111,10 @@ def fit_predict(
                                    enable_version_counter=False)
             callbacks += [EarlyStopping(monitor="val_loss", patience=config.patience), best]
         if work_dir is not None:
-            callbacks.append(ModelCheckpoint(dirpath=root, filename="last", save_top_k=0, save_last=True,
-                                             enable_version_counter=False))
+            callbacks.append(_SaveLast(root / "last.ckpt"))
         trainer = L.Trainer(
             max_epochs=config.epochs, accelerator=accelerator, devices=config.devices, num_nodes=config.num_nodes,
-            strategy=config.strategy, precision=precision, logger=False, enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+            strategy=config.strategy, precision=precision, logger=False, enable_checkpointing=best is not None,
             enable_progress_bar=False, enable_model_summary=False, deterministic=True,
             num_sanity_val_steps=0, callbacks=callbacks, default_root_dir=str(root),
         )

@@ -48,13 +48,16 @@ def augment_images(x: torch.Tensor, *, modality: str) -> torch.Tensor:
 
 
 def drop_modalities(batch: dict[str, torch.Tensor], modalities: tuple[str, ...], p: float) -> dict[str, torch.Tensor]:
-    """Hide each present modality of each sample with probability ``p``, never all of a sample's modalities."""
+    """Hide each present modality of each sample with probability ``p``; a sample always keeps at least one."""
     flags = {m: (batch[f"{m}_views"].any(1) if m in IMAGE_MODALITIES else batch["clinical_present"])
              for m in modalities}
     present = torch.stack([flags[m] for m in modalities], dim=1)  # (B, M)
     drop = (torch.rand(present.shape, device=present.device) < p) & present
     emptied = ~(present & ~drop).any(dim=1, keepdim=True)
-    drop = drop & ~emptied  # a sample that would lose everything keeps all it has
+    # A sample that would lose everything keeps one of its modalities, chosen at random.
+    keep = torch.zeros_like(drop).scatter_(1, (torch.rand(present.shape, device=present.device)
+                                               * present).argmax(dim=1, keepdim=True), True)
+    drop = drop & ~(emptied & keep)
     batch = dict(batch)
     for i, m in enumerate(modalities):
         if m in IMAGE_MODALITIES:

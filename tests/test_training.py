@@ -1,0 +1,131 @@
+"""The training engine: fusions, missing modalities, sampling, early stopping, and exact resume."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from breastfusion.config import load_config
+from breastfusion.data.manifest import load_cohort
+from breastfusion.data.synthetic.cohort import generate_cohort
+from breastfusion.evaluation.crossval import cross_validate, inner_split
+from breastfusion.evaluation.splits import subject_folds
+from breastfusion.models.network import build_network
+from breastfusion.training.module import LesionClassifier, drop_modalities
+from breastfusion.training.sampling import EpochSampler
+
+from .conftest import TINY_MODEL, TINY_TRAINING
+from .test_models import MODALITIES, SUBSETS, _batch
+
+
+@pytest.mark.parametrize("fusion", ["concat", "gated", "late"])
+@pytest.mark.parametrize("modalities", SUBSETS, ids="+".join)
+def test_every_fusion_and_subset_gives_finite_logits(fusion, modalities):
+    model = load_config(None, model={**TINY_MODEL, "fusion": fusion}).model
+    out = build_network(modalities, model, n_clinical_features=5)(_batch())
+    assert out.shape == (4,) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("fusion", ["concat", "gated", "late"])
+def test_absent_modality_is_ignored_by_every_fusion(fusion):
+    torch.manual_seed(0)
+    net = build_network(MODALITIES, load_config(None, model={**TINY_MODEL, "fusion": fusion}).model, 5).eval()
+    batch = _batch()
+    batch["clinical_present"][:] = False
+    noisy = dict(batch, clinical=torch.randn_like(batch["clinical"]) * 100)
+    assert torch.allclose(net(batch), net(noisy), atol=1e-6)
+
+
+def test_gates_sum_to_one_over_present_modalities():
+    torch.manual_seed(0)
+    net = build_network(MODALITIES, load_config(None, model={**TINY_MODEL, "fusion": "gated"}).model, 5).eval()
+    batch = _batch()
+    batch["ultrasound_views"][:2] = False
+    net(batch)
+    gates = net.fusion.last_gates
+    assert torch.allclose(gates.sum(1), torch.ones(4))
+    assert (gates[:2, 1] == 0).all() and (gates[2:, 1] > 0).all()
+
+
+def test_modality_dropout_never_hides_everything():
+    torch.manual_seed(0)
+    batch = _batch(b=256)
+    batch["mammography_views"][:100] = False  # some samples have fewer modalities to begin with
+    out = drop_modalities(batch, MODALITIES, p=0.9)
+    present = torch.stack([out["mammography_views"].any(1), out["ultrasound_views"].any(1),
+                           out["clinical_present"]], 1)
+    assert present.any(1).all()
+    assert (present.sum(1) == 1).float().mean() > 0.5  # and it does hide a lot at p=0.9
+    assert not (present[:100, 0]).any()  # never reveals a modality that was absent
+
+
+def test_balanced_sampler_draws_classes_equally_and_repeats_per_epoch():
+    labels = np.array([1] * 20 + [0] * 180)
+    sampler = EpochSampler(labels, seed=3, balanced=True)
+    sampler.set_epoch(0)
+    first = list(sampler)
+    assert abs(labels[first].mean() - 0.5) < 0.1
+    sampler.set_epoch(1)
+    second = list(sampler)
+    sampler.set_epoch(0)
+    assert list(sampler) == first and second != first
+    plain = EpochSampler(labels, seed=3)
+    assert sorted(plain) == list(range(200))
+
+
+def test_inner_validation_split_stays_inside_the_training_fold():
+    cohort_lesions = pd.DataFrame({"subject_id": [f"S{i // 2}" for i in range(200)],
+                                   "lesion_id": [f"L{i}" for i in range(200)],
+                                   "y": [(i // 2) % 3 == 0 for i in range(200)]}).astype({"y": int})
+    train, test = subject_folds(cohort_lesions, n_splits=5, seed=0)[0]
+    fit, val = inner_split(cohort_lesions, train, fraction=0.2, seed=1)
+    assert set(fit) | set(val) == set(train) and not set(fit) & set(val)
+    subjects = lambda idx: set(cohort_lesions.iloc[idx]["subject_id"])  # noqa: E731
+    assert not subjects(fit) & subjects(val) and not subjects(val) & subjects(test)
+
+
+def _config(**training):
+    return load_config(None, variants={"us": ["ultrasound"], "fused": ["ultrasound", "clinical"]},
+                       model=TINY_MODEL, training={**TINY_TRAINING, "epochs": 3, **training},
+                       cv={"n_splits": 4, "bootstrap": 100})
+
+
+def test_a_subject_with_missing_modalities_trains_and_predicts(tmp_path):
+    root = tmp_path / "cohort"
+    generate_cohort(root, n_subjects=60, seed=5, image_px=32, missing_rate=0.4)
+    cohort = load_cohort(root)
+    config = _config(modality_dropout=0.3, sampler="balanced", class_weights=True, val_fraction=0.25)
+    predictions = cross_validate(cohort, config)
+    assert predictions.groupby("variant")["subject_id"].nunique().to_dict() == {"us": 60, "fused": 60}
+    assert predictions["prob"].between(0, 1).all() and predictions["prob"].notna().all()
+
+
+def test_interrupted_cross_validation_resumes_to_the_same_numbers(tmp_path, small_cohort_dir, monkeypatch):
+    cohort = load_cohort(small_cohort_dir)
+    config = _config()
+    reference = cross_validate(cohort, config, checkpoint_dir=tmp_path / "ref")
+
+    calls = itertools.count()
+    original = LesionClassifier.on_train_batch_end
+
+    def crash_in_fold_3(self, outputs, batch, batch_idx):
+        # us: folds 1-2 run 3 epochs each (2 batches an epoch); crash in fold 3, epoch 2, second batch
+        if next(calls) == 2 * 3 * 2 + 2 + 1:
+            raise RuntimeError("simulated kill")
+        return original(self, outputs, batch, batch_idx)
+
+    monkeypatch.setattr(LesionClassifier, "on_train_batch_end", crash_in_fold_3, raising=False)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        cross_validate(cohort, config, checkpoint_dir=tmp_path / "run")
+    us = tmp_path / "run" / "us"
+    assert {p.name for p in us.glob("fold*.csv")} == {"fold0.csv", "fold1.csv"}
+    assert (us / "fold2-running" / "last.ckpt").is_file()  # epoch 1 of fold 3 was checkpointed
+
+    monkeypatch.setattr(LesionClassifier, "on_train_batch_end", original, raising=False)
+    resumed = cross_validate(cohort, config, checkpoint_dir=tmp_path / "run")
+    pd.testing.assert_frame_equal(resumed, reference, check_exact=False, rtol=1e-6)
+    assert not (us / "fold2-running").exists()
