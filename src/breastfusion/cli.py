@@ -143,6 +143,51 @@ def synthetic(
                   f"oracle AUC {cohort.oracle_auc:.3f} (per modality: {auc})")
 
 
+@app.command()
+def explain(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder (from `breastfusion demo` or `breastfusion run`).")],
+    subjects: Annotated[Optional[list[str]], typer.Option(
+        "--subjects", help="Subject IDs to draw heatmaps for (repeat, or comma-separate); default: the most "
+        "confident correct and misclassified cases.")] = None,
+    method: Annotated[str, typer.Option("--method", help="scorecam, gradcam or gradcam++.")] = "scorecam",
+    out: Annotated[Optional[Path], typer.Option("--out", help="Folder for overlays and tables "
+                                                "(default: RUN/explain).")] = None,
+    variant: Annotated[Optional[str], typer.Option("--variant", help="Variant to explain (default: the one "
+                                                   "with the most modalities).")] = None,
+    target_layer: Annotated[Optional[str], typer.Option(
+        "--target-layer", help="CAM layer inside the encoder, e.g. backbone.layer3 or final; per modality as "
+        "ultrasound=final,mammography=backbone.layer3 (default: chosen per architecture).")] = None,
+    n_cases: Annotated[int, typer.Option("--n-cases", help="Gallery cases per side when --subjects is not "
+                                         "given.")] = 4,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of random baselines and shuffles.")] = 0,
+) -> None:
+    """Explain a run: heatmaps, modality contributions (Shapley), clinical importance, faithfulness.
+
+    Each subject is explained by the fold network that did not see it. Writes
+    overlays and tables to the output folder and adds `explanations` to the
+    run's results.json and a gallery to its report.html.
+    """
+    from breastfusion.explain.runner import explain_run, parse_target_layers
+    from breastfusion.run_artifacts import RunFolderError
+
+    ids = [s.strip() for item in subjects or [] for s in item.split(",") if s.strip()] or None
+    try:
+        with _progress() as progress:
+            result = explain_run(run_dir, subjects=ids, method=method, out=out, variant=variant,
+                                 target_layers=parse_target_layers(target_layer), n_cases=n_cases, seed=seed,
+                                 progress=progress)
+    except (RunFolderError, ValueError, KeyError, FileNotFoundError) as exc:
+        _fail(str(exc).strip("'\""))
+    shares = result["contribution"]["share_percent"]
+    console.print(f"{result['variant']}: modality contribution " +
+                  " / ".join(f"{m} {v:.0f}%" for m, v in shares.items()))
+    for row in (result.get("faithfulness") or {}).get("table", []):
+        console.print(f"  {row['method']:<9} {row['modality']:<11} energy in mask {row['energy_in_mask']:.3f}  "
+                      f"pointing game {row['pointing_game']:.2f}  (n={row['n']})")
+    console.print(f"Explanations: [b]{result['out_dir']}[/b] · report: {Path(run_dir) / 'report.html'} · "
+                  f"{result['runtime_s']:.0f} s")
+
+
 from breastfusion.data.cli import app as data_app, cache_app  # noqa: E402  (sub-apps; heavy imports stay inside)
 
 app.add_typer(data_app, name="data")

@@ -39,16 +39,52 @@ bootstrap resamples of subjects.{% if r.oracle_auc is not none %} The oracle is 
 from the generator's latent lesion properties: no model can beat it in expectation. "Ceiling" is the oracle restricted
 to the latents that the variant's modalities observe.{% endif %}</p>
 <img alt="ROC curves" src="data:image/png;base64,{{ roc_png }}" width="550">
+{% if r.explanations %}{% set e = r.explanations %}
+<h2>Explanations · {{ e.variant }}</h2>
+<p class="note">Each subject is explained by the fold network that did not see it.</p>
+{% if e.contribution %}<h3>Modality contribution</h3>
+<table><tr><th>modality</th><th>share of output change</th><th>mean φ (probability)</th>{% if e.contribution.gate_weights %}<th>gate weight</th>{% endif %}</tr>
+{% for m, s in e.contribution.share_percent.items() %}<tr><td>{{ m }}</td><td><b>{{ "%.0f"|format(s) }}%</b></td><td>{{ "%+.3f"|format(e.contribution.mean_phi[m]) }}</td>{% if e.contribution.gate_weights %}<td>{{ "%.2f"|format(e.contribution.gate_weights[m]) }}</td>{% endif %}</tr>
+{% endfor %}</table>
+<p class="note">Exact Shapley values over modalities on P(malignant), every subset evaluated by marking the other
+modalities missing; share = mean |φ| of a modality over the sum for all, over {{ e.contribution.n_lesions }} lesions.</p>{% endif %}
+{% if e.clinical_importance %}<h3>Clinical variables</h3>
+<table><tr><th>variable</th><th>AUC drop when shuffled</th><th>sd</th></tr>
+{% for row in e.clinical_importance %}<tr><td>{{ row.variable }}</td><td>{{ "%+.3f"|format(row.importance) }}</td><td>{{ "%.3f"|format(row.importance_sd) }}</td></tr>
+{% endfor %}</table>
+<p class="note">Permutation importance: each variable shuffled among the held-out subjects of each fold; drop in
+out-of-fold subject-level AUC ({{ "%.3f"|format(e.clinical_importance_auc) }} unshuffled).</p>{% endif %}
+{% if e.faithfulness and e.faithfulness.table %}<h3>Heatmap faithfulness (lesion masks)</h3>
+<table><tr><th>method</th><th>modality</th><th>images</th><th>energy in mask</th><th>pointing game</th></tr>
+{% for row in e.faithfulness.table %}<tr><td>{{ row.method }}</td><td>{{ row.modality }}</td><td>{{ row.n }}</td><td>{{ "%.3f"|format(row.energy_in_mask) }}</td><td>{{ "%.2f"|format(row.pointing_game) }}</td></tr>
+{% endfor %}</table>
+<p class="note">Energy in mask: share of the heatmap inside the lesion (a uniform map scores the lesion's area
+fraction). Pointing game: the heatmap's maximum within the lesion (tolerance 15 px at 224 px). "random": smoothed
+noise heatmaps.</p>{% endif %}
+{% if e.faithfulness and e.faithfulness.deletion_insertion %}{% set d = e.faithfulness.deletion_insertion %}
+<p class="note">Deletion / insertion ({{ d.method }}, {{ d.n_images }} images, area under P(explained class)):
+deletion {{ "%.3f"|format(d.deletion_auc) }} (random order {{ "%.3f"|format(d.random_deletion_auc) }}; lower is more
+faithful), insertion {{ "%.3f"|format(d.insertion_auc) }} (random {{ "%.3f"|format(d.random_insertion_auc) }};
+higher is more faithful).</p>{% endif %}
+{% if figs.gallery %}<h3>Gallery: correct and misclassified cases</h3>
+<img alt="heatmap gallery" src="data:image/png;base64,{{ figs.gallery }}" style="max-width:100%">{% endif %}
+{% endif %}
 <h2>Configuration</h2><pre>{{ config_yaml }}</pre>
 <h2>Library versions</h2><p class="note">{% for k, v in r.versions.items() %}{{ k }} {{ v }}{{ ", " if not loop.last }}{% endfor %}</p>
 </body></html>
 """
 
 
-def write_report(results: dict[str, Any], *, roc_png: Path, config_yaml: str, path: Path) -> Path:
-    """Render ``report.html`` from the run's ``results.json`` content and its ROC figure."""
+def write_report(results: dict[str, Any], *, roc_png: Path, config_yaml: str, path: Path,
+                 figures: dict[str, Path] | None = None) -> Path:
+    """Render ``report.html`` from the run's ``results.json`` content and its ROC figure.
+
+    ``figures`` are further PNGs embedded by name (``gallery``: the explanations' heatmap gallery).
+    """
     env = Environment(autoescape=select_autoescape(default=True))
+    figs = {name: base64.b64encode(Path(p).read_bytes()).decode("ascii") for name, p in (figures or {}).items()}
     html = env.from_string(_TEMPLATE).render(
-        r=results, roc_png=base64.b64encode(Path(roc_png).read_bytes()).decode("ascii"), config_yaml=config_yaml)
+        r=results, roc_png=base64.b64encode(Path(roc_png).read_bytes()).decode("ascii"), config_yaml=config_yaml,
+        figs=figs)
     Path(path).write_text(html, encoding="utf-8")
     return Path(path)

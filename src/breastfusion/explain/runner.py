@@ -1,0 +1,329 @@
+"""Explain a finished run: heatmaps, modality contributions, clinical importance, faithfulness.
+
+Every subject is explained by the fold network that did not see it. The run's
+``results.json`` gets an ``explanations`` key and ``report.html`` a gallery;
+heatmap overlays and per-lesion tables go to the output folder.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from rich.progress import Progress
+
+from breastfusion.data.manifest import IMAGE_MODALITIES
+from breastfusion.evaluation.metrics import subject_level
+from breastfusion.explain.cams import (CAM_METHODS, OneImageModel, TargetLayer, compute_cams, encode_views,
+                                       find_target_layer)
+from breastfusion.explain.faithfulness import (deletion_insertion, energy_in_mask, pointing_game,
+                                               pointing_tolerance, random_heatmap)
+from breastfusion.explain.gallery import overlay, plot_gallery, save_overlay, select_cases
+from breastfusion.explain.importance import clinical_permutation_importance
+from breastfusion.explain.shapley import gate_weights, modality_shapley, shapley_shares
+from breastfusion.run_artifacts import RunArtifacts, load_run, prepare_batch
+
+__all__ = ["explain_run", "default_variant", "parse_target_layers"]
+
+_RANDOM_DRAWS = 8  # random heatmaps per image for the baseline
+
+
+def default_variant(art: RunArtifacts) -> str:
+    """The variant with the most modalities (the first such in the config), preferring one with an image."""
+    variants = art.config.variants
+    return max(variants, key=lambda v: (any(m in IMAGE_MODALITIES for m in variants[v]), len(variants[v])))
+
+
+def parse_target_layers(spec: str | None) -> dict[str, str]:
+    """``"backbone.layer3"`` (every image branch) or ``"ultrasound=final,mammography=backbone.layer3"``."""
+    if not spec:
+        return {}
+    if "=" not in spec:
+        return {m: spec for m in IMAGE_MODALITIES}
+    out = {}
+    for part in spec.split(","):
+        modality, _, name = part.partition("=")
+        if modality.strip() not in IMAGE_MODALITIES or not name.strip():
+            raise ValueError(f"target layer {part!r}: expected MODALITY=LAYER with MODALITY one of "
+                             f"{list(IMAGE_MODALITIES)}")
+        out[modality.strip()] = name.strip()
+    return out
+
+
+def _contributions(art: RunArtifacts, variant: str, out: Path) -> dict[str, Any]:
+    """Exact modality Shapley values for every lesion, each by its held-out fold's network."""
+    frames, gates = [], []
+    for k in range(art.n_folds):
+        net, data = art.network(variant, k), art.dataset(variant, k)
+        loader = torch.utils.data.DataLoader(data, batch_size=64, shuffle=False)
+        parts = []
+        for batch in loader:
+            batch = prepare_batch(batch)
+            parts.append(modality_shapley(net, batch))
+            gate = gate_weights(net, batch)
+            if gate is not None:
+                gates.append(gate)
+        test = art.lesions.iloc[art.folds[k][1]]
+        frames.append(pd.concat(parts, ignore_index=True).assign(
+            fold=k, subject_id=test["subject_id"].to_numpy(), lesion_id=test["lesion_id"].to_numpy(),
+            y=test["y"].to_numpy()))
+    phi = pd.concat(frames, ignore_index=True)
+    shares, cohort = shapley_shares(phi)
+    phi = pd.concat([phi, shares], axis=1)
+    phi.to_csv(out / "modality_shapley.csv", index=False)
+    columns = [c for c in phi.columns if c.startswith("phi_")]
+    efficiency = (phi[columns].sum(axis=1) - (phi["full"] - phi["empty"])).abs().max()
+    modalities = [c.removeprefix("phi_") for c in columns]
+    return {
+        "scale": "prob", "n_lesions": int(len(phi)), "share_percent": cohort,
+        "mean_phi": {m: float(phi[f"phi_{m}"].mean()) for m in modalities},
+        "mean_abs_phi": {m: float(phi[f"phi_{m}"].abs().mean()) for m in modalities},
+        "mean_full": float(phi["full"].mean()), "mean_empty": float(phi["empty"].mean()),
+        "efficiency_max_error": float(efficiency),
+        "gate_weights": ({c.removeprefix("gate_"): float(v) for c, v in pd.concat(gates).mean().items()}
+                         if gates else None),
+    }
+
+
+def _image_to_display(image: torch.Tensor) -> np.ndarray:
+    return image.float().div(255.0).numpy()[0]  # (H, W) in [0, 1]: the preprocessed image
+
+
+def explain_run(
+    run_dir: str | Path,
+    *,
+    subjects: Sequence[str] | None = None,
+    method: str = "scorecam",
+    out: str | Path | None = None,
+    variant: str | None = None,
+    target_layers: dict[str, str] | None = None,
+    n_cases: int = 4,
+    faithfulness_methods: Sequence[str] | None = None,
+    importance_repeats: int = 10,
+    scorecam_batch: int = 256,
+    seed: int = 0,
+    update_run: bool = True,
+    allow_outside_root: bool = False,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Explain a run folder and write the explanations.
+
+    Args:
+        run_dir: a run folder (``breastfusion demo`` / ``run``).
+        subjects: subjects whose images get heatmaps; default: ``n_cases`` most
+            confident correct and misclassified subjects each.
+        method: the CAM method of the overlays and of the deletion / insertion curves.
+        out: folder for overlays and tables (default ``RUN/explain``).
+        variant: the variant explained (default: :func:`default_variant`).
+        target_layers: ``{image modality: layer name}`` overriding the automatic choice.
+        n_cases: cases per gallery side when ``subjects`` is not given.
+        faithfulness_methods: CAM methods scored against lesion masks
+            (default: every method); only where the cohort has masks.
+        importance_repeats: shuffles per clinical variable.
+        scorecam_batch: Score-CAM's masked images per forward pass.
+        seed: seed of random baselines and shuffles.
+        update_run: add ``explanations`` to the run's ``results.json`` and re-render ``report.html``.
+        allow_outside_root: passed to :func:`~breastfusion.run_artifacts.load_run`.
+        progress: a rich Progress.
+
+    Returns:
+        The ``explanations`` dict (also written to ``OUT/explanations.json``).
+
+    Raises:
+        ValueError: unknown method, variant or subject.
+        RunFolderError: the run folder cannot be reloaded.
+    """
+    started = time.perf_counter()
+    if method not in CAM_METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {list(CAM_METHODS)}")
+    art = load_run(run_dir, allow_outside_root=allow_outside_root)
+    variant = variant or default_variant(art)
+    modalities = art.modalities(variant)
+    out = Path(out) if out is not None else art.root / "explain"
+    (out / "heatmaps").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    faith_methods = tuple(faithfulness_methods) if faithfulness_methods is not None else tuple(CAM_METHODS)
+    if method not in faith_methods:
+        faith_methods = (method, *faith_methods)
+
+    predictions = art.predictions[art.predictions["variant"] == variant]
+    per_subject = subject_level(predictions)
+    if subjects:
+        unknown = sorted(set(map(str, subjects)) - set(art.lesions["subject_id"]))
+        if unknown:
+            raise ValueError(f"subject(s) {unknown[:10]} are not in the cohort at {art.cohort.root}")
+        chosen = list(dict.fromkeys(map(str, subjects)))
+        mis = set(per_subject.loc[(per_subject["prob"] >= 0.5) != (per_subject["y"] == 1), "subject_id"])
+        sides = {"correct": [s for s in chosen if s not in mis], "misclassified": [s for s in chosen if s in mis]}
+    else:
+        sides = select_cases(per_subject, n_cases)
+        chosen = sides["correct"] + sides["misclassified"]
+
+    result: dict[str, Any] = {"variant": variant, "modalities": list(modalities), "method": method,
+                              "folds": art.n_folds, "out_dir": str(out)}
+    task = progress.add_task("modality contributions", total=None) if progress else None
+    result["contribution"] = _contributions(art, variant, out)
+    if "clinical" in modalities and len(art.cohort.clinical.columns) > 1:
+        if progress:
+            progress.update(task, description="clinical permutation importance")
+        importance = clinical_permutation_importance(art, variant, n_repeats=importance_repeats, seed=seed)
+        importance.to_csv(out / "clinical_importance.csv", index=False)
+        result["clinical_importance"] = importance.drop(columns="auc").to_dict(orient="records")
+        result["clinical_importance_auc"] = float(importance["auc"].iloc[0]) if len(importance) else None
+    if progress:
+        progress.remove_task(task)
+
+    image_modalities = [m for m in modalities if m in IMAGE_MODALITIES]
+    masks = art.masks
+    lesion_pos = {lid: i for i, lid in enumerate(art.lesions["lesion_id"])}
+    prob_of = per_subject.set_index("subject_id")["prob"]
+    nets: dict[int, Any] = {}
+    layers: dict[tuple[int, str], TargetLayer] = {}
+    target_layers = target_layers or {}
+    records, faith_rows, curves, cases = [], [], [], {"correct": [], "misclassified": []}
+    n_images = sum(int(art.images.views[m][lesion_pos[lid]].sum()) for m in image_modalities
+                   for lid in art.lesions.loc[art.lesions["subject_id"].isin(chosen), "lesion_id"])
+    task = progress.add_task(f"heatmaps ({method})", total=n_images) if progress else None
+    heat_store: dict[str, np.ndarray] = {}
+    for sid in chosen:
+        panels = []
+        for lid in art.lesions.loc[art.lesions["subject_id"] == sid, "lesion_id"]:
+            pos = lesion_pos[lid]
+            k = int(art.test_fold[pos])
+            if k not in nets:
+                nets[k] = art.network(variant, k)
+            net = nets[k]
+            data = art.dataset(variant, k, np.array([pos]))
+            raw = {key: value[:1] for key, value in data.tensors.items()}
+            batch = prepare_batch(raw)
+            with torch.no_grad():
+                branch_outputs = {m: branch(batch) for m, branch in net.branches.items()}
+            for modality in image_modalities:
+                views = art.images.views[modality][pos]
+                if (k, modality) not in layers:
+                    layers[(k, modality)] = find_target_layer(
+                        net.branches[modality].encoder, batch[modality].shape[-1],
+                        name=target_layers.get(modality), in_chans=batch[modality].shape[2])
+                layer = layers[(k, modality)]
+                view_names = _view_names(art, lid, modality)
+                view_features = encode_views(net, batch, modality)
+                for slot in np.flatnonzero(views.numpy()):
+                    mask = None
+                    if modality in masks and bool(masks[modality][1][pos, slot]):
+                        mask = masks[modality][0][pos, slot].numpy()
+                    methods = faith_methods if mask is not None else (method,)
+                    model = OneImageModel(net, batch, modality, int(slot), branch_outputs=branch_outputs,
+                                          view_features=view_features).eval()
+                    maps, logit = compute_cams(model, methods, target_layer=layer, batch_size=scorecam_batch)
+                    image = _image_to_display(raw[modality][0, slot])
+                    name = f"{sid}_{modality}_{view_names[slot]}".replace("/", "_")
+                    save_overlay(image, maps[method], out / "heatmaps" / f"{name}_{method}.png", mask=mask)
+                    heat_store[name] = maps[method]
+                    panels.append((f"{modality[:5]} {view_names[slot]}", overlay(image, maps[method], mask=mask)))
+                    sign = 1.0 if logit >= 0 else -1.0
+                    curve = deletion_insertion(lambda x: torch.sigmoid(sign * model(x)[:, 0]),
+                                               batch[modality][0, slot], maps[method])
+                    random_curve = deletion_insertion(lambda x: torch.sigmoid(sign * model(x)[:, 0]),
+                                                      batch[modality][0, slot],
+                                                      random_heatmap(maps[method].shape, rng))
+                    curves.append({"modality": modality, "deletion_auc": curve["deletion_auc"],
+                                   "insertion_auc": curve["insertion_auc"],
+                                   "random_deletion_auc": random_curve["deletion_auc"],
+                                   "random_insertion_auc": random_curve["insertion_auc"],
+                                   "deletion": curve["deletion"], "insertion": curve["insertion"]})
+                    record = {"subject_id": sid, "lesion_id": lid, "fold": k, "modality": modality,
+                              "view": view_names[slot], "logit": logit, "target_layer": layer.name}
+                    if mask is not None:
+                        tol = pointing_tolerance(mask.shape[1])
+                        record["mask_fraction"] = float(mask.mean())
+                        record["tolerance_px"] = tol
+                        for name_m, heat in maps.items():
+                            faith_rows.append({"method": name_m, "modality": modality,
+                                               "energy_in_mask": energy_in_mask(heat, mask),
+                                               "pointing_game": pointing_game(heat, mask, tolerance=tol)})
+                        for _ in range(_RANDOM_DRAWS):
+                            heat = random_heatmap(mask.shape, rng)
+                            faith_rows.append({"method": "random", "modality": modality,
+                                               "energy_in_mask": energy_in_mask(heat, mask),
+                                               "pointing_game": pointing_game(heat, mask, tolerance=tol)})
+                    records.append(record)
+                    if progress:
+                        progress.advance(task)
+        side = "misclassified" if sid in sides["misclassified"] else "correct"
+        y = int(per_subject.set_index("subject_id").loc[sid, "y"]) if sid in prob_of.index else -1
+        label = f"{sid} · {'malignant' if y == 1 else 'benign'} · p={prob_of.get(sid, float('nan')):.2f}"
+        cases[side].append({"label": label, "panels": panels})
+    if progress and task is not None:
+        progress.remove_task(task)
+    pd.DataFrame(records).to_csv(out / "heatmaps.csv", index=False)
+    if heat_store:
+        np.savez_compressed(out / "heatmaps.npz", **heat_store)
+
+    result["target_layers"] = {m: layer.name for (_, m), layer in layers.items()}
+    result["subjects"] = chosen
+    result["gallery"] = {side: list(ids) for side, ids in
+                         {"correct": [s for s in chosen if s not in sides["misclassified"]],
+                          "misclassified": [s for s in chosen if s in sides["misclassified"]]}.items()}
+    result["faithfulness"] = _summarise_faithfulness(faith_rows, records, curves, method)
+    gallery = plot_gallery(cases, out / "gallery.png",
+                           title=f"{variant}: {method} heatmaps from the fold network that did not see the subject")
+    result["gallery_png"] = str(gallery) if gallery else None
+    result["runtime_s"] = round(time.perf_counter() - started, 1)
+    (out / "explanations.json").write_text(json.dumps(result, indent=2))
+    if update_run:
+        _update_run(art, result, gallery)
+    return result
+
+
+def _view_names(art: RunArtifacts, lesion_id: str, modality: str) -> list[str]:
+    """View names in slot order (the order build_lesion_images uses)."""
+    rows = art.cohort.manifest[(art.cohort.manifest["lesion_id"] == lesion_id)
+                               & (art.cohort.manifest["modality"] == modality)].sort_values(["view", "path"])
+    names = [str(v) if str(v) else f"image{i + 1}" for i, v in enumerate(rows["view"])]
+    return names + [f"slot{i}" for i in range(len(names), int(art.images.views[modality].shape[1]))]
+
+
+def _summarise_faithfulness(rows: list[dict], records: list[dict], curves: list[dict],
+                            method: str) -> dict[str, Any] | None:
+    summary: dict[str, Any] = {}
+    if rows:
+        frame = pd.DataFrame(rows)
+        table = []
+        for (m, modality), g in frame.groupby(["method", "modality"], sort=False):
+            table.append({"method": m, "modality": modality, "n": int(len(g)) if m != "random"
+                          else int(len(g) // _RANDOM_DRAWS),
+                          "energy_in_mask": float(g["energy_in_mask"].mean()),
+                          "energy_in_mask_sd": float(g["energy_in_mask"].std(ddof=1)) if len(g) > 1 else 0.0,
+                          "pointing_game": float(g["pointing_game"].mean())})
+        masked = pd.DataFrame([r for r in records if "mask_fraction" in r])
+        summary["masks"] = {"n_images": int(len(masked)),
+                            "mask_fraction": {m: float(g["mask_fraction"].mean())
+                                              for m, g in masked.groupby("modality")},
+                            "tolerance_px": {m: int(g["tolerance_px"].max()) for m, g in masked.groupby("modality")}}
+        summary["table"] = table
+    if curves:
+        frame = pd.DataFrame(curves)
+        summary["deletion_insertion"] = {
+            "method": method, "n_images": int(len(frame)),
+            **{key: float(frame[key].mean()) for key in
+               ("deletion_auc", "insertion_auc", "random_deletion_auc", "random_insertion_auc")},
+            "mean_deletion_curve": np.mean(np.stack(frame["deletion"]), axis=0).round(4).tolist(),
+            "mean_insertion_curve": np.mean(np.stack(frame["insertion"]), axis=0).round(4).tolist()}
+    return summary or None
+
+
+def _update_run(art: RunArtifacts, explanations: dict[str, Any], gallery: Path | None) -> None:
+    from breastfusion.report.html import write_report
+
+    results = json.loads((art.root / "results.json").read_text())
+    results["explanations"] = explanations
+    (art.root / "results.json").write_text(json.dumps(results, indent=2))
+    write_report(results, roc_png=art.root / "roc.png", config_yaml=(art.root / "config.yaml").read_text(),
+                 path=art.root / "report.html", figures={"gallery": gallery} if gallery else None)
+

@@ -1,0 +1,299 @@
+"""Reload a run folder: its configuration, cohort, folds, fold networks and fold clinical preprocessors.
+
+Everything that explains, audits or re-uses a finished run reads it through
+:func:`load_run`, so the folds, the in-fold clinical preprocessing and the
+image normalisation are rebuilt exactly as the run made them:
+
+* the folds come from :func:`~breastfusion.evaluation.splits.subject_folds`
+  with the run's ``cv.n_splits`` and ``cv.seed``;
+* fold ``k``'s clinical preprocessor is fitted on the subjects fold ``k``'s
+  network was fitted on (its training subjects, less the inner validation
+  subjects when early stopping held some out), as
+  :mod:`breastfusion.evaluation.crossval` does;
+* fold ``k``'s network is ``checkpoints/{variant}/fold{k}.safetensors``;
+* images are normalised by the training module's own batch preparation.
+
+The cohort is found at ``RUN/cohort`` (synthetic runs), else at the config's
+``manifest``, else at ``results.json``'s ``cohort.root``; its manifest must
+hash to the ``manifest_sha256`` the run recorded, or the folds would differ.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from breastfusion.config import ExperimentConfig, load_config
+from breastfusion.data.clinical import ClinicalPreprocessor
+from breastfusion.data.images import load_images
+from breastfusion.data.manifest import IMAGE_MODALITIES, MANIFEST_FILENAME, Cohort, load_cohort
+from breastfusion.data.synthetic.cohort import MASK_COLUMN
+from breastfusion.data.tensors import LesionDataset, LesionImages, build_lesion_images, clinical_features_for
+from breastfusion.evaluation.crossval import inner_split
+from breastfusion.evaluation.splits import subject_folds
+from breastfusion.models.network import MultimodalNet, build_network
+
+__all__ = ["RunFolderError", "RunArtifacts", "load_run", "prepare_batch", "MASK_COLUMN"]
+
+class RunFolderError(ValueError):
+    """A run folder is incomplete or no longer matches its cohort; the message says what is missing."""
+
+
+def prepare_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """uint8 images → the normalised floats the network was trained on (no augmentation).
+
+    Delegates to :class:`~breastfusion.training.module.LesionClassifier`'s own
+    preparation so explanations see exactly what training and prediction saw.
+    """
+    from breastfusion.training.module import LesionClassifier
+
+    return LesionClassifier(torch.nn.Identity(), lr=1.0, weight_decay=0.0, epochs=1, augment=False) \
+        ._prepare(batch, train=False)
+
+
+@dataclass
+class RunArtifacts:
+    """A reloaded run folder (build with :func:`load_run`).
+
+    Attributes:
+        root: the run folder.
+        config: the resolved configuration the run wrote.
+        cohort: the cohort it ran on.
+        results: ``results.json``.
+        predictions: ``predictions.csv`` (out-of-fold).
+        lesions: one row per lesion, in the order the folds index.
+        folds: (train positions, test positions) per fold, into ``lesions``.
+    """
+
+    root: Path
+    config: ExperimentConfig
+    cohort: Cohort
+    results: dict[str, Any]
+    predictions: pd.DataFrame
+    lesions: pd.DataFrame
+    folds: list[tuple[np.ndarray, np.ndarray]]
+    _preprocessors: dict[int, ClinicalPreprocessor] = field(default_factory=dict, repr=False)
+
+    @property
+    def n_folds(self) -> int:
+        return len(self.folds)
+
+    @cached_property
+    def test_fold(self) -> np.ndarray:
+        """int (L,): the fold that held out each lesion (whose network never saw it)."""
+        out = np.full(len(self.lesions), -1)
+        for k, (_, test) in enumerate(self.folds):
+            out[test] = k
+        return out
+
+    def fold_of(self, subject_id: str) -> int:
+        """The fold whose network did not see ``subject_id``.
+
+        Raises:
+            KeyError: the subject is not in the cohort.
+        """
+        rows = np.flatnonzero(self.lesions["subject_id"].to_numpy() == str(subject_id))
+        if not len(rows):
+            raise KeyError(f"subject {subject_id!r} is not in the cohort at {self.cohort.root}")
+        return int(self.test_fold[rows[0]])
+
+    def modalities(self, variant: str) -> tuple[str, ...]:
+        """The modalities of ``variant``.
+
+        Raises:
+            KeyError: unknown variant (the message lists the run's variants).
+        """
+        if variant not in self.config.variants:
+            raise KeyError(f"unknown variant {variant!r}; this run has {list(self.config.variants)}")
+        return tuple(self.config.variants[variant])
+
+    def checkpoint(self, variant: str, fold: int) -> Path:
+        """Path of fold ``fold``'s network of ``variant``.
+
+        Raises:
+            RunFolderError: the checkpoint is missing.
+        """
+        self.modalities(variant)
+        path = self.root / "checkpoints" / variant / f"fold{fold}.safetensors"
+        if not path.is_file():
+            raise RunFolderError(f"no checkpoint {path}; runs made before checkpoints were saved cannot be "
+                                 "explained: run the experiment again")
+        return path
+
+    def network(self, variant: str, fold: int) -> MultimodalNet:
+        """Fold ``fold``'s trained network of ``variant``, in eval mode on the CPU.
+
+        Raises:
+            RunFolderError: missing checkpoint, or one that does not fit the config.
+        """
+        path = self.checkpoint(variant, fold)
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+        modalities = self.modalities(variant)
+        if meta.get("modalities") and tuple(meta["modalities"].split(",")) != modalities:
+            raise RunFolderError(f"{path}: holds modalities {meta['modalities']}, the config's variant {variant!r} "
+                                 f"has {list(modalities)}")
+        n_clinical = int(meta.get("n_clinical_features", 0))
+        if "clinical" in modalities and n_clinical != self.clinical_preprocessor(fold).n_features_:
+            raise RunFolderError(f"{path}: {n_clinical} clinical features, but fold {fold}'s preprocessor gives "
+                                 f"{self.clinical_preprocessor(fold).n_features_}; the clinical table changed")
+        # Weights come from the checkpoint: do not read the encoder's initial weights file again.
+        model = self.config.model
+        model = model.model_copy(update={m: getattr(model, m).model_copy(update={"weights": None})
+                                         for m in IMAGE_MODALITIES})
+        net = build_network(modalities, model, n_clinical)
+        try:
+            net.load_state_dict(load_file(str(path)), strict=True)
+        except RuntimeError as exc:
+            raise RunFolderError(f"{path} does not fit the network the config builds: {exc}") from None
+        return net.eval()
+
+    def fit_positions(self, fold: int) -> np.ndarray:
+        """Positions of the lesions fold ``fold``'s network was fitted on: its training lesions, less the
+        inner validation subjects when the run held some out for early stopping (``training.val_fraction``)."""
+        train = self.folds[fold][0]
+        training = self.config.training
+        if training.val_fraction > 0:
+            train, _ = inner_split(self.lesions, train, fraction=training.val_fraction,
+                                   seed=training.seed + 1000 * fold)
+        return train
+
+    def clinical_preprocessor(self, fold: int) -> ClinicalPreprocessor:
+        """The clinical preprocessor of fold ``fold``, fitted on the subjects its network was fitted on."""
+        if fold not in self._preprocessors:
+            cfg = self.config.model.clinical
+            train = self.lesions.iloc[self.fit_positions(fold)]
+            rows = self.cohort.clinical[self.cohort.clinical["subject_id"].isin(train["subject_id"])]
+            self._preprocessors[fold] = ClinicalPreprocessor(cfg.numeric, cfg.categorical, cfg.binary).fit(rows)
+        return self._preprocessors[fold]
+
+    @cached_property
+    def images(self) -> LesionImages:
+        """Decoded images of every image modality any variant reads, at the config's sizes."""
+        return build_lesion_images(self.cohort, self._sizes)
+
+    @property
+    def _sizes(self) -> dict[str, int]:
+        used = {m for modalities in self.config.variants.values() for m in modalities}
+        return {m: getattr(self.config.model, m).image_size
+                for m in IMAGE_MODALITIES if m in used and m in self.cohort.modalities}
+
+    @cached_property
+    def masks(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Lesion masks aligned with :attr:`images`: ``{modality: (bool (L, V, S, S), known bool (L, V))}``.
+
+        Empty when the manifest has no ``mask_path`` column; ``known`` is False
+        for images without a mask. Masks are resized as the images are and
+        thresholded at half intensity.
+        """
+        manifest = self.cohort.manifest
+        if MASK_COLUMN not in manifest.columns:
+            return {}
+        out = {}
+        row_of = {lid: i for i, lid in enumerate(self.images.lesion_ids)}
+        for modality, size in self._sizes.items():
+            # The same order and view slots as build_lesion_images.
+            rows = manifest[manifest["modality"] == modality].sort_values(["lesion_id", "view", "path"])
+            slot = rows.groupby("lesion_id").cumcount().to_numpy()
+            lesion = rows["lesion_id"].map(row_of).to_numpy()
+            n_views = self.images.views[modality].shape[1]
+            masks = torch.zeros(len(row_of), n_views, size, size, dtype=torch.bool)
+            known = torch.zeros(len(row_of), n_views, dtype=torch.bool)
+            has = rows[MASK_COLUMN].notna().to_numpy() & (rows[MASK_COLUMN].astype(str).str.strip() != "").to_numpy()
+            if has.any():
+                paths = [str(p if Path(p).is_absolute() else self.cohort.root / p)
+                         for p in rows.loc[has, MASK_COLUMN]]
+                pixels = torch.from_numpy(load_images(paths, size) >= 128)
+                masks[lesion[has], slot[has]] = pixels
+                known[lesion[has], slot[has]] = True
+            out[modality] = (masks, known)
+        return out
+
+    def clinical_inputs(self, fold: int, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Fold ``fold``'s clinical features (n, F) and presence (n,) for the lesions at ``positions``."""
+        return clinical_features_for(self.lesions.iloc[positions], self.cohort.clinical,
+                                     self.clinical_preprocessor(fold))
+
+    def dataset(self, variant: str, fold: int, positions: np.ndarray | None = None) -> LesionDataset:
+        """Samples of ``variant`` for the lesions at ``positions`` (default: fold ``fold``'s test lesions),
+        with fold ``fold``'s clinical preprocessing."""
+        positions = self.folds[fold][1] if positions is None else np.asarray(positions)
+        modalities = self.modalities(variant)
+        clinical = self.clinical_inputs(fold, positions) if "clinical" in modalities else (None, None)
+        return LesionDataset(self.images, positions, self.lesions["y"].to_numpy()[positions], modalities, *clinical)
+
+    @torch.no_grad()
+    def predict(self, variant: str, *, batch_size: int = 64) -> pd.DataFrame:
+        """Out-of-fold P(malignant) recomputed from the checkpoints (equals ``predictions.csv``).
+
+        Returns:
+            ``fold, subject_id, lesion_id, y, prob`` per lesion, in the order of :attr:`lesions`.
+        """
+        prob = np.zeros(len(self.lesions))
+        for k in range(self.n_folds):
+            net, data = self.network(variant, k), self.dataset(variant, k)
+            loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
+            prob[self.folds[k][1]] = torch.cat([torch.sigmoid(net(prepare_batch(b))) for b in loader]).numpy()
+        out = self.lesions[["subject_id", "lesion_id", "y"]].copy()
+        out.insert(0, "fold", self.test_fold)
+        out["prob"] = prob
+        return out
+
+
+def _find_cohort(root: Path, config: ExperimentConfig, results: dict[str, Any],
+                 allow_outside_root: bool) -> Cohort:
+    candidates = [root / "cohort"]
+    if config.manifest is not None:
+        candidates += [Path(config.manifest), root / config.manifest]
+    if results.get("cohort", {}).get("root"):
+        candidates.append(Path(results["cohort"]["root"]))
+    expected = results.get("manifest_sha256")
+    tried = []
+    for candidate in candidates:
+        manifest = candidate if candidate.suffix.lower() == ".csv" else candidate / MANIFEST_FILENAME
+        if not manifest.is_file():
+            tried.append(f"{manifest} (absent)")
+            continue
+        digest = hashlib.sha256(manifest.read_bytes()).hexdigest()
+        if expected and digest != expected:
+            tried.append(f"{manifest} (sha256 {digest[:12]}…, the run recorded {expected[:12]}…)")
+            continue
+        return load_cohort(candidate, allow_outside_root=allow_outside_root)
+    raise RunFolderError(f"{root}: cannot find the run's cohort; tried " + "; ".join(tried))
+
+
+def load_run(path: str | Path, *, allow_outside_root: bool = False) -> RunArtifacts:
+    """Reload a run folder written by :func:`~breastfusion.run.run_experiment`.
+
+    Args:
+        path: the run folder.
+        allow_outside_root: accept manifest image paths outside the cohort folder
+            (as the run itself may have).
+
+    Raises:
+        RunFolderError: a file the run writes is missing, or the cohort cannot be
+            found unchanged.
+    """
+    root = Path(path)
+    for name in ("config.yaml", "results.json", "predictions.csv"):
+        if not (root / name).is_file():
+            raise RunFolderError(f"{root} is not a run folder: {name} is missing "
+                                 "(make one with `breastfusion demo` or `breastfusion run`)")
+    config = load_config(root / "config.yaml")
+    results = json.loads((root / "results.json").read_text())
+    cohort = _find_cohort(root, config, results, allow_outside_root)
+    lesions = cohort.lesions
+    folds = subject_folds(lesions, n_splits=config.cv.n_splits, seed=config.cv.seed)
+    predictions = pd.read_csv(root / "predictions.csv", dtype={"subject_id": str, "lesion_id": str})
+    return RunArtifacts(root=root, config=config, cohort=cohort, results=results, predictions=predictions,
+                        lesions=lesions, folds=folds)
