@@ -17,6 +17,12 @@ TINY_MODEL = {
 TINY_TRAINING = {"epochs": 2, "batch_size": 16}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_array_cache(tmp_path_factory):
+    """Keep the preprocessed-array cache of the tests out of the user's home."""
+    os.environ["BREASTFUSION_CACHE"] = str(tmp_path_factory.mktemp("array-cache"))
+
+
 @pytest.fixture(scope="session")
 def small_cohort_dir(tmp_path_factory) -> Path:
     """A 60-subject synthetic cohort at 64 px, written once per session."""

@@ -6,13 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from breastfusion.config import ConfigError, ExperimentConfig, dump_config, load_config
+from breastfusion.config import ConfigError, dump_config, load_config
+from breastfusion.demo import demo_config
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_configs_demo_yaml_is_the_demo_default():
-    assert load_config(REPO / "configs" / "demo.yaml") == ExperimentConfig()
+def test_configs_demo_yaml_is_the_demo():
+    assert load_config(REPO / "configs" / "demo.yaml") == demo_config()
+    assert demo_config(quick=True) != demo_config()
 
 
 def test_round_trip(tmp_path):

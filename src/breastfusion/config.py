@@ -1,7 +1,7 @@
 """Experiment configuration: one YAML file, validated by pydantic, never executed.
 
-Defaults are the embedded demo's settings, so ``ExperimentConfig()`` is the
-demo and ``configs/demo.yaml`` spells it out. Unknown keys are errors, and a
+Defaults suit a real cohort; the embedded demo changes a few
+(``breastfusion.demo.demo_config``), and ``configs/demo.yaml`` spells it out. Unknown keys are errors, and a
 bad value is reported with its dotted key, what was given and what is allowed.
 """
 
@@ -40,11 +40,16 @@ class _Strict(BaseModel):
 class ImageBranchConfig(_Strict):
     """An image branch: a timm encoder, its attention and the input size."""
 
-    encoder: str = "resnet18"
-    encoder_kwargs: dict[str, Any] = Field(default_factory=lambda: {"channels": [16, 32, 64, 128]})
+    encoder: str = Field("resnet18_slim", description="a zoo name (`breastfusion models list`) or any timm model")
+    encoder_kwargs: dict[str, Any] = Field(default_factory=dict, description="passed to timm.create_model")
     attention: Literal["none", "eca", "cbam"] = "none"
+    attention_stages: Literal["last", "all"] = Field("last", description="attention after the last stage only, "
+                                                     "or after every stage")
     weights: Path | None = None
     image_size: int = Field(64, ge=16, le=1024)
+    preprocess: dict[str, Any] = Field(default_factory=dict, description="overrides of the modality's "
+                                       "preprocessing (breastfusion.data.preprocess: crop, chest_wall, normalise, "
+                                       "roi, ...)")
 
 
 class ClinicalBranchConfig(_Strict):
@@ -124,8 +129,11 @@ def _default_variants() -> dict[str, list[str]]:
 class ExperimentConfig(_Strict):
     """One experiment: data, variants (modality subsets), model, training, cross-validation."""
 
-    name: str = "demo"
+    name: str = "experiment"
     manifest: Path | None = None
+    cache: bool = Field(True, description="keep preprocessed images in the on-disk cache ($BREASTFUSION_CACHE)")
+    exclude_unreadable: bool = Field(False, description="leave unreadable images out (recorded in the run) "
+                                     "instead of stopping")
     synthetic: SyntheticConfig = SyntheticConfig()
     variants: dict[str, list[str]] = Field(default_factory=_default_variants)
     model: ModelConfig = ModelConfig()

@@ -12,18 +12,36 @@ from breastfusion.data.manifest import load_cohort
 from breastfusion.data.synthetic.cohort import generate_cohort
 from breastfusion.run import run_experiment
 
-__all__ = ["demo_config", "run_demo", "QUICK"]
+__all__ = ["demo_config", "run_demo", "DEMO", "QUICK"]
+
+#: The demo's settings beyond the defaults: the synthetic images are already framed and
+#: calibrated, and breast density is a risk factor seen as brightness, so no crop or
+#: intensity normalisation.
+DEMO: dict[str, Any] = {
+    "name": "demo",
+    "model": {
+        "mammography": {"preprocess": {"crop": False, "chest_wall": "none", "normalise": "none"}},
+        "ultrasound": {"preprocess": {"crop": False, "suppress_overlays": False, "normalise": "none"}},
+    },
+}
 
 #: What ``--quick`` changes: fewer subjects and epochs (the same model and protocol).
 QUICK: dict[str, Any] = {"synthetic": {"n_subjects": 300}, "training": {"epochs": 8}, "cv": {"bootstrap": 500}}
 
 
+def _merge(base: dict, overrides: dict) -> None:
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
 def demo_config(*, quick: bool = False, seed: int = 0) -> ExperimentConfig:
     """The demo's configuration; ``seed`` seeds the cohort, the folds and training."""
     base = ExperimentConfig().model_dump()
-    if quick:
-        for key, values in QUICK.items():
-            base[key].update(values)
+    for overrides in (DEMO, QUICK) if quick else (DEMO,):
+        _merge(base, overrides)
     base["name"] = "demo-quick" if quick else "demo"
     base["synthetic"]["seed"] = seed
     base["training"]["seed"] = seed

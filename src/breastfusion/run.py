@@ -3,6 +3,7 @@
 A run folder holds:
 
 * ``config.yaml``       the resolved configuration (every key, defaults included);
+* ``preprocessing.json`` per-modality preprocessing parameters and any unreadable images left out;
 * ``predictions.csv``   out-of-fold predictions: variant, fold, subject, lesion, label, probability;
 * ``results.json``      every number in the report, under keys that say what they are;
 * ``roc.png``           subject-level ROC curves of every variant (and the oracle on synthetic data);
@@ -89,6 +90,9 @@ def run_experiment(
 
     predictions = cross_validate(cohort, config, progress=progress, checkpoint_dir=out / "checkpoints")
     predictions.to_csv(out / "predictions.csv", index=False)
+    (out / "preprocessing.json").write_text(json.dumps(
+        {"params": predictions.attrs.get("preprocessing", {}),
+         "excluded_images": predictions.attrs.get("excluded_images", [])}, indent=2))
 
     oracle = load_oracle(cohort.root)
     lesions = cohort.lesions
@@ -101,6 +105,8 @@ def run_experiment(
                    "n_lesions": int(len(lesions)), "n_malignant": int(lesions.groupby("subject_id")["y"].max().sum()),
                    "n_images": int(len(cohort.manifest)), "modalities": list(cohort.modalities)},
         "cv": config.cv.model_dump(),
+        "preprocessing": predictions.attrs.get("preprocessing", {}),
+        "excluded_images": predictions.attrs.get("excluded_images", []),
         "level": "subject",
         "variants": _variant_results(predictions, config, oracle),
         "oracle_auc": None, "oracle_auc_ci": None, "modality_oracle_auc": None,

@@ -81,9 +81,19 @@ class Cohort:
 
     @property
     def lesions(self) -> pd.DataFrame:
-        """One row per lesion: ``lesion_id``, ``subject_id``, ``label`` (0/1 as ``y``)."""
-        lesions = self.manifest.drop_duplicates("lesion_id")[["lesion_id", "subject_id", "label"]]
-        lesions = lesions.reset_index(drop=True)
+        """One row per lesion: ``lesion_id``, ``subject_id``, ``label``, ``y`` (0/1) and ``group``.
+
+        ``group`` is the cross-validation group: the manifest's ``cv_group`` column where
+        present (e.g. subjects sharing near-duplicate images, from ``data check --group-duplicates``),
+        else the subject.
+        """
+        columns = ["lesion_id", "subject_id", "label"] + (["cv_group"] if "cv_group" in self.manifest else [])
+        lesions = self.manifest.drop_duplicates("lesion_id")[columns].reset_index(drop=True)
+        if "cv_group" in lesions:
+            lesions = lesions.rename(columns={"cv_group": "group"})
+            lesions["group"] = lesions["group"].fillna(lesions["subject_id"]).astype(str)
+        else:
+            lesions["group"] = lesions["subject_id"]
         lesions["y"] = (lesions["label"] == "malignant").astype(int)
         return lesions
 

@@ -20,8 +20,9 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from breastfusion.data.images import load_images
-from breastfusion.data.manifest import IMAGE_MODALITIES, Cohort
+from breastfusion.data.cache import ArrayCache, preprocess_cohort
+from breastfusion.data.manifest import Cohort
+from breastfusion.data.preprocess import Params
 
 __all__ = ["LesionImages", "build_lesion_images", "LesionDataset", "clinical_features_for"]
 
@@ -33,42 +34,56 @@ class LesionImages:
         lesion_ids: lesion order shared by every array.
         images: ``{modality: uint8 tensor (L, V, 1, S, S)}``.
         views: ``{modality: bool tensor (L, V)}``.
+        excluded: unreadable image paths left out (only with ``exclude_unreadable``).
+        params: the preprocessing parameters used, per modality (recorded with the run).
     """
 
-    def __init__(self, lesion_ids: list[str], images: dict[str, torch.Tensor], views: dict[str, torch.Tensor]):
+    def __init__(self, lesion_ids: list[str], images: dict[str, torch.Tensor], views: dict[str, torch.Tensor],
+                 *, excluded: list[str] | None = None, params: dict[str, dict] | None = None):
         self.lesion_ids = lesion_ids
         self.images = images
         self.views = views
+        self.excluded = excluded or []
+        self.params = params or {}
 
 
 def build_lesion_images(
-    cohort: Cohort, sizes: dict[str, int], *, on_image: Callable[[], None] | None = None
+    cohort: Cohort, params: dict[str, Params], *, cache: ArrayCache | None = None, exclude_unreadable: bool = False,
+    on_image: Callable[[], None] | None = None,
 ) -> LesionImages:
-    """Decode every image of the requested modalities into per-lesion view slots.
+    """Decode and preprocess every image of the requested modalities into per-lesion view slots.
 
     Args:
         cohort: a validated cohort.
-        sizes: ``{image modality: side in pixels}``; modalities not listed are skipped.
-        on_image: called after each decoded image (progress).
+        params: ``{image modality: preprocessing parameters}``; modalities not listed are skipped.
+        cache: the preprocessed-array cache (``None``: decode every time).
+        exclude_unreadable: leave unreadable images out (recorded in ``excluded``) instead of failing.
+        on_image: called after each image (progress).
+
+    Raises:
+        ImageReadError: listing every unreadable image, unless ``exclude_unreadable``.
     """
+    prepared = preprocess_cohort(cohort, params, cache=cache, exclude_unreadable=exclude_unreadable,
+                                 on_image=on_image)
     lesion_ids = cohort.lesions["lesion_id"].tolist()
     row_of = {lid: i for i, lid in enumerate(lesion_ids)}
     images, views = {}, {}
-    for modality in IMAGE_MODALITIES:
-        if modality not in sizes:
-            continue
-        rows = cohort.manifest[cohort.manifest["modality"] == modality].sort_values(["lesion_id", "view", "path"])
+    for modality, modality_params in params.items():
+        rows = cohort.manifest[(cohort.manifest["modality"] == modality)
+                               & cohort.manifest["path"].isin(list(prepared.arrays))]
+        rows = rows.sort_values(["lesion_id", "view", "path"])
         slot = torch.as_tensor(rows.groupby("lesion_id").cumcount().to_numpy(copy=True))
         n_views = int(slot.max()) + 1 if len(rows) else 1
-        size = sizes[modality]
-        pixels = load_images(rows["path"].tolist(), size, on_image=on_image)
+        size = modality_params.size
         stack = torch.zeros(len(lesion_ids), n_views, 1, size, size, dtype=torch.uint8)
         present = torch.zeros(len(lesion_ids), n_views, dtype=torch.bool)
-        lesion_rows = torch.as_tensor(rows["lesion_id"].map(row_of).to_numpy(copy=True))
-        stack[lesion_rows, slot, 0] = torch.from_numpy(pixels)
-        present[lesion_rows, slot] = True
+        if len(rows):
+            pixels = np.stack([prepared.arrays[p] for p in rows["path"]])
+            lesion_rows = torch.as_tensor(rows["lesion_id"].map(row_of).to_numpy(copy=True))
+            stack[lesion_rows, slot, 0] = torch.from_numpy(pixels)
+            present[lesion_rows, slot] = True
         images[modality], views[modality] = stack, present
-    return LesionImages(lesion_ids, images, views)
+    return LesionImages(lesion_ids, images, views, excluded=prepared.excluded, params=prepared.params)
 
 
 class LesionDataset(Dataset):

@@ -11,14 +11,16 @@ from rich.progress import Progress
 from safetensors.torch import load_file, save_file
 
 from breastfusion.config import ExperimentConfig, TrainingConfig
+from breastfusion.data.cache import ArrayCache
 from breastfusion.data.clinical import ClinicalPreprocessor
 from breastfusion.data.manifest import IMAGE_MODALITIES, Cohort
+from breastfusion.data.preprocess import Params, params_for
 from breastfusion.data.tensors import LesionDataset, build_lesion_images, clinical_features_for
 from breastfusion.evaluation.splits import subject_folds
 from breastfusion.models.network import build_network
 from breastfusion.training.fit import clear_work_dir, fit_predict
 
-__all__ = ["MissingModalityError", "check_modalities", "cross_validate", "inner_split"]
+__all__ = ["MissingModalityError", "check_modalities", "cross_validate", "inner_split", "preprocessing_params"]
 
 
 class MissingModalityError(ValueError):
@@ -45,6 +47,15 @@ def _clinical_inputs(cohort: Cohort, config: ExperimentConfig, fit_on: pd.DataFr
     train_rows = cohort.clinical[cohort.clinical["subject_id"].isin(fit_on["subject_id"])]
     preprocessor = ClinicalPreprocessor(cfg.numeric, cfg.categorical, cfg.binary).fit(train_rows)
     return preprocessor, [clinical_features_for(part, cohort.clinical, preprocessor) for part in parts]
+
+
+def preprocessing_params(config: ExperimentConfig, modalities: list[str]) -> dict[str, Params]:
+    """Each image modality's preprocessing: its defaults, the branch's image size, then the config's overrides."""
+    out = {}
+    for m in modalities:
+        branch = getattr(config.model, m)
+        out[m] = params_for(m, **{"size": branch.image_size, **branch.preprocess})
+    return out
 
 
 def inner_split(lesions: pd.DataFrame, train_idx: np.ndarray, *, fraction: float, seed: int):
@@ -84,17 +95,18 @@ def cross_validate(cohort: Cohort, config: ExperimentConfig, *, progress: Progre
 
     Returns:
         Out-of-fold predictions, one row per (variant, lesion): ``variant``,
-        ``fold``, ``subject_id``, ``lesion_id``, ``y``, ``prob``, in the config's variant order.
+        ``fold``, ``subject_id``, ``lesion_id``, ``y``, ``prob``, in the config's variant order;
+        ``attrs["preprocessing"]`` and ``attrs["excluded_images"]`` record how images were prepared.
     """
     check_modalities(cohort, config)
     lesions = cohort.lesions
     folds = subject_folds(lesions, n_splits=config.cv.n_splits, seed=config.cv.seed)
     used = {m for modalities in config.variants.values() for m in modalities}
-    sizes = {m: getattr(config.model, m).image_size for m in IMAGE_MODALITIES if m in used}
-
-    n_images = int(cohort.manifest["modality"].isin(list(sizes)).sum())
-    decode_task = progress.add_task("decoding images", total=n_images) if progress else None
-    images = build_lesion_images(cohort, sizes,
+    params = preprocessing_params(config, [m for m in IMAGE_MODALITIES if m in used])
+    n_images = int(cohort.manifest["modality"].isin(list(params)).sum())
+    decode_task = progress.add_task("decoding + preprocessing images", total=n_images) if progress else None
+    images = build_lesion_images(cohort, params, cache=ArrayCache(enabled=config.cache),
+                                 exclude_unreadable=config.exclude_unreadable,
                                  on_image=(lambda: progress.advance(decode_task)) if progress else None)
     order = sorted(config.variants, key=lambda name: len(config.variants[name]) > 1)
     plans = {name: _training_plan(config, tuple(config.variants[name])) for name in order}
@@ -124,7 +136,10 @@ def cross_validate(cohort: Cohort, config: ExperimentConfig, *, progress: Progre
             rows.append(predictions)
     predictions = pd.concat(rows, ignore_index=True)
     predictions["variant"] = pd.Categorical(predictions["variant"], categories=list(config.variants), ordered=True)
-    return predictions.sort_values(["variant", "fold"], kind="stable").astype({"variant": str}).reset_index(drop=True)
+    predictions = predictions.sort_values(["variant", "fold"], kind="stable").astype({"variant": str})
+    predictions = predictions.reset_index(drop=True)
+    predictions.attrs.update(preprocessing=images.params, excluded_images=images.excluded)
+    return predictions
 
 
 def _load_finished(checkpoint_dir: Path | None, variant: str, k: int):

@@ -14,10 +14,12 @@ __all__ = ["subject_folds"]
 
 
 def subject_folds(lesions: pd.DataFrame, *, n_splits: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Split lesions into folds grouped by ``subject_id`` and stratified by ``y``.
+    """Split lesions into folds grouped by subject and stratified by ``y``.
 
     Args:
-        lesions: one row per lesion with ``subject_id`` and ``y`` (0/1).
+        lesions: one row per lesion with ``subject_id`` and ``y`` (0/1), and optionally
+            ``group`` (a coarser grouping, e.g. subjects sharing duplicate images), which
+            then decides the folds.
         n_splits: number of folds.
         seed: shuffling seed.
 
@@ -35,4 +37,5 @@ def subject_folds(lesions: pd.DataFrame, *, n_splits: int, seed: int) -> list[tu
             raise ValueError(f"{counts.get(label, 0)} {name} subject(s) cannot fill {n_splits} folds; "
                              f"lower cv.n_splits or add subjects")
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    return [(train, test) for train, test in splitter.split(lesions, lesions["y"], groups=lesions["subject_id"])]
+    groups = lesions["group"] if "group" in lesions else lesions["subject_id"]
+    return [(train, test) for train, test in splitter.split(lesions, lesions["y"], groups=groups)]

@@ -40,7 +40,8 @@ def build_network(modalities: tuple[str, ...], model_config, n_clinical_features
             branches[modality] = ClinicalBranch(n_clinical_features, hidden=cfg.hidden, dropout=cfg.dropout)
         else:
             cfg = getattr(model_config, modality)
-            encoder = create_encoder(cfg.encoder, in_chans=1, attention=cfg.attention, weights=cfg.weights,
+            encoder = create_encoder(cfg.encoder, in_chans=1, attention=cfg.attention,
+                                     attention_stages=cfg.attention_stages, weights=cfg.weights,
                                      **cfg.encoder_kwargs)
             branches[modality] = ImageBranch(modality, encoder)
     return MultimodalNet(branches, model_config.fusion, dropout=model_config.dropout,
