@@ -99,6 +99,11 @@ def run(
     config: Annotated[Optional[Path], typer.Argument(help="Experiment YAML (default: the demo's settings).")] = None,
     manifest: Annotated[Optional[Path], typer.Option("--manifest", help="Manifest folder (overrides the config's).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Run folder (default: runs/NAME-TIMESTAMP).")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Decode and preprocess every image again.")] = False,
+    exclude_unreadable: Annotated[bool, typer.Option(
+        "--exclude-unreadable", help="Leave unreadable images out (listed in preprocessing.json).")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out: finished "
+                                         "folds are kept, a running fold restarts from its last epoch.")] = False,
 ) -> None:
     """Cross-validate the variants of an experiment on a manifest folder and write a run folder."""
     from breastfusion.config import ConfigError, load_config
@@ -107,7 +112,13 @@ def run(
     from breastfusion.run import run_experiment
 
     try:
-        cfg = load_config(config, manifest=manifest)
+        cfg = load_config(config, manifest=manifest, cache=False if no_cache else None,
+                          exclude_unreadable=True if exclude_unreadable else None)
+        if out is not None and (out / "checkpoints").exists() and not resume:
+            _fail(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        if resume and out is not None and (out / "config.yaml").is_file() and load_config(out / "config.yaml") != cfg:
+            _fail(f"--resume: the configuration differs from the one in {out / 'config.yaml'}; "
+                  f"resume with that file (`breastfusion run {out}/config.yaml --resume --out {out}`)")
         if cfg.manifest is None:
             _fail("no manifest: give --manifest DIR or set `manifest:` in the config "
                   "(or run `breastfusion synthetic --out DIR` to make one)")
@@ -192,6 +203,9 @@ from breastfusion.data.cli import app as data_app, cache_app  # noqa: E402  (sub
 
 app.add_typer(data_app, name="data")
 app.add_typer(cache_app, name="cache")
+
+from breastfusion.models.cli import app as models_app  # noqa: E402
+app.add_typer(models_app, name="models")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,39 @@
+"""``breastfusion models list`` through the real command line app."""
+
+from __future__ import annotations
+
+from typer.testing import CliRunner
+
+from breastfusion.cli import app
+from breastfusion.models.cli import attention_rows, zoo_rows
+from breastfusion.models.zoo import ZOO
+
+runner = CliRunner()
+
+
+def test_models_list_shows_every_encoder_and_attention():
+    result = runner.invoke(app, ["models", "list", "--channels", "64"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    for name in ZOO:
+        assert name in result.output
+    assert "parameters at 64 channels" in result.output
+    assert "EcaModule" in result.output and "CbamModule" in result.output
+
+
+def test_models_list_rejects_a_bad_channel_count():
+    result = runner.invoke(app, ["models", "list", "--channels", "0"])
+    assert result.exit_code != 0
+
+
+def test_zoo_rows_count_parameters_at_one_channel():
+    rows = {row["name"]: row for row in zoo_rows(in_chans=1)}
+    assert rows["resnet18"]["features"] == 512
+    assert 11_000_000 < rows["resnet18"]["params"] < 11_300_000  # 11.69 M at 3 channels, less the fc head
+    assert rows["resnet18_slim"]["params"] < rows["resnet18"]["params"] / 10
+
+
+def test_attention_rows_count_parameters_for_the_channels():
+    rows = {row["name"]: row["params"] for row in attention_rows(128)}
+    assert rows["none"] == 0
+    assert rows["eca"] == 5  # a 1-d conv of kernel 5 for 128 channels (k = |log2(C)/2 + 1/2| odd)
+    assert rows["cbam"] == 2 * 128 * 8 + 2 * 7 * 7 + 2  # channel MLP 128→8→128, 7×7 conv on 2 maps, its BN
