@@ -99,7 +99,7 @@ def test_a_subject_with_missing_modalities_trains_and_predicts(tmp_path):
     generate_cohort(root, n_subjects=60, seed=5, image_px=32, missing_rate=0.4)
     cohort = load_cohort(root)
     config = _config(modality_dropout=0.3, sampler="balanced", class_weights=True, val_fraction=0.25)
-    predictions = cross_validate(cohort, config)
+    predictions = cross_validate(cohort, config).predictions
     assert predictions.groupby("variant")["subject_id"].nunique().to_dict() == {"us": 60, "fused": 60}
     assert predictions["prob"].between(0, 1).all() and predictions["prob"].notna().all()
 
@@ -107,7 +107,7 @@ def test_a_subject_with_missing_modalities_trains_and_predicts(tmp_path):
 def test_interrupted_cross_validation_resumes_to_the_same_numbers(tmp_path, small_cohort_dir, monkeypatch):
     cohort = load_cohort(small_cohort_dir)
     config = _config()
-    reference = cross_validate(cohort, config, checkpoint_dir=tmp_path / "ref")
+    reference = cross_validate(cohort, config, checkpoint_dir=tmp_path / "ref").predictions
 
     calls = itertools.count()
     original = LesionClassifier.on_train_batch_end
@@ -126,6 +126,6 @@ def test_interrupted_cross_validation_resumes_to_the_same_numbers(tmp_path, smal
     assert (us / "fold2-running" / "last.ckpt").is_file()  # epoch 1 of fold 3 was checkpointed
 
     monkeypatch.setattr(LesionClassifier, "on_train_batch_end", original, raising=False)
-    resumed = cross_validate(cohort, config, checkpoint_dir=tmp_path / "run")
+    resumed = cross_validate(cohort, config, checkpoint_dir=tmp_path / "run").predictions
     pd.testing.assert_frame_equal(resumed, reference, check_exact=False, rtol=1e-6)
     assert not (us / "fold2-running").exists()

@@ -5,6 +5,7 @@ A run folder holds:
 * ``config.yaml``       the resolved configuration (every key, defaults included);
 * ``preprocessing.json`` per-modality preprocessing parameters and any unreadable images left out;
 * ``predictions.csv``   out-of-fold predictions: variant, fold, subject, lesion, label, probability;
+* ``calibration_predictions.csv`` each fold's calibration scores (inner validation, or training in-sample);
 * ``results.json``      every number in the report, under keys that say what they are;
 * ``roc.png``           subject-level ROC curves of every variant (and the oracle on synthetic data);
 * ``report.html``       a short self-contained report (images embedded);
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import platform
 import time
 from datetime import datetime, timezone
@@ -22,6 +24,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from rich.progress import Progress
 from sklearn.metrics import roc_auc_score
@@ -31,6 +34,7 @@ from breastfusion.data.manifest import MANIFEST_FILENAME, Cohort
 from breastfusion.data.synthetic.cohort import Oracle, load_oracle
 from breastfusion.evaluation.crossval import cross_validate
 from breastfusion.evaluation.metrics import auc_with_ci, subject_level
+from breastfusion.evaluation.summary import compare_variants, summarise_variant
 from breastfusion.report.html import write_report
 from breastfusion.report.plots import plot_roc
 
@@ -50,20 +54,42 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def _variant_results(predictions: pd.DataFrame, config: ExperimentConfig, oracle: Oracle | None) -> dict[str, Any]:
+def reference_variant(config: ExperimentConfig) -> str:
+    """The full model every variant is compared with: the first variant with the most modalities."""
+    return max(config.variants, key=lambda name: len(config.variants[name]))
+
+
+def _variant_results(predictions: pd.DataFrame, calibration: pd.DataFrame, config: ExperimentConfig,
+                     oracle: Oracle | None) -> dict[str, Any]:
     variants: dict[str, Any] = {}
+    full = reference_variant(config)
     for name, modalities in config.variants.items():
         subset = predictions[predictions["variant"] == name]
         subjects = subject_level(subset)
-        auc, ci = auc_with_ci(subjects["y"], subjects["prob"], n_boot=config.cv.bootstrap, seed=config.cv.seed)
+        summary = summarise_variant(subset, calibration[calibration["variant"] == name],
+                                    n_boot=config.cv.bootstrap, seed=config.cv.seed)
         fold_auc = [float(roc_auc_score(g["y"], g["prob"])) for _, g in subset.groupby("fold")]
-        entry = {"modalities": list(modalities), "auc": auc, "auc_ci": list(ci), "fold_auc": fold_auc,
-                 "n_subjects": int(len(subjects)), "n_malignant": int(subjects["y"].sum()), "ceiling_auc": None}
+        entry = {"modalities": list(modalities), **summary, "fold_auc": fold_auc,
+                 "n_subjects": int(len(subjects)), "n_malignant": int(subjects["y"].sum()), "ceiling_auc": None,
+                 "delong": None if name == full else compare_variants(predictions, name, full)}
         if oracle is not None:
             ceiling = oracle.posterior(tuple(modalities)).loc[subjects["subject_id"]]
             entry["ceiling_auc"] = float(roc_auc_score(subjects["y"], ceiling))
         variants[name] = entry
     return variants
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and infinities as null, so results.json is strict JSON."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
 
 
 def run_experiment(
@@ -88,11 +114,12 @@ def run_experiment(
     started = time.perf_counter()
     dump_config(config, out / "config.yaml")
 
-    predictions = cross_validate(cohort, config, progress=progress, checkpoint_dir=out / "checkpoints")
+    cv = cross_validate(cohort, config, progress=progress, checkpoint_dir=out / "checkpoints")
+    predictions, calibration = cv.predictions, cv.calibration
     predictions.to_csv(out / "predictions.csv", index=False)
+    calibration.to_csv(out / "calibration_predictions.csv", index=False)
     (out / "preprocessing.json").write_text(json.dumps(
-        {"params": predictions.attrs.get("preprocessing", {}),
-         "excluded_images": predictions.attrs.get("excluded_images", [])}, indent=2))
+        {"params": cv.preprocessing, "excluded_images": cv.excluded_images}, indent=2))
 
     oracle = load_oracle(cohort.root)
     lesions = cohort.lesions
@@ -105,10 +132,11 @@ def run_experiment(
                    "n_lesions": int(len(lesions)), "n_malignant": int(lesions.groupby("subject_id")["y"].max().sum()),
                    "n_images": int(len(cohort.manifest)), "modalities": list(cohort.modalities)},
         "cv": config.cv.model_dump(),
-        "preprocessing": predictions.attrs.get("preprocessing", {}),
-        "excluded_images": predictions.attrs.get("excluded_images", []),
+        "preprocessing": cv.preprocessing,
+        "excluded_images": cv.excluded_images,
         "level": "subject",
-        "variants": _variant_results(predictions, config, oracle),
+        "reference_variant": reference_variant(config),
+        "variants": _variant_results(predictions, calibration, config, oracle),
         "oracle_auc": None, "oracle_auc_ci": None, "modality_oracle_auc": None,
     }
     curves = {name: (g_subj["y"].to_numpy(), g_subj["prob"].to_numpy(), results["variants"][name]["auc"])
@@ -125,7 +153,8 @@ def run_experiment(
 
     plot_roc(curves, out / "roc.png")
     results["runtime_s"] = round(time.perf_counter() - started, 1)
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    results = _json_safe(results)
+    (out / "results.json").write_text(json.dumps(results, indent=2, allow_nan=False))
     write_report(results, roc_png=out / "roc.png", config_yaml=(out / "config.yaml").read_text(),
                  path=out / "report.html")
     return results

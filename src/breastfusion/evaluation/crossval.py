@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +19,29 @@ from breastfusion.data.preprocess import Params, params_for
 from breastfusion.data.tensors import LesionDataset, build_lesion_images, clinical_features_for
 from breastfusion.evaluation.splits import subject_folds
 from breastfusion.models.network import build_network
-from breastfusion.training.fit import clear_work_dir, fit_predict
+from breastfusion.training.fit import clear_work_dir, fit_predict, predict_probs
 
-__all__ = ["MissingModalityError", "check_modalities", "cross_validate", "inner_split", "preprocessing_params"]
+__all__ = ["CrossValidation", "MissingModalityError", "check_modalities", "cross_validate", "inner_split", "preprocessing_params"]
+
+
+@dataclass
+class CrossValidation:
+    """What :func:`cross_validate` produced.
+
+    Attributes:
+        predictions: out-of-fold predictions, one row per (variant, lesion): ``variant``, ``fold``,
+            ``subject_id``, ``lesion_id``, ``y``, ``prob``, in the config's variant order.
+        calibration: each fold's calibration scores (its inner validation lesions, or its training
+            lesions in-sample when there is no validation split; ``split`` says which). Thresholds,
+            recalibration and conformal sets are fitted on these only.
+        preprocessing: per-modality preprocessing parameters used.
+        excluded_images: unreadable images left out (only with ``exclude_unreadable``).
+    """
+
+    predictions: pd.DataFrame
+    calibration: pd.DataFrame
+    preprocessing: dict[str, dict]
+    excluded_images: list[str]
 
 
 class MissingModalityError(ValueError):
@@ -75,7 +96,7 @@ def _training_plan(config: ExperimentConfig, modalities: tuple[str, ...]) -> Tra
 
 
 def cross_validate(cohort: Cohort, config: ExperimentConfig, *, progress: Progress | None = None,
-                   checkpoint_dir: Path | None = None) -> pd.DataFrame:
+                   checkpoint_dir: Path | None = None) -> CrossValidation:
     """Train and predict every variant on every fold.
 
     Single-modality variants run first; a multimodal variant then starts its
@@ -94,9 +115,7 @@ def cross_validate(cohort: Cohort, config: ExperimentConfig, *, progress: Progre
         checkpoint_dir: the run's checkpoint folder (``None``: keep nothing).
 
     Returns:
-        Out-of-fold predictions, one row per (variant, lesion): ``variant``,
-        ``fold``, ``subject_id``, ``lesion_id``, ``y``, ``prob``, in the config's variant order;
-        ``attrs["preprocessing"]`` and ``attrs["excluded_images"]`` record how images were prepared.
+        The out-of-fold predictions, each fold's calibration scores, and how images were prepared.
     """
     check_modalities(cohort, config)
     lesions = cohort.lesions
@@ -134,12 +153,13 @@ def cross_validate(cohort: Cohort, config: ExperimentConfig, *, progress: Progre
                 single_branches[(k, modalities[0])] = {n[len(prefix):]: t for n, t in state.items()
                                                        if n.startswith(prefix)}
             rows.append(predictions)
-    predictions = pd.concat(rows, ignore_index=True)
+    every = pd.concat(rows, ignore_index=True)
+    predictions = every[every["split"] == "test"].drop(columns="split")
     predictions["variant"] = pd.Categorical(predictions["variant"], categories=list(config.variants), ordered=True)
     predictions = predictions.sort_values(["variant", "fold"], kind="stable").astype({"variant": str})
-    predictions = predictions.reset_index(drop=True)
-    predictions.attrs.update(preprocessing=images.params, excluded_images=images.excluded)
-    return predictions
+    return CrossValidation(predictions=predictions.reset_index(drop=True),
+                           calibration=every[every["split"] != "test"].reset_index(drop=True),
+                           preprocessing=images.params, excluded_images=images.excluded)
 
 
 def _load_finished(checkpoint_dir: Path | None, variant: str, k: int):
@@ -176,11 +196,18 @@ def _run_fold(cohort, config, images, lesions, variant, modalities, k, train_idx
         for m in modalities:
             net.branches[m].load_state_dict(single_branches[(k, m)])
     work_dir = checkpoint_dir / variant / f"fold{k}-running" if checkpoint_dir is not None else None
-    probs = fit_predict(net, dataset(train_idx, train, clinical[0]), dataset(test_idx, test, clinical[1]), training,
-                        seed=seed, val=dataset(val_idx, val, clinical[2]) if val is not None else None,
+    train_ds = dataset(train_idx, train, clinical[0])
+    val_ds = dataset(val_idx, val, clinical[2]) if val is not None else None
+    probs = fit_predict(net, train_ds, dataset(test_idx, test, clinical[1]), training, seed=seed, val=val_ds,
                         work_dir=work_dir, on_epoch=on_epoch)
-    predictions = pd.DataFrame({"variant": variant, "fold": k, "subject_id": test["subject_id"].to_numpy(),
-                                "lesion_id": test["lesion_id"].to_numpy(), "y": test["y"].to_numpy(), "prob": probs})
+    # Calibration scores for thresholds, recalibration and conformal sets: the inner validation
+    # split when there is one (unseen in fitting), else the training lesions themselves (in-sample).
+    calib, calib_ds, source = (val, val_ds, "validation") if val is not None else (train, train_ds, "training")
+    parts = [(test, probs, "test"), (calib, predict_probs(net, calib_ds), source)]
+    predictions = pd.concat([pd.DataFrame({
+        "variant": variant, "fold": k, "split": split, "subject_id": frame["subject_id"].to_numpy(),
+        "lesion_id": frame["lesion_id"].to_numpy(), "y": frame["y"].to_numpy(), "prob": p})
+        for frame, p, split in parts], ignore_index=True)
     state = {n: t.detach().cpu().contiguous() for n, t in net.state_dict().items()}
     if checkpoint_dir is not None:
         save_file(state, str(checkpoint_dir / variant / f"fold{k}.safetensors"),

@@ -39,6 +39,26 @@ bootstrap resamples of subjects.{% if r.oracle_auc is not none %} The oracle is 
 from the generator's latent lesion properties: no model can beat it in expectation. "Ceiling" is the oracle restricted
 to the latents that the variant's modalities observe.{% endif %}</p>
 <img alt="ROC curves" src="data:image/png;base64,{{ roc_png }}" width="550">
+{% set first = r.variants.values()|first %}{% if first.threshold_metrics is defined %}
+<h2>Operating points, calibration and comparisons</h2>
+<table><tr><th>variant</th><th>AUC (DeLong 95% CI)</th><th>sens</th><th>spec</th><th>F1</th><th>Brier</th><th>ECE</th>
+<th>spec @ 95% sens</th><th>benign biopsies avoided / cancers missed per 100 (rule-out, sens ≥ 98%)</th>
+<th>conformal coverage (abstain)</th><th>DeLong p vs {{ r.reference_variant }}</th></tr>
+{% for name, v in r.variants.items() %}{% set t = v.threshold_metrics %}<tr><td>{{ name }}</td>
+<td>{{ "%.3f"|format(v.auc) }} ({{ "%.3f"|format(v.auc_ci_delong[0]) }}–{{ "%.3f"|format(v.auc_ci_delong[1]) }})</td>
+<td>{{ fmt(t.sensitivity) }}</td><td>{{ fmt(t.specificity) }}</td><td>{{ fmt(t.f1) }}</td>
+<td>{{ fmt(v.brier) }}</td><td>{{ fmt(v.ece) }}</td><td>{{ fmt(v.specificity_at_sensitivity["0.95"]) }}</td>
+<td>{{ fmt(v.biopsies_avoided.benign_biopsies_avoided, 1) }} / {{ fmt(v.biopsies_avoided.cancers_missed, 1) }}</td>
+<td>{{ fmt(v.conformal.coverage) }} ({{ fmt(v.conformal.abstain_rate) }})</td>
+<td>{{ "%.2g"|format(v.delong.p) if v.delong else "reference" }}</td></tr>
+{% endfor %}</table>
+<p class="note">Subject level, test folds pooled. Sensitivity, specificity and F1 at each fold's Youden threshold;
+rule-out at each fold's threshold reaching ≥ 98% sensitivity; conformal prediction sets at α =
+{{ first.conformal.alpha }}. All thresholds and conformal calibration come from each fold's
+{{ first.conformal.calibration_source|join(", ") }} subjects, never from its test subjects{% if "training" in
+first.conformal.calibration_source %} (in-sample training scores are optimistic: set training.val_fraction for
+an inner validation split){% endif %}. DeLong: paired test of each variant against {{ r.reference_variant }} on the
+same subjects.</p>{% endif %}
 {% if r.explanations %}{% set e = r.explanations %}
 <h2>Explanations · {{ e.variant }}</h2>
 <p class="note">Each subject is explained by the fold network that did not see it.</p>
@@ -83,6 +103,7 @@ def write_report(results: dict[str, Any], *, roc_png: Path, config_yaml: str, pa
     """
     env = Environment(autoescape=select_autoescape(default=True))
     figs = {name: base64.b64encode(Path(p).read_bytes()).decode("ascii") for name, p in (figures or {}).items()}
+    env.globals["fmt"] = lambda v, digits=3: "–" if v is None else f"{v:.{digits}f}"
     html = env.from_string(_TEMPLATE).render(
         r=results, roc_png=base64.b64encode(Path(roc_png).read_bytes()).decode("ascii"), config_yaml=config_yaml,
         figs=figs)

@@ -21,7 +21,7 @@ from breastfusion.data.tensors import LesionDataset
 from breastfusion.training.module import LesionClassifier
 from breastfusion.training.sampling import EpochSampler
 
-__all__ = ["fit_predict", "select_device", "clear_work_dir"]
+__all__ = ["fit_predict", "predict_probs", "select_device", "clear_work_dir"]
 
 for _name in ("lightning", "lightning.pytorch", "lightning.fabric"):
     logging.getLogger(_name).setLevel(logging.ERROR)
@@ -125,6 +125,16 @@ def fit_predict(
             module.load_state_dict(state)
         batches = trainer.predict(module, DataLoader(test, batch_size=eval_batch))
     return torch.cat(batches).cpu().numpy().astype(float)
+
+
+@torch.no_grad()
+def predict_probs(net: torch.nn.Module, dataset: LesionDataset, *, batch_size: int = 64) -> np.ndarray:
+    """P(malignant) of every sample of ``dataset`` with ``net`` in eval mode (no training randomness)."""
+    module = LesionClassifier(net, lr=1.0, weight_decay=0.0, epochs=1).eval()
+    device = next(net.parameters()).device
+    out = [torch.sigmoid(module({k: v.to(device) for k, v in batch.items()}).float()).cpu()
+           for batch in DataLoader(dataset, batch_size=batch_size)]
+    return torch.cat(out).numpy().astype(float)
 
 
 def clear_work_dir(work_dir: Path) -> None:
