@@ -11,7 +11,10 @@ image normalisation are rebuilt exactly as the run made them:
   subjects when early stopping held some out), as
   :mod:`breastfusion.evaluation.crossval` does;
 * fold ``k``'s network is ``checkpoints/{variant}/fold{k}.safetensors``;
-* images are normalised by the training module's own batch preparation.
+* images go through the run's per-modality preprocessing (and cache), then
+  the training module's own batch normalisation;
+* lesion masks (manifest column ``mask_path``) go through the same crop,
+  flip and resize as their image, so they align with what the network saw.
 
 The cohort is found at ``RUN/cohort`` (synthetic runs), else at the config's
 ``manifest``, else at ``results.json``'s ``cohort.root``; its manifest must
@@ -34,12 +37,14 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from breastfusion.config import ExperimentConfig, load_config
+from breastfusion.data.cache import ArrayCache, _read_mask, _roi_inputs
 from breastfusion.data.clinical import ClinicalPreprocessor
-from breastfusion.data.images import load_images
 from breastfusion.data.manifest import IMAGE_MODALITIES, MANIFEST_FILENAME, Cohort, load_cohort
+from breastfusion.data.preprocess import Params, preprocess, resize_pad
+from breastfusion.data.readers import read_image
 from breastfusion.data.synthetic.cohort import MASK_COLUMN
 from breastfusion.data.tensors import LesionDataset, LesionImages, build_lesion_images, clinical_features_for
-from breastfusion.evaluation.crossval import inner_split
+from breastfusion.evaluation.crossval import inner_split, preprocessing_params
 from breastfusion.evaluation.splits import subject_folds
 from breastfusion.models.network import MultimodalNet, build_network
 
@@ -178,46 +183,54 @@ class RunArtifacts:
         return self._preprocessors[fold]
 
     @cached_property
-    def images(self) -> LesionImages:
-        """Decoded images of every image modality any variant reads, at the config's sizes."""
-        return build_lesion_images(self.cohort, self._sizes)
-
-    @property
-    def _sizes(self) -> dict[str, int]:
+    def preprocessing(self) -> dict[str, Params]:
+        """Each image modality's preprocessing parameters, as the run derived them from its config."""
         used = {m for modalities in self.config.variants.values() for m in modalities}
-        return {m: getattr(self.config.model, m).image_size
-                for m in IMAGE_MODALITIES if m in used and m in self.cohort.modalities}
+        return preprocessing_params(self.config, [m for m in IMAGE_MODALITIES
+                                                  if m in used and m in self.cohort.modalities])
 
     @cached_property
-    def masks(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Lesion masks aligned with :attr:`images`: ``{modality: (bool (L, V, S, S), known bool (L, V))}``.
+    def images(self) -> LesionImages:
+        """Preprocessed images of every image modality any variant reads (through the run's cache setting)."""
+        return build_lesion_images(self.cohort, self.preprocessing, cache=ArrayCache(enabled=self.config.cache),
+                                   exclude_unreadable=self.config.exclude_unreadable)
 
-        Empty when the manifest has no ``mask_path`` column; ``known`` is False
-        for images without a mask. Masks are resized as the images are and
-        thresholded at half intensity.
-        """
+    def image_rows(self, position: int, modality: str) -> pd.DataFrame:
+        """Manifest rows of one lesion's ``modality`` images, in view-slot order (slot i is row i)."""
         manifest = self.cohort.manifest
-        if MASK_COLUMN not in manifest.columns:
-            return {}
-        out = {}
-        row_of = {lid: i for i, lid in enumerate(self.images.lesion_ids)}
-        for modality, size in self._sizes.items():
-            # The same order and view slots as build_lesion_images.
-            rows = manifest[manifest["modality"] == modality].sort_values(["lesion_id", "view", "path"])
-            slot = rows.groupby("lesion_id").cumcount().to_numpy()
-            lesion = rows["lesion_id"].map(row_of).to_numpy()
-            n_views = self.images.views[modality].shape[1]
-            masks = torch.zeros(len(row_of), n_views, size, size, dtype=torch.bool)
-            known = torch.zeros(len(row_of), n_views, dtype=torch.bool)
-            has = rows[MASK_COLUMN].notna().to_numpy() & (rows[MASK_COLUMN].astype(str).str.strip() != "").to_numpy()
-            if has.any():
-                paths = [str(p if Path(p).is_absolute() else self.cohort.root / p)
-                         for p in rows.loc[has, MASK_COLUMN]]
-                pixels = torch.from_numpy(load_images(paths, size) >= 128)
-                masks[lesion[has], slot[has]] = pixels
-                known[lesion[has], slot[has]] = True
-            out[modality] = (masks, known)
-        return out
+        lesion_id = self.lesions["lesion_id"].iat[position]
+        rows = manifest[(manifest["lesion_id"] == lesion_id) & (manifest["modality"] == modality)]
+        excluded = set(self.images.excluded)
+        return rows[~rows["path"].isin(excluded)].sort_values(["view", "path"])  # as build_lesion_images
+
+    def lesion_mask(self, position: int, modality: str, slot: int) -> np.ndarray | None:
+        """The lesion mask of one image, through the image's own preprocessing geometry.
+
+        The mask files listed in the manifest's ``mask_path`` column (several joined
+        by ``|`` are united) are cropped, mirrored and resized exactly as the image
+        was (the crop box and flip are those :func:`~breastfusion.data.preprocess.preprocess`
+        chose for the image), then thresholded at one half.
+
+        Returns:
+            bool (S, S) aligned with ``images.images[modality][position, slot, 0]``, or
+            ``None`` when the image has no mask.
+        """
+        rows = self.image_rows(position, modality)
+        if MASK_COLUMN not in rows.columns or slot >= len(rows):
+            return None
+        row = rows.iloc[slot].to_dict()
+        mask_files, box = _roi_inputs(row, self.cohort.root)
+        if not mask_files:
+            return None
+        params = self.preprocessing[modality]
+        mask = _read_mask(mask_files)
+        prepared = preprocess(read_image(row["path"]), params, roi_mask=mask, roi=box)
+        top, left, bottom, right = prepared.crop
+        mask = mask[top:bottom, left:right].astype(np.float32)
+        if prepared.flipped:
+            mask = mask[:, ::-1]
+        anchor = params.chest_wall if modality == "mammography" and params.chest_wall != "none" else "center"
+        return resize_pad(np.ascontiguousarray(mask), params.size, anchor=anchor) >= 0.5
 
     def clinical_inputs(self, fold: int, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Fold ``fold``'s clinical features (n, F) and presence (n,) for the lesions at ``positions``."""

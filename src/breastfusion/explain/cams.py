@@ -159,7 +159,7 @@ def find_target_layer(encoder: ImageEncoder, image_size: int, *, name: str | Non
         if fitting and fitting[-1] is not stages[-1] and image_size / stages[-1]["reduction"] < min_side:
             name = f"backbone.{fitting[-1]['module']}"
     if name == FINAL:
-        module, channels = encoder.attention, encoder.num_features
+        module, channels = encoder.attention, getattr(encoder, "map_features", encoder.num_features)
     else:
         try:
             module = encoder.get_submodule(name)

@@ -180,7 +180,6 @@ def explain_run(
         progress.remove_task(task)
 
     image_modalities = [m for m in modalities if m in IMAGE_MODALITIES]
-    masks = art.masks
     lesion_pos = {lid: i for i, lid in enumerate(art.lesions["lesion_id"])}
     prob_of = per_subject.set_index("subject_id")["prob"]
     nets: dict[int, Any] = {}
@@ -211,12 +210,10 @@ def explain_run(
                         net.branches[modality].encoder, batch[modality].shape[-1],
                         name=target_layers.get(modality), in_chans=batch[modality].shape[2])
                 layer = layers[(k, modality)]
-                view_names = _view_names(art, lid, modality)
+                view_names = _view_names(art, pos, modality)
                 view_features = encode_views(net, batch, modality)
                 for slot in np.flatnonzero(views.numpy()):
-                    mask = None
-                    if modality in masks and bool(masks[modality][1][pos, slot]):
-                        mask = masks[modality][0][pos, slot].numpy()
+                    mask = art.lesion_mask(pos, modality, int(slot))
                     methods = faith_methods if mask is not None else (method,)
                     model = OneImageModel(net, batch, modality, int(slot), branch_outputs=branch_outputs,
                                           view_features=view_features).eval()
@@ -281,11 +278,10 @@ def explain_run(
     return result
 
 
-def _view_names(art: RunArtifacts, lesion_id: str, modality: str) -> list[str]:
-    """View names in slot order (the order build_lesion_images uses)."""
-    rows = art.cohort.manifest[(art.cohort.manifest["lesion_id"] == lesion_id)
-                               & (art.cohort.manifest["modality"] == modality)].sort_values(["view", "path"])
-    names = [str(v) if str(v) else f"image{i + 1}" for i, v in enumerate(rows["view"])]
+def _view_names(art: RunArtifacts, position: int, modality: str) -> list[str]:
+    """View names in slot order."""
+    views = art.image_rows(position, modality)["view"].astype(str).tolist()
+    names = [v if v and v != "nan" else f"image{i + 1}" for i, v in enumerate(views)]
     return names + [f"slot{i}" for i in range(len(names), int(art.images.views[modality].shape[1]))]
 
 
