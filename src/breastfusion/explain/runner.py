@@ -105,7 +105,7 @@ def explain_run(
     target_layers: dict[str, str] | None = None,
     n_cases: int = 4,
     faithfulness_methods: Sequence[str] | None = None,
-    importance_repeats: int = 10,
+    importance_repeats: int = 5,
     scorecam_batch: int = 256,
     seed: int = 0,
     update_run: bool = True,

@@ -1,0 +1,51 @@
+"""`breastfusion explain` end to end on a tiny run: overlays, results.json, report gallery, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+from typer.testing import CliRunner
+
+from breastfusion.cli import app
+
+
+def test_explain_writes_overlays_results_and_gallery(run_copy, tmp_path):
+    subjects = pd.read_csv(run_copy / "predictions.csv", dtype={"subject_id": str})["subject_id"].unique()[:2]
+    out = tmp_path / "explained"
+    result = CliRunner().invoke(app, ["explain", str(run_copy), "--subjects", ",".join(subjects),
+                                      "--method", "gradcam", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "modality contribution" in result.output
+    # one overlay per image of each image branch
+    for sid in subjects:
+        assert len(list((out / "heatmaps").glob(f"{sid}_*_gradcam.png"))) == 3  # CC, MLO, ultrasound
+    explanations = json.loads((run_copy / "results.json").read_text())["explanations"]
+    contribution = explanations["contribution"]
+    assert sum(contribution["share_percent"].values()) == pytest_approx(100)
+    assert contribution["efficiency_max_error"] < 1e-9 and contribution["n_lesions"] == 60
+    methods = {row["method"] for row in explanations["faithfulness"]["table"]}
+    assert methods == {"scorecam", "gradcam", "gradcam++", "random"}  # synthetic cohort: masks known
+    assert [row["variable"] for row in explanations["clinical_importance"]]
+    assert explanations["faithfulness"]["deletion_insertion"]["method"] == "gradcam"
+    assert sorted(explanations["subjects"]) == sorted(subjects)
+    html = (run_copy / "report.html").read_text()
+    assert "Explanations" in html and "Gallery" in html and html.count("data:image/png;base64,") == 2
+    shapley = pd.read_csv(out / "modality_shapley.csv")
+    assert len(shapley) == 60 and set(shapley["fold"]) == {0, 1}
+
+
+def test_explain_errors(run_copy):
+    runner = CliRunner()
+    result = runner.invoke(app, ["explain", str(run_copy), "--method", "lime"])
+    assert result.exit_code == 2 and "unknown method 'lime'" in result.output
+    result = runner.invoke(app, ["explain", str(run_copy), "--subjects", "nobody"])
+    assert result.exit_code == 2 and "nobody" in result.output
+    result = runner.invoke(app, ["explain", str(run_copy / "nope")])
+    assert result.exit_code == 2 and "not a run folder" in " ".join(result.output.split())
+
+
+def pytest_approx(value):
+    import pytest
+
+    return pytest.approx(value)
