@@ -69,7 +69,7 @@ def list_models(
     Any other timm model name also works as ``encoder:``; these are the ones
     tested here. Attention goes after the final stage (``attention``) and, for
     ResNet, ConvNeXt, EfficientNet, DenseNet and MobileNetV3, optionally after
-    every stage (``encoder_kwargs: {attention_stages: all}``).
+    every stage (``attention_stages: all`` in the branch config).
     """
     zoo = Table(title=f"Encoders (zoo; parameters at {in_chans} input channel{'s' * (in_chans > 1)})")
     for column in ("name", "family", "timm model", "features", "parameters", "note"):
