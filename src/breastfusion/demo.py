@@ -26,7 +26,8 @@ DEMO: dict[str, Any] = {
 }
 
 #: What ``--quick`` changes: fewer subjects and epochs (the same model and protocol).
-QUICK: dict[str, Any] = {"synthetic": {"n_subjects": 300}, "training": {"epochs": 8}, "cv": {"bootstrap": 500}}
+QUICK: dict[str, Any] = {"synthetic": {"n_subjects": 300, "image_px": 96}, "training": {"epochs": 8, "finetune_epochs": 4},
+                         "cv": {"bootstrap": 500}}
 
 
 def _merge(base: dict, overrides: dict) -> None:

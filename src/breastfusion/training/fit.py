@@ -27,7 +27,6 @@ for _name in ("lightning", "lightning.pytorch", "lightning.fabric"):
     logging.getLogger(_name).setLevel(logging.ERROR)
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-warnings.filterwarnings("ignore", message=".*validation_step.* but have no .val_dataloader.*")
 warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
 
 
@@ -119,7 +118,9 @@ def fit_predict(
             num_sanity_val_steps=0, callbacks=callbacks, default_root_dir=str(root),
         )
         resume = root / "last.ckpt" if (root / "last.ckpt").is_file() else None
-        trainer.fit(module, train_loader, val_loader, ckpt_path=resume)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*but have no `val_dataloader`.*")
+            trainer.fit(module, train_loader, val_loader, ckpt_path=resume)
         if best is not None and best.best_model_path:
             state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
             module.load_state_dict(state)
