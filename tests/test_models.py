@@ -54,6 +54,19 @@ def test_views_are_pooled_over_present_slots_only():
     assert torch.allclose(net(batch), net(changed))
 
 
+def test_attention_view_pooling_ignores_absent_views_and_weighs_present_ones():
+    torch.manual_seed(0)
+    model = load_config(None, model={"mammography": {**TINY_MODEL["mammography"], "view_pooling": "attention"}}).model
+    net = build_network(("mammography",), model, 0).eval()
+    batch = _batch()
+    batch["mammography_views"][:, 1] = False
+    changed = dict(batch, mammography=batch["mammography"].clone())
+    changed["mammography"][:, 1] = 99.0
+    assert torch.allclose(net(batch), net(changed))
+    both = dict(batch, mammography_views=torch.ones_like(batch["mammography_views"]))
+    assert not torch.allclose(net(both), net(batch))
+
+
 def test_unknown_encoder_suggests_names():
     with pytest.raises(UnknownEncoderError, match=r"unknown encoder 'resnet81'.*did you mean.*resnet18"):
         create_encoder("resnet81")

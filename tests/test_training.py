@@ -22,10 +22,13 @@ from .conftest import TINY_MODEL, TINY_TRAINING
 from .test_models import MODALITIES, SUBSETS, _batch
 
 
+@pytest.mark.parametrize("attention", ["none", "eca", "cbam"])
 @pytest.mark.parametrize("fusion", ["concat", "gated", "late"])
 @pytest.mark.parametrize("modalities", SUBSETS, ids="+".join)
-def test_every_fusion_and_subset_gives_finite_logits(fusion, modalities):
-    model = load_config(None, model={**TINY_MODEL, "fusion": fusion}).model
+def test_every_fusion_attention_and_subset_gives_finite_logits(fusion, attention, modalities):
+    tiny = {m: {**TINY_MODEL[m], "attention": attention, "view_pooling": "attention" if fusion == "gated" else "mean"}
+            for m in TINY_MODEL}
+    model = load_config(None, model={**tiny, "fusion": fusion}).model
     out = build_network(modalities, model, n_clinical_features=5)(_batch())
     assert out.shape == (4,) and torch.isfinite(out).all()
 
@@ -102,6 +105,11 @@ def test_a_subject_with_missing_modalities_trains_and_predicts(tmp_path):
     predictions = cross_validate(cohort, config).predictions
     assert predictions.groupby("variant")["subject_id"].nunique().to_dict() == {"us": 60, "fused": 60}
     assert predictions["prob"].between(0, 1).all() and predictions["prob"].notna().all()
+    fused = predictions[predictions["variant"] == "fused"]
+    # each prediction says which of the variant's modalities that lesion actually had
+    # ("" : the subject has none of them, e.g. mammography only, and gets the prior)
+    assert set(fused["modalities_used"]) <= {"", "ultrasound", "clinical", "ultrasound;clinical"}
+    assert len(set(fused["modalities_used"])) > 1
 
 
 def test_interrupted_cross_validation_resumes_to_the_same_numbers(tmp_path, small_cohort_dir, monkeypatch):

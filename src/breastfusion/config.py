@@ -43,6 +43,8 @@ class ImageBranchConfig(_Strict):
     encoder: str = Field("resnet18_slim", description="a zoo name (`breastfusion models list`) or any timm model")
     encoder_kwargs: dict[str, Any] = Field(default_factory=dict, description="passed to timm.create_model")
     attention: Literal["none", "eca", "cbam"] = "none"
+    view_pooling: Literal["mean", "attention"] = Field("mean", description="how the views of a lesion (CC + MLO, "
+                                                      "several frames) are pooled")
     attention_stages: Literal["last", "all"] = Field("last", description="attention after the last stage only, "
                                                      "or after every stage")
     weights: Path | None = None

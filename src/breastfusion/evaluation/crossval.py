@@ -198,16 +198,21 @@ def _run_fold(cohort, config, images, lesions, variant, modalities, k, train_idx
     work_dir = checkpoint_dir / variant / f"fold{k}-running" if checkpoint_dir is not None else None
     train_ds = dataset(train_idx, train, clinical[0])
     val_ds = dataset(val_idx, val, clinical[2]) if val is not None else None
-    probs = fit_predict(net, train_ds, dataset(test_idx, test, clinical[1]), training, seed=seed, val=val_ds,
+    test_ds = dataset(test_idx, test, clinical[1])
+    probs = fit_predict(net, train_ds, test_ds, training, seed=seed, val=val_ds,
                         work_dir=work_dir, on_epoch=on_epoch)
     # Calibration scores for thresholds, recalibration and conformal sets: the inner validation
     # split when there is one (unseen in fitting), else the training lesions themselves (in-sample).
     calib, calib_ds, source = (val, val_ds, "validation") if val is not None else (train, train_ds, "training")
     parts = [(test, probs, "test"), (calib, predict_probs(net, calib_ds), source)]
+    used = [";".join(m for m in modalities if bool(
+        test_ds.tensors["clinical_present"][i] if m == "clinical" else test_ds.tensors[f"{m}_views"][i].any()))
+        for i in range(len(test_ds))]
     predictions = pd.concat([pd.DataFrame({
         "variant": variant, "fold": k, "split": split, "subject_id": frame["subject_id"].to_numpy(),
         "lesion_id": frame["lesion_id"].to_numpy(), "y": frame["y"].to_numpy(), "prob": p})
         for frame, p, split in parts], ignore_index=True)
+    predictions["modalities_used"] = used + [""] * (len(predictions) - len(used))  # which inputs each test lesion had
     state = {n: t.detach().cpu().contiguous() for n, t in net.state_dict().items()}
     if checkpoint_dir is not None:
         save_file(state, str(checkpoint_dir / variant / f"fold{k}.safetensors"),

@@ -43,6 +43,6 @@ def build_network(modalities: tuple[str, ...], model_config, n_clinical_features
             encoder = create_encoder(cfg.encoder, in_chans=1, attention=cfg.attention,
                                      attention_stages=cfg.attention_stages, weights=cfg.weights,
                                      **cfg.encoder_kwargs)
-            branches[modality] = ImageBranch(modality, encoder)
+            branches[modality] = ImageBranch(modality, encoder, pooling=cfg.view_pooling)
     return MultimodalNet(branches, model_config.fusion, dropout=model_config.dropout,
                          hidden=model_config.fusion_hidden, late_weights=model_config.late_weights)
