@@ -139,9 +139,10 @@ def run_experiment(
         "variants": _variant_results(predictions, calibration, config, oracle),
         "oracle_auc": None, "oracle_auc_ci": None, "modality_oracle_auc": None,
     }
-    curves = {name: (g_subj["y"].to_numpy(), g_subj["prob"].to_numpy(), results["variants"][name]["auc"])
-              for name in config.variants
-              for g_subj in [subject_level(predictions[predictions["variant"] == name])]}
+    curves = {}
+    for name in config.variants:
+        subjects = subject_level(predictions[predictions["variant"] == name])
+        curves[name] = (subjects["y"].to_numpy(), subjects["prob"].to_numpy(), results["variants"][name]["auc"])
     if oracle is not None:
         subjects = subject_level(predictions[predictions["variant"] == next(iter(config.variants))])
         posterior = oracle.posterior().loc[subjects["subject_id"]].to_numpy()
