@@ -64,8 +64,15 @@ def _check_common(params) -> None:
         raise PreprocessError(f"roi_margin should be in [0, 2] (a fraction of the ROI size), got {params.roi_margin!r}")
 
 
+class _ParamsDict:
+    """Shared by the parameter classes: a plain, JSON-ready dict (what a run records and the cache keys on)."""
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "percentiles": list(self.percentiles)}
+
+
 @dataclass(frozen=True)
-class MammographyParams:
+class MammographyParams(_ParamsDict):
     """Mammography preprocessing.
 
     Attributes:
@@ -94,13 +101,10 @@ class MammographyParams:
         if self.chest_wall not in ("left", "right", "none"):
             raise PreprocessError(f"chest_wall should be one of ['left', 'right', 'none'], got {self.chest_wall!r}")
 
-    def to_dict(self) -> dict:
-        """Plain, JSON-ready parameters (what a run records and the cache keys on)."""
-        return {**asdict(self), "percentiles": list(self.percentiles)}
 
 
 @dataclass(frozen=True)
-class UltrasoundParams:
+class UltrasoundParams(_ParamsDict):
     """Ultrasound preprocessing.
 
     Attributes:
@@ -124,9 +128,6 @@ class UltrasoundParams:
     def __post_init__(self):
         _check_common(self)
 
-    def to_dict(self) -> dict:
-        """Plain, JSON-ready parameters (what a run records and the cache keys on)."""
-        return {**asdict(self), "percentiles": list(self.percentiles)}
 
 
 Params = MammographyParams | UltrasoundParams
