@@ -27,7 +27,7 @@ def test_round_trip(tmp_path):
     ("trainig: {epochs: 3}", r"trainig: Extra inputs are not permitted"),
     ("training: {epochs: 0}", r"training.epochs: Input should be greater than or equal to 1"),
     ("model: {ultrasound: {attention: se}}", r"model.ultrasound.attention: Input should be 'none', 'eca' or 'cbam'"),
-    ("variants: {x: [mri]}", r"variants: .*modalities \['mri'\] not allowed"),
+    ("variants: {x: [mri]}", r"variants\.x\.modalities: .*modalities \['mri'\] not allowed"),
     ("[1, 2]", r"expected a mapping"),
     ("training: {epochs: [", r"not valid YAML"),
 ])

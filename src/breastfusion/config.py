@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
 
 from breastfusion.data.manifest import MODALITIES
 
@@ -23,6 +23,11 @@ __all__ = [
     "TrainingConfig",
     "CVConfig",
     "SyntheticConfig",
+    "EvaluationConfig",
+    "Stage2Config",
+    "VariantConfig",
+    "AblationConfig",
+    "STAGE2_LEARNERS",
     "ExperimentConfig",
     "load_config",
     "dump_config",
@@ -105,6 +110,8 @@ class TrainingConfig(_Strict):
 class CVConfig(_Strict):
     n_splits: int = Field(5, ge=2)
     seed: int = 0
+    repeats: int = Field(1, ge=1, description="repeated cross-validation: each repeat reshuffles the folds "
+                         "(seed + repeat); headline metrics are reported as mean ± sd across repeats")
     bootstrap: int = Field(1000, ge=100, description="bootstrap resamples for confidence intervals")
 
 
@@ -117,6 +124,80 @@ class SyntheticConfig(_Strict):
     missing_rate: float = Field(0.0, ge=0, lt=1)
     image_px: int = Field(128, ge=32)
     seed: int = 0
+
+
+class EvaluationConfig(_Strict):
+    """How out-of-fold outputs become subject-level figures; everything here is fitted on training folds only."""
+
+    aggregation: Literal["mean", "max", "learned"] = Field(
+        "mean", description="lesion/image outputs to one subject score: mean, max, or a logistic model on "
+        "(mean, max, count) fitted on each fold's calibration scores")
+    recalibration: Literal["none", "platt", "isotonic"] = Field(
+        "none", description="recalibrate each fold's test probabilities with a map fitted on its calibration scores")
+    target_sensitivity: float = Field(0.98, gt=0.5, lt=1, description="rule-out operating point")
+    conformal_alpha: float = Field(0.10, gt=0, lt=0.5, description="conformal miscoverage rate")
+
+
+STAGE2_LEARNERS = ("stacking", "logistic", "svm", "random_forest", "extra_trees")
+
+
+class Stage2Config(_Strict):
+    """MPM-MU stage 2: scikit-learn learners on the stage-1 network's deep features (training folds only)."""
+
+    features: Literal["fused", "fused+branches"] = Field(
+        "fused+branches", description="the fused representation, optionally with each branch's own features")
+    inner_folds: int = Field(5, ge=2, description="inner cross-validation of the stacking ensemble, grouped by "
+                             "subject")
+    n_estimators: int = Field(200, ge=10, description="trees of the random forest and extra-trees learners")
+    meta_hidden: int = Field(16, ge=1, description="hidden units of the MLP meta-learner")
+    seed: int = 0
+
+
+class VariantConfig(_Strict):
+    """One variant: a modality subset, optional changes to the model, and an optional stage-2 learner.
+
+    In YAML a plain list (``fused: [mammography, ultrasound]``) is a variant with no changes.
+    """
+
+    modalities: list[str]
+    model: dict[str, Any] = Field(default_factory=dict, description="overrides of the top-level `model` for this "
+                                  "variant (nested keys, e.g. {mammography: {attention: none}})")
+    stage2: Literal["none", "stacking", "logistic", "svm", "random_forest", "extra_trees"] = Field(
+        "none", description="none: the stage-1 network's own head; else a stage-2 learner on its deep features")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_list(cls, value: Any) -> Any:
+        return {"modalities": value} if isinstance(value, (list, tuple)) else value
+
+    @field_validator("modalities")
+    @classmethod
+    def _check_modalities(cls, value: list[str]) -> list[str]:
+        unknown = [m for m in value if m not in MODALITIES]
+        if unknown or not value:
+            raise ValueError(f"modalities {unknown or value} not allowed; expected a non-empty list from "
+                             f"{list(MODALITIES)}")
+        if len(set(value)) != len(value):
+            raise ValueError(f"modalities {value} repeat a modality")
+        return value
+
+
+class AblationConfig(_Strict):
+    """The grid `breastfusion ablate` runs: each axis changes one thing of the reference (full) variant.
+
+    Axes are one-factor-at-a-time, as ablation tables in papers are: every listed value that differs from the
+    reference gives one variant (``ultrasound.attention=none``, ``stage2=svm``, ...).
+    """
+
+    reference: str | None = Field(None, description="the full variant (default: the one with most modalities)")
+    modalities: list[list[str]] = Field(default_factory=list, description="modality subsets to run alone")
+    attention: dict[Literal["mammography", "ultrasound"], list[Literal["none", "eca", "cbam"]]] = Field(
+        default_factory=dict, description="attention values to try per image branch")
+    fusion: list[Literal["concat", "gated", "late"]] = Field(default_factory=list)
+    encoder: dict[Literal["mammography", "ultrasound"], list[str]] = Field(
+        default_factory=dict, description="encoders to try per image branch")
+    stage2: list[Literal["none", "stacking", "logistic", "svm", "random_forest", "extra_trees"]] = Field(
+        default_factory=list, description="stage-2 learners to try on the reference network (none = its head)")
 
 
 def _default_variants() -> dict[str, list[str]]:
@@ -137,22 +218,63 @@ class ExperimentConfig(_Strict):
     exclude_unreadable: bool = Field(False, description="leave unreadable images out (recorded in the run) "
                                      "instead of stopping")
     synthetic: SyntheticConfig = SyntheticConfig()
-    variants: dict[str, list[str]] = Field(default_factory=_default_variants)
+    variants: dict[str, VariantConfig] = Field(default_factory=_default_variants)
     model: ModelConfig = ModelConfig()
     training: TrainingConfig = TrainingConfig()
     cv: CVConfig = CVConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    stage2: Stage2Config = Stage2Config()
+    ablation: AblationConfig = AblationConfig()
 
     @field_validator("variants")
     @classmethod
-    def _check_variants(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+    def _check_variants(cls, value: dict[str, VariantConfig]) -> dict[str, VariantConfig]:
         if not value:
             raise ValueError("at least one variant is needed")
-        for name, modalities in value.items():
-            unknown = [m for m in modalities if m not in MODALITIES]
-            if unknown or not modalities:
-                raise ValueError(f"variant {name!r}: modalities {unknown or modalities} not allowed; "
-                                 f"expected a non-empty list from {list(MODALITIES)}")
         return value
+
+    @model_validator(mode="after")
+    def _check_variant_models(self) -> "ExperimentConfig":
+        for name in self.variants:
+            self.variant_model(name)  # raises on a bad override
+        return self
+
+    @field_serializer("variants")
+    def _short_variants(self, value: dict[str, VariantConfig]) -> dict[str, Any]:
+        """A variant with no changes is written back as its plain modality list."""
+        out = {}
+        for name, v in value.items():
+            v = VariantConfig.model_validate(v)
+            out[name] = list(v.modalities) if not v.model and v.stage2 == "none" else v.model_dump(mode="json")
+        return out
+
+    def modalities(self, variant: str) -> tuple[str, ...]:
+        """The modalities of ``variant`` (KeyError naming the known variants when unknown)."""
+        return tuple(self.variant(variant).modalities)
+
+    def variant(self, name: str) -> VariantConfig:
+        """The variant ``name`` (also when ``variants`` was replaced by ``model_copy`` with plain lists)."""
+        if name not in self.variants:
+            raise KeyError(f"unknown variant {name!r}; expected one of {list(self.variants)}")
+        return VariantConfig.model_validate(self.variants[name])
+
+    def variant_model(self, variant: str) -> ModelConfig:
+        """The model of ``variant``: the top-level ``model`` with the variant's overrides merged in."""
+        overrides = self.variant(variant).model
+        if not overrides:
+            return self.model
+        merged = _deep_merge(self.model.model_dump(), overrides)
+        try:
+            return ModelConfig.model_validate(merged)
+        except ValidationError as exc:
+            raise ValueError(f"variant {variant!r}: bad model override: {exc}") from None
+
+
+def _deep_merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def _format(error: ValidationError, source: str) -> str:

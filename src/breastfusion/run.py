@@ -56,14 +56,15 @@ def library_versions() -> dict[str, str]:
 
 def reference_variant(config: ExperimentConfig) -> str:
     """The full model every variant is compared with: the first variant with the most modalities."""
-    return max(config.variants, key=lambda name: len(config.variants[name]))
+    return max(config.variants, key=lambda name: len(config.modalities(name)))
 
 
 def _variant_results(predictions: pd.DataFrame, calibration: pd.DataFrame, config: ExperimentConfig,
                      oracle: Oracle | None) -> dict[str, Any]:
     variants: dict[str, Any] = {}
     full = reference_variant(config)
-    for name, modalities in config.variants.items():
+    for name in config.variants:
+        modalities = config.modalities(name)
         subset = predictions[predictions["variant"] == name]
         subjects = subject_level(subset)
         summary = summarise_variant(subset, calibration[calibration["variant"] == name],

@@ -120,7 +120,7 @@ class RunArtifacts:
         """
         if variant not in self.config.variants:
             raise KeyError(f"unknown variant {variant!r}; this run has {list(self.config.variants)}")
-        return tuple(self.config.variants[variant])
+        return self.config.modalities(variant)
 
     def checkpoint(self, variant: str, fold: int) -> Path:
         """Path of fold ``fold``'s network of ``variant``.
@@ -153,7 +153,7 @@ class RunArtifacts:
             raise RunFolderError(f"{path}: {n_clinical} clinical features, but fold {fold}'s preprocessor gives "
                                  f"{self.clinical_preprocessor(fold).n_features_}; the clinical table changed")
         # Weights come from the checkpoint: do not read the encoder's initial weights file again.
-        model = self.config.model
+        model = self.config.variant_model(variant)
         model = model.model_copy(update={m: getattr(model, m).model_copy(update={"weights": None})
                                          for m in IMAGE_MODALITIES})
         net = build_network(modalities, model, n_clinical)
@@ -185,7 +185,7 @@ class RunArtifacts:
     @cached_property
     def preprocessing(self) -> dict[str, Params]:
         """Each image modality's preprocessing parameters, as the run derived them from its config."""
-        used = {m for modalities in self.config.variants.values() for m in modalities}
+        used = {m for name in self.config.variants for m in self.config.modalities(name)}
         return preprocessing_params(self.config, [m for m in IMAGE_MODALITIES
                                                   if m in used and m in self.cohort.modalities])
 

@@ -55,7 +55,8 @@ def check_modalities(cohort: Cohort, config: ExperimentConfig) -> None:
         MissingModalityError: naming the variant and the modality.
     """
     have = set(cohort.modalities)
-    for name, modalities in config.variants.items():
+    for name in config.variants:
+        modalities = config.modalities(name)
         lacking = [m for m in modalities if m not in have]
         if lacking:
             raise MissingModalityError(f"variant {name!r} needs {lacking}, but the cohort at {cohort.root} has only "
@@ -88,7 +89,7 @@ def inner_split(lesions: pd.DataFrame, train_idx: np.ndarray, *, fraction: float
 
 def _training_plan(config: ExperimentConfig, modalities: tuple[str, ...]) -> TrainingConfig:
     """The training settings of a variant: a short fine-tune when it starts from single-modality branches."""
-    singles = {tuple(m) for m in config.variants.values() if len(m) == 1}
+    singles = {config.modalities(name) for name in config.variants if len(config.modalities(name)) == 1}
     if len(modalities) > 1 and config.model.init_from_single and all((m,) in singles for m in modalities):
         t = config.training
         return t.model_copy(update={"epochs": t.finetune_epochs, "lr": t.lr * t.finetune_lr_scale})
@@ -120,22 +121,22 @@ def cross_validate(cohort: Cohort, config: ExperimentConfig, *, progress: Progre
     check_modalities(cohort, config)
     lesions = cohort.lesions
     folds = subject_folds(lesions, n_splits=config.cv.n_splits, seed=config.cv.seed)
-    used = {m for modalities in config.variants.values() for m in modalities}
+    used = {m for name in config.variants for m in config.modalities(name)}
     params = preprocessing_params(config, [m for m in IMAGE_MODALITIES if m in used])
     n_images = int(cohort.manifest["modality"].isin(list(params)).sum())
     decode_task = progress.add_task("decoding + preprocessing images", total=n_images) if progress else None
     images = build_lesion_images(cohort, params, cache=ArrayCache(enabled=config.cache),
                                  exclude_unreadable=config.exclude_unreadable,
                                  on_image=(lambda: progress.advance(decode_task)) if progress else None)
-    order = sorted(config.variants, key=lambda name: len(config.variants[name]) > 1)
-    plans = {name: _training_plan(config, tuple(config.variants[name])) for name in order}
+    order = sorted(config.variants, key=lambda name: len(config.modalities(name)) > 1)
+    plans = {name: _training_plan(config, config.modalities(name)) for name in order}
     total_epochs = len(folds) * sum(plan.epochs for plan in plans.values())
     train_task = progress.add_task("training", total=total_epochs) if progress else None
 
     single_branches: dict[tuple[int, str], dict] = {}  # (fold, modality) -> branch weights
     rows = []
     for variant in order:
-        modalities = tuple(config.variants[variant])
+        modalities = config.modalities(variant)
         for k, (train_idx, test_idx) in enumerate(folds):
             if progress:
                 progress.update(train_task, description=f"training {variant} · fold {k + 1}/{len(folds)}")
@@ -191,7 +192,7 @@ def _run_fold(cohort, config, images, lesions, variant, modalities, k, train_idx
         return LesionDataset(images, index, frame["y"].to_numpy(), modalities, *features)
 
     torch.manual_seed(seed)
-    net = build_network(modalities, config.model, n_clinical)
+    net = build_network(modalities, config.variant_model(variant), n_clinical)
     if len(modalities) > 1 and all((k, m) in single_branches for m in modalities) and config.model.init_from_single:
         for m in modalities:
             net.branches[m].load_state_dict(single_branches[(k, m)])

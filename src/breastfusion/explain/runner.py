@@ -37,7 +37,8 @@ _RANDOM_DRAWS = 8  # random heatmaps per image for the baseline
 def default_variant(art: RunArtifacts) -> str:
     """The variant with the most modalities (the first such in the config), preferring one with an image."""
     variants = art.config.variants
-    return max(variants, key=lambda v: (any(m in IMAGE_MODALITIES for m in variants[v]), len(variants[v])))
+    return max(variants, key=lambda v: (any(m in IMAGE_MODALITIES for m in art.config.modalities(v)),
+                                        len(art.config.modalities(v))))
 
 
 def parse_target_layers(spec: str | None) -> dict[str, str]:
