@@ -12,7 +12,7 @@ import torch
 from breastfusion.config import load_config
 from breastfusion.data.manifest import load_cohort
 from breastfusion.data.synthetic.cohort import generate_cohort
-from breastfusion.evaluation.crossval import cross_validate, inner_split
+from breastfusion.evaluation.crossval import cross_validate, inner_split, network_spec
 from breastfusion.evaluation.splits import subject_folds
 from breastfusion.models.network import build_network
 from breastfusion.training.module import LesionClassifier, drop_modalities
@@ -120,20 +120,26 @@ def test_interrupted_cross_validation_resumes_to_the_same_numbers(tmp_path, smal
     calls = itertools.count()
     original = LesionClassifier.on_train_batch_end
 
-    def crash_in_fold_3(self, outputs, batch, batch_idx):
-        # us: folds 1-2 run 3 epochs each (2 batches an epoch); crash in fold 3, epoch 2, second batch
-        if next(calls) == 2 * 3 * 2 + 2 + 1:
+    def crash_in_fold_2(self, outputs, batch, batch_idx):
+        # fold 1: us 3 epochs, the clinical network fused starts from (no variant lists it, so it is
+        # trained on demand) 3 epochs, fused 5 fine-tune epochs, 2 batches each; crash in fold 2's us
+        # network, epoch 2, second batch
+        if next(calls) == 2 * 3 + 2 * 3 + 2 * 5 + 2 + 1:
             raise RuntimeError("simulated kill")
         return original(self, outputs, batch, batch_idx)
 
-    monkeypatch.setattr(LesionClassifier, "on_train_batch_end", crash_in_fold_3, raising=False)
+    monkeypatch.setattr(LesionClassifier, "on_train_batch_end", crash_in_fold_2, raising=False)
     with pytest.raises(RuntimeError, match="simulated kill"):
         cross_validate(cohort, config, checkpoint_dir=tmp_path / "run")
-    us = tmp_path / "run" / "us"
-    assert {p.name for p in us.glob("fold*.csv")} == {"fold0.csv", "fold1.csv"}
-    assert (us / "fold2-running" / "last.ckpt").is_file()  # epoch 1 of fold 3 was checkpointed
+    us = tmp_path / "run" / "networks" / network_spec(config, "us").key
+    fused = tmp_path / "run" / "networks" / network_spec(config, "fused").key
+    assert {p.name for p in us.glob("fold*.csv")} == {"fold0.csv"}
+    assert {p.name for p in fused.glob("fold*.csv")} == {"fold0.csv"}
+    assert (us / "fold1-running" / "last.ckpt").is_file()  # epoch 1 of fold 2 was checkpointed
 
     monkeypatch.setattr(LesionClassifier, "on_train_batch_end", original, raising=False)
     resumed = cross_validate(cohort, config, checkpoint_dir=tmp_path / "run").predictions
     pd.testing.assert_frame_equal(resumed, reference, check_exact=False, rtol=1e-6)
-    assert not (us / "fold2-running").exists()
+    assert not (us / "fold1-running").exists()
+    # every variant's checkpoint is its network's, linked, not trained again
+    assert (tmp_path / "run" / "us" / "fold3.safetensors").samefile(us / "fold3.safetensors")

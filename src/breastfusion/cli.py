@@ -199,6 +199,10 @@ def explain(
                   f"{result['runtime_s']:.0f} s")
 
 
+from breastfusion.ablation_cli import ablate  # noqa: E402
+
+app.command()(ablate)
+
 from breastfusion.data.cli import app as data_app, cache_app  # noqa: E402  (sub-apps; heavy imports stay inside)
 
 app.add_typer(data_app, name="data")

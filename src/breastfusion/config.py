@@ -231,6 +231,10 @@ class ExperimentConfig(_Strict):
     def _check_variants(cls, value: dict[str, VariantConfig]) -> dict[str, VariantConfig]:
         if not value:
             raise ValueError("at least one variant is needed")
+        for name in value:
+            if not name or any(c in name for c in '/\\:*?"<>|') or name.startswith("."):
+                raise ValueError(f"variant name {name!r} is also a folder name: use letters, digits, '.', '=', "
+                                 "'_', '+', '-'")
         return value
 
     @model_validator(mode="after")

@@ -12,7 +12,7 @@ from breastfusion.data.manifest import load_cohort
 from breastfusion.data.synthetic.cohort import generate_cohort
 from breastfusion.run import run_experiment
 
-__all__ = ["demo_config", "run_demo", "DEMO", "QUICK"]
+__all__ = ["demo_config", "run_demo", "make_synthetic_cohort", "quick_overrides", "DEMO", "QUICK"]
 
 #: The demo's settings beyond the defaults: the synthetic images are already framed and
 #: calibrated, and breast density is a risk factor seen as brightness, so no crop or
@@ -28,6 +28,23 @@ DEMO: dict[str, Any] = {
 #: What ``--quick`` changes: fewer subjects and epochs (the same model and protocol).
 QUICK: dict[str, Any] = {"synthetic": {"n_subjects": 300, "image_px": 96}, "training": {"epochs": 8, "finetune_epochs": 4},
                          "cv": {"bootstrap": 500}}
+
+
+def quick_overrides(config: ExperimentConfig) -> ExperimentConfig:
+    """``config`` with ``--quick``'s changes (fewer subjects, epochs and bootstrap resamples)."""
+    base = config.model_dump()
+    _merge(base, QUICK)
+    return ExperimentConfig.model_validate(base)
+
+
+def make_synthetic_cohort(config: ExperimentConfig, folder: str | Path, *, progress: Progress | None = None):
+    """Render the synthetic cohort ``config.synthetic`` describes into ``folder`` and load it."""
+    s = config.synthetic
+    task = progress.add_task("rendering synthetic cohort", total=s.n_subjects) if progress else None
+    generate_cohort(folder, n_subjects=s.n_subjects, seed=s.seed, prevalence=s.prevalence,
+                    us_frames=s.us_frames, missing_rate=s.missing_rate, image_px=s.image_px,
+                    on_subject=(lambda: progress.advance(task)) if progress else None)
+    return load_cohort(folder)
 
 
 def _merge(base: dict, overrides: dict) -> None:
@@ -59,10 +76,5 @@ def run_demo(out_dir: str | Path, *, quick: bool = False, seed: int = 0,
     """
     config = demo_config(quick=quick, seed=seed)
     out = Path(out_dir)
-    s = config.synthetic
-    task = progress.add_task("rendering synthetic cohort", total=s.n_subjects) if progress else None
-    generate_cohort(out / "cohort", n_subjects=s.n_subjects, seed=s.seed, prevalence=s.prevalence,
-                    us_frames=s.us_frames, missing_rate=s.missing_rate, image_px=s.image_px,
-                    on_subject=(lambda: progress.advance(task)) if progress else None)
-    cohort = load_cohort(out / "cohort")
+    cohort = make_synthetic_cohort(config, out / "cohort", progress=progress)
     return run_experiment(cohort, config, out, progress=progress)

@@ -9,7 +9,8 @@ A run folder holds:
 * ``results.json``      every number in the report, under keys that say what they are;
 * ``roc.png``           subject-level ROC curves of every variant (and the oracle on synthetic data);
 * ``report.html``       a short self-contained report (images embedded);
-* ``checkpoints/``      each fold's network, ``{variant}/fold{k}.safetensors`` (weights only).
+* ``checkpoints/``      each fold's network, ``networks/{key}/fold{k}.safetensors`` (weights only), linked
+  as ``{variant}/fold{k}.safetensors``; ``variants.json`` maps each variant to its network.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import pandas as pd
 from rich.progress import Progress
 from sklearn.metrics import roc_auc_score
 
+from breastfusion.ablation import ablation_table, write_ablation
 from breastfusion.config import ExperimentConfig, dump_config
 from breastfusion.data.manifest import MANIFEST_FILENAME, Cohort
 from breastfusion.data.synthetic.cohort import Oracle, load_oracle
@@ -55,14 +57,31 @@ def library_versions() -> dict[str, str]:
 
 
 def reference_variant(config: ExperimentConfig) -> str:
-    """The full model every variant is compared with: the first variant with the most modalities."""
+    """The full model every variant is compared with: ``ablation.reference`` when set, else the first variant
+    with the most modalities."""
+    if config.ablation.reference in config.variants:
+        return config.ablation.reference
     return max(config.variants, key=lambda name: len(config.modalities(name)))
 
 
+def _first_repeat(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame[frame["repeat"] == 0] if "repeat" in frame else frame
+
+
+def _stage2_importance(table: pd.DataFrame, variant: str) -> list[dict[str, Any]] | None:
+    """Mean (over folds) test-fold AUC drop when one feature group of a stage-2 learner is permuted."""
+    if table.empty or variant not in set(table["variant"]):
+        return None
+    rows = table[table["variant"] == variant].groupby("group", sort=False)["auc_drop"].agg(["mean", "std", "count"])
+    return [{"group": g, "auc_drop": float(r["mean"]), "auc_drop_sd_over_folds": float(r["std"]),
+             "n_folds": int(r["count"])} for g, r in rows.iterrows()]
+
+
 def _variant_results(predictions: pd.DataFrame, calibration: pd.DataFrame, config: ExperimentConfig,
-                     oracle: Oracle | None) -> dict[str, Any]:
+                     oracle: Oracle | None, cv=None) -> dict[str, Any]:
     variants: dict[str, Any] = {}
     full = reference_variant(config)
+    predictions, calibration = _first_repeat(predictions), _first_repeat(calibration)
     for name in config.variants:
         modalities = config.modalities(name)
         subset = predictions[predictions["variant"] == name]
@@ -70,7 +89,10 @@ def _variant_results(predictions: pd.DataFrame, calibration: pd.DataFrame, confi
         summary = summarise_variant(subset, calibration[calibration["variant"] == name],
                                     n_boot=config.cv.bootstrap, seed=config.cv.seed)
         fold_auc = [float(roc_auc_score(g["y"], g["prob"])) for _, g in subset.groupby("fold")]
-        entry = {"modalities": list(modalities), **summary, "fold_auc": fold_auc,
+        entry = {"modalities": list(modalities), "stage2": config.variant(name).stage2,
+                 "network": cv.networks.get(name) if cv is not None else None,
+                 "stage2_feature_importance": _stage2_importance(cv.stage2_importance, name) if cv is not None
+                 else None, **summary, "fold_auc": fold_auc,
                  "n_subjects": int(len(subjects)), "n_malignant": int(subjects["y"].sum()), "ceiling_auc": None,
                  "delong": None if name == full else compare_variants(predictions, name, full)}
         if oracle is not None:
@@ -94,7 +116,8 @@ def _json_safe(value: Any) -> Any:
 
 
 def run_experiment(
-    cohort: Cohort, config: ExperimentConfig, out_dir: str | Path, *, progress: Progress | None = None
+    cohort: Cohort, config: ExperimentConfig, out_dir: str | Path, *, progress: Progress | None = None,
+    ablation: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Cross-validate every variant of ``config`` on ``cohort`` and write the run folder.
 
@@ -106,6 +129,8 @@ def run_experiment(
         config: the experiment.
         out_dir: the run folder (created).
         progress: a rich Progress for long steps.
+        ablation: ``{variant: what it changes}`` from :func:`~breastfusion.ablation.expand_ablation`; writes
+            ``ablation.csv`` / ``ablation.md`` and an ablation table in the report.
 
     Returns:
         The content of ``results.json``.
@@ -137,10 +162,11 @@ def run_experiment(
         "excluded_images": cv.excluded_images,
         "level": "subject",
         "reference_variant": reference_variant(config),
-        "variants": _variant_results(predictions, calibration, config, oracle),
+        "variants": _variant_results(predictions, calibration, config, oracle, cv),
         "oracle_auc": None, "oracle_auc_ci": None, "modality_oracle_auc": None,
     }
     curves = {}
+    predictions = _first_repeat(predictions)
     for name in config.variants:
         subjects = subject_level(predictions[predictions["variant"] == name])
         curves[name] = (subjects["y"].to_numpy(), subjects["prob"].to_numpy(), results["variants"][name]["auc"])
@@ -153,6 +179,10 @@ def run_experiment(
             for m in cohort.modalities})
         curves["oracle"] = (subjects["y"].to_numpy(), posterior, auc)
 
+    if ablation is not None:
+        table = ablation_table(_json_safe(results), ablation)
+        write_ablation(table, out, title=f"{config.name}: ablation (reference: {reference_variant(config)})")
+        results["ablation"] = table.to_dict(orient="records")
     plot_roc(curves, out / "roc.png")
     results["runtime_s"] = round(time.perf_counter() - started, 1)
     results = _json_safe(results)

@@ -1,8 +1,28 @@
-"""Cross-validate every variant (modality subset) on one shared set of subject-grouped folds."""
+"""Cross-validate every variant on one shared set of subject-grouped folds, sharing work between variants.
+
+A variant is a stage-1 network (a modality subset, a model, a training plan)
+and optionally a stage-2 learner on that network's deep features. Work is
+shared wherever the maths allows, so a variant's numbers are the same whether
+it runs alone or in a grid:
+
+* a network is identified by everything that decides its weights (see
+  :class:`NetworkSpec`); variants that need the same network (a stacking
+  ensemble and its single learners, a modality subset and the branch it
+  initialises) get the one trained copy;
+* a multimodal variant starts its branches from single-modality networks with
+  the same branch settings, trained on the same fold (MPM-MU's stage 1), which
+  are trained on demand when no variant lists them;
+* deep features are extracted once per (network, fold) for every stage-2 learner;
+* images are decoded once per run (and kept in the on-disk cache across runs).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -11,17 +31,21 @@ import torch
 from rich.progress import Progress
 from safetensors.torch import load_file, save_file
 
-from breastfusion.config import ExperimentConfig, TrainingConfig
+from breastfusion.config import ExperimentConfig, ModelConfig, TrainingConfig
 from breastfusion.data.cache import ArrayCache
 from breastfusion.data.clinical import ClinicalPreprocessor
 from breastfusion.data.manifest import IMAGE_MODALITIES, Cohort
 from breastfusion.data.preprocess import Params, params_for
-from breastfusion.data.tensors import LesionDataset, build_lesion_images, clinical_features_for
+from breastfusion.data.tensors import LesionDataset, LesionImages, build_lesion_images, clinical_features_for
 from breastfusion.evaluation.splits import subject_folds
 from breastfusion.models.network import build_network
-from breastfusion.training.fit import clear_work_dir, fit_predict, predict_probs
+from breastfusion.models.stage2 import FeatureTable, fit_learner, group_permutation_importance, inner_cv_predictions
+from breastfusion.training.fit import clear_work_dir, extract_features, fit_predict, predict_probs
 
-__all__ = ["CrossValidation", "MissingModalityError", "check_modalities", "cross_validate", "inner_split", "preprocessing_params"]
+__all__ = ["CrossValidation", "MissingModalityError", "NetworkSpec", "network_spec", "check_modalities",
+           "cross_validate", "inner_split", "preprocessing_params", "fold_seed"]
+
+_RUNTIME_KEYS = {"accelerator", "devices", "num_nodes", "strategy"}  # where it runs, not what it learns
 
 
 @dataclass
@@ -29,23 +53,88 @@ class CrossValidation:
     """What :func:`cross_validate` produced.
 
     Attributes:
-        predictions: out-of-fold predictions, one row per (variant, lesion): ``variant``, ``fold``,
-            ``subject_id``, ``lesion_id``, ``y``, ``prob``, in the config's variant order.
+        predictions: out-of-fold predictions, one row per (variant, repeat, lesion): ``variant``, ``repeat``,
+            ``fold``, ``subject_id``, ``lesion_id``, ``y``, ``prob``, ``modalities_used``, in the config's
+            variant order.
         calibration: each fold's calibration scores (its inner validation lesions, or its training
-            lesions in-sample when there is no validation split; ``split`` says which). Thresholds,
-            recalibration and conformal sets are fitted on these only.
+            lesions when there is no validation split: in-sample for a network, out-of-inner-fold for a
+            stage-2 learner; ``split`` says which). Thresholds, recalibration and conformal sets are fitted
+            on these only.
         preprocessing: per-modality preprocessing parameters used.
         excluded_images: unreadable images left out (only with ``exclude_unreadable``).
+        networks: ``{variant: network key}``; variants with the same key share one trained network.
+        stage2_importance: per (variant, repeat, fold, feature group) the test-fold AUC lost when that
+            group's features are permuted together (stage-2 variants only).
     """
 
     predictions: pd.DataFrame
     calibration: pd.DataFrame
     preprocessing: dict[str, dict]
     excluded_images: list[str]
+    networks: dict[str, str] = field(default_factory=dict)
+    stage2_importance: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 class MissingModalityError(ValueError):
     """A variant needs a modality the cohort does not have."""
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """Everything that decides a stage-1 network's weights on a given fold.
+
+    Attributes:
+        modalities: its inputs.
+        model: the model settings (only the parts its modalities use enter the key).
+        training: the training plan (epochs, lr, ...).
+        init: single-modality networks its branches start from (empty: from the encoder's initial weights).
+    """
+
+    modalities: tuple[str, ...]
+    model: ModelConfig
+    training: TrainingConfig
+    init: tuple["NetworkSpec", ...] = ()
+
+    @property
+    def key(self) -> str:
+        """A short hash of the settings that decide the weights (the same for equal networks)."""
+        m = self.model
+        material = {
+            "modalities": list(self.modalities),
+            "branches": {x: getattr(m, x).model_dump(mode="json") for x in self.modalities},
+            "fusion": m.fusion, "dropout": m.dropout,
+            "fusion_hidden": m.fusion_hidden if m.fusion == "gated" else None,
+            "late_weights": m.late_weights if m.fusion == "late" else None,
+            "training": self.training.model_dump(mode="json", exclude=_RUNTIME_KEYS),
+            "init": [s.key for s in self.init],
+        }
+        return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
+
+    def describe(self) -> dict:
+        """A JSON-ready description (written beside the checkpoints)."""
+        return {"modalities": list(self.modalities), "fusion": self.model.fusion,
+                "branches": {x: getattr(self.model, x).model_dump(mode="json") for x in self.modalities},
+                "training": self.training.model_dump(mode="json"), "init": [s.key for s in self.init]}
+
+
+def network_spec(config: ExperimentConfig, variant: str) -> NetworkSpec:
+    """The stage-1 network of ``variant``.
+
+    A multimodal variant with ``model.init_from_single`` starts each branch from a
+    single-modality network with the same branch settings and a linear (concat) head,
+    trained with the base training plan, then fine-tunes for ``training.finetune_epochs``
+    at ``finetune_lr_scale`` × the learning rate.
+    """
+    modalities = config.modalities(variant)
+    model = config.variant_model(variant)
+    training = config.training
+    if len(modalities) > 1 and model.init_from_single:
+        single_model = model.model_copy(update={"fusion": "concat"})
+        init = tuple(NetworkSpec((m,), single_model, training) for m in modalities)
+        finetune = training.model_copy(update={"epochs": training.finetune_epochs,
+                                               "lr": training.lr * training.finetune_lr_scale})
+        return NetworkSpec(modalities, model, finetune, init)
+    return NetworkSpec(modalities, model, training)
 
 
 def check_modalities(cohort: Cohort, config: ExperimentConfig) -> None:
@@ -56,26 +145,26 @@ def check_modalities(cohort: Cohort, config: ExperimentConfig) -> None:
     """
     have = set(cohort.modalities)
     for name in config.variants:
-        modalities = config.modalities(name)
-        lacking = [m for m in modalities if m not in have]
+        lacking = [m for m in config.modalities(name) if m not in have]
         if lacking:
             raise MissingModalityError(f"variant {name!r} needs {lacking}, but the cohort at {cohort.root} has only "
                                        f"{sorted(have)}; drop the variant or add the data")
 
 
-def _clinical_inputs(cohort: Cohort, config: ExperimentConfig, fit_on: pd.DataFrame, *parts: pd.DataFrame):
-    """Clinical features fitted on the ``fit_on`` lesions' subjects only, applied to each of ``parts``."""
-    cfg = config.model.clinical
-    train_rows = cohort.clinical[cohort.clinical["subject_id"].isin(fit_on["subject_id"])]
-    preprocessor = ClinicalPreprocessor(cfg.numeric, cfg.categorical, cfg.binary).fit(train_rows)
-    return preprocessor, [clinical_features_for(part, cohort.clinical, preprocessor) for part in parts]
-
-
 def preprocessing_params(config: ExperimentConfig, modalities: list[str]) -> dict[str, Params]:
-    """Each image modality's preprocessing: its defaults, the branch's image size, then the config's overrides."""
+    """Each image modality's preprocessing: its defaults, the branch's image size, then the config's overrides.
+
+    Raises:
+        ValueError: a variant changes a modality's image size or preprocessing (images are prepared once per run).
+    """
     out = {}
     for m in modalities:
         branch = getattr(config.model, m)
+        for name in config.variants:
+            other = getattr(config.variant_model(name), m)
+            if (other.image_size, other.preprocess) != (branch.image_size, branch.preprocess):
+                raise ValueError(f"variant {name!r} changes model.{m}.image_size/preprocess; images are prepared "
+                                 "once per run, so set them in the top-level model")
         out[m] = params_for(m, **{"size": branch.image_size, **branch.preprocess})
     return out
 
@@ -87,40 +176,222 @@ def inner_split(lesions: pd.DataFrame, train_idx: np.ndarray, *, fraction: float
     return train_idx[fit], train_idx[val]
 
 
-def _training_plan(config: ExperimentConfig, modalities: tuple[str, ...]) -> TrainingConfig:
-    """The training settings of a variant: a short fine-tune when it starts from single-modality branches."""
-    singles = {config.modalities(name) for name in config.variants if len(config.modalities(name)) == 1}
-    if len(modalities) > 1 and config.model.init_from_single and all((m,) in singles for m in modalities):
-        t = config.training
-        return t.model_copy(update={"epochs": t.finetune_epochs, "lr": t.lr * t.finetune_lr_scale})
-    return config.training
+def fold_seed(config: ExperimentConfig, fold: int, repeat: int = 0) -> int:
+    """The training seed of one fold of one repeat (repeat 0 keeps the seeds of a single cross-validation)."""
+    return config.training.seed + 1000 * fold + 100_000 * repeat
+
+
+@dataclass
+class _Fold:
+    """One fold of one repeat: its positions and datasets (shared by every network of the fold)."""
+
+    repeat: int
+    k: int
+    fit_idx: np.ndarray
+    test_idx: np.ndarray
+    val_idx: np.ndarray | None
+    clinical: dict[str, tuple] = field(default_factory=dict)  # split -> (features, present)
+    n_clinical: int = 0
+
+    @property
+    def tag(self) -> str:
+        return f"fold{self.k}" if self.repeat == 0 else f"repeat{self.repeat}-fold{self.k}"
+
+
+@dataclass
+class _Trained:
+    state: dict[str, torch.Tensor]
+    rows: pd.DataFrame  # split, lesion predictions of the network's own head
+    features: dict[str, dict[str, np.ndarray]] | None = None  # split -> block -> array
+
+
+class _Runner:
+    """Trains each (network, fold) once, on demand, and keeps what variants share."""
+
+    def __init__(self, cohort: Cohort, config: ExperimentConfig, images: LesionImages,
+                 checkpoint_dir: Path | None, on_epoch: Callable[[], None] | None):
+        self.cohort, self.config, self.images = cohort, config, images
+        self.lesions = cohort.lesions
+        self.checkpoint_dir = checkpoint_dir
+        self.on_epoch = on_epoch
+        self.trained: dict[tuple[str, int, int], _Trained] = {}
+
+    # -- data -------------------------------------------------------------------------------------------------
+    def fold(self, repeat: int, k: int, train_idx: np.ndarray, test_idx: np.ndarray) -> _Fold:
+        val_idx = None
+        if self.config.training.val_fraction > 0:
+            train_idx, val_idx = inner_split(self.lesions, train_idx, fraction=self.config.training.val_fraction,
+                                             seed=fold_seed(self.config, k, repeat))
+        fold = _Fold(repeat, k, train_idx, test_idx, val_idx)
+        if "clinical" in self.cohort.modalities and any("clinical" in self.config.modalities(v)
+                                                        for v in self.config.variants):
+            cfg = self.config.model.clinical
+            train = self.lesions.iloc[train_idx]
+            rows = self.cohort.clinical[self.cohort.clinical["subject_id"].isin(train["subject_id"])]
+            pre = ClinicalPreprocessor(cfg.numeric, cfg.categorical, cfg.binary).fit(rows)
+            fold.n_clinical = pre.n_features_
+            for split, idx in self._splits(fold).items():
+                fold.clinical[split] = clinical_features_for(self.lesions.iloc[idx], self.cohort.clinical, pre)
+        return fold
+
+    @staticmethod
+    def _splits(fold: _Fold) -> dict[str, np.ndarray]:
+        out = {"fit": fold.fit_idx, "test": fold.test_idx}
+        if fold.val_idx is not None:
+            out["validation"] = fold.val_idx
+        return out
+
+    def dataset(self, fold: _Fold, split: str, modalities: tuple[str, ...]) -> LesionDataset:
+        idx = self._splits(fold)[split]
+        features = fold.clinical.get(split, (None, None)) if "clinical" in modalities else (None, None)
+        return LesionDataset(self.images, idx, self.lesions.iloc[idx]["y"].to_numpy(), modalities, *features)
+
+    # -- stage 1 ----------------------------------------------------------------------------------------------
+    def network(self, spec: NetworkSpec, fold: _Fold) -> _Trained:
+        """The trained network of ``spec`` on ``fold`` (trained, loaded from the checkpoint folder, or reused)."""
+        slot = (spec.key, fold.repeat, fold.k)
+        if slot not in self.trained:
+            init = [self.network(s, fold) for s in spec.init]
+            self.trained[slot] = self._load(spec, fold) or self._train(spec, fold, init)
+        return self.trained[slot]
+
+    def _paths(self, spec: NetworkSpec, fold: _Fold) -> tuple[Path, Path, Path] | None:
+        if self.checkpoint_dir is None:
+            return None
+        folder = self.checkpoint_dir / "networks" / spec.key
+        return folder / f"{fold.tag}.safetensors", folder / f"{fold.tag}.csv", folder / f"{fold.tag}-running"
+
+    def _load(self, spec: NetworkSpec, fold: _Fold) -> _Trained | None:
+        paths = self._paths(spec, fold)
+        if paths is None or not (paths[0].is_file() and paths[1].is_file()):
+            return None
+        if self.on_epoch:
+            for _ in range(spec.training.epochs):
+                self.on_epoch()
+        return _Trained(load_file(str(paths[0])), pd.read_csv(paths[1], dtype={"subject_id": str, "lesion_id": str}))
+
+    def build(self, spec: NetworkSpec, fold: _Fold, state: dict[str, torch.Tensor] | None = None):
+        net = build_network(spec.modalities, spec.model, fold.n_clinical if "clinical" in spec.modalities else 0)
+        if state is not None:
+            net.load_state_dict(state)
+        return net
+
+    def _train(self, spec: NetworkSpec, fold: _Fold, init: list[_Trained]) -> _Trained:
+        seed = fold_seed(self.config, fold.k, fold.repeat)
+        torch.manual_seed(seed)
+        net = self.build(spec, fold)
+        for single, trained in zip(spec.init, init):
+            (m,) = single.modalities
+            prefix = f"branches.{m}."
+            net.branches[m].load_state_dict({n[len(prefix):]: t for n, t in trained.state.items()
+                                             if n.startswith(prefix)})
+        paths = self._paths(spec, fold)
+        datasets = {split: self.dataset(fold, split, spec.modalities) for split in self._splits(fold)}
+        probs = fit_predict(net, datasets["fit"], datasets["test"], spec.training, seed=seed,
+                            val=datasets.get("validation"), work_dir=paths[2] if paths else None,
+                            on_epoch=self.on_epoch)
+        # Calibration scores: the inner validation split when there is one (unseen in fitting), else the
+        # training lesions themselves (in-sample).
+        calib_split = "validation" if "validation" in datasets else "fit"
+        frames = [self._rows(fold, "test", datasets["test"], probs, spec.modalities),
+                  self._rows(fold, "validation" if calib_split == "validation" else "training",
+                             datasets[calib_split], predict_probs(net, datasets[calib_split]), spec.modalities,
+                             idx=self._splits(fold)[calib_split])]
+        rows = pd.concat(frames, ignore_index=True)
+        state = {n: t.detach().cpu().contiguous() for n, t in net.state_dict().items()}
+        if paths is not None:
+            paths[0].parent.mkdir(parents=True, exist_ok=True)
+            save_file(state, str(paths[0]), metadata={"modalities": ",".join(spec.modalities), "fold": str(fold.k),
+                                                      "repeat": str(fold.repeat),
+                                                      "n_clinical_features": str(fold.n_clinical
+                                                                                 if "clinical" in spec.modalities
+                                                                                 else 0)})
+            rows.to_csv(paths[1], index=False)
+            (paths[0].parent / "network.json").write_text(json.dumps(spec.describe(), indent=2))
+            clear_work_dir(paths[2])
+        return _Trained(state, rows)
+
+    def _rows(self, fold: _Fold, split: str, dataset: LesionDataset, probs: np.ndarray, modalities, *,
+              idx: np.ndarray | None = None) -> pd.DataFrame:
+        frame = self.lesions.iloc[fold.test_idx if idx is None else idx]
+        used = [";".join(m for m in modalities if bool(
+            dataset.tensors["clinical_present"][i] if m == "clinical" else dataset.tensors[f"{m}_views"][i].any()))
+            for i in range(len(dataset))]
+        return pd.DataFrame({"repeat": fold.repeat, "fold": fold.k, "split": split,
+                             "subject_id": frame["subject_id"].to_numpy(), "lesion_id": frame["lesion_id"].to_numpy(),
+                             "y": frame["y"].to_numpy(), "prob": probs, "modalities_used": used})
+
+    # -- stage 2 ----------------------------------------------------------------------------------------------
+    def features(self, spec: NetworkSpec, fold: _Fold) -> dict[str, FeatureTable]:
+        """Deep features of the fold's fit / test (/ validation) lesions, extracted once per (network, fold)."""
+        trained = self.network(spec, fold)
+        if trained.features is None:
+            net = self.build(spec, fold, trained.state).eval()
+            trained.features = {split: extract_features(net, self.dataset(fold, split, spec.modalities))
+                                for split in self._splits(fold)}
+        return {split: self._table(blocks) for split, blocks in trained.features.items()}
+
+    def _table(self, blocks: dict[str, np.ndarray]) -> FeatureTable:
+        names = ["fused"]
+        if self.config.stage2.features == "fused+branches" and self.config.model.fusion != "concat":
+            names += [b for b in blocks if b != "fused"]  # concat's fused input already is the branch features
+        groups = [name for name in names for _ in range(blocks[name].shape[1])]
+        return FeatureTable(np.concatenate([blocks[n] for n in names], axis=1), groups)
+
+    def stage2(self, variant: str, spec: NetworkSpec, fold: _Fold, learner: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Fit a stage-2 learner on the fold's training features; its test rows, calibration rows and
+        per-feature-group importance."""
+        cfg = self.config.stage2
+        tables = self.features(spec, fold)
+        fit = self.lesions.iloc[fold.fit_idx]
+        y_fit, groups = fit["y"].to_numpy(), fit["subject_id"].to_numpy()
+        model = fit_learner(learner, cfg, tables["fit"].values, y_fit, groups)
+        head = self.network(spec, fold).rows
+        test = head[head["split"] == "test"].copy()
+        test["prob"] = model.predict_proba(tables["test"].values)[:, 1]
+        if "validation" in tables:
+            calib = head[head["split"] == "validation"].copy()
+            calib["prob"] = model.predict_proba(tables["validation"].values)[:, 1]
+        else:
+            calib = head[head["split"] == "training"].copy()
+            calib["prob"] = inner_cv_predictions(learner, cfg, tables["fit"].values, y_fit, groups)
+            calib["split"] = "training-inner-cv"
+        importance = pd.DataFrame()
+        y_test = test["y"].to_numpy()
+        if len(np.unique(y_test)) == 2:
+            importance = group_permutation_importance(model, tables["test"], y_test, seed=cfg.seed).assign(
+                variant=variant, repeat=fold.repeat, fold=fold.k)
+        return pd.concat([test, calib], ignore_index=True), importance
 
 
 def cross_validate(cohort: Cohort, config: ExperimentConfig, *, progress: Progress | None = None,
-                   checkpoint_dir: Path | None = None) -> CrossValidation:
-    """Train and predict every variant on every fold.
+                   checkpoint_dir: Path | None = None,
+                   folds: list[tuple[np.ndarray, np.ndarray]] | None = None) -> CrossValidation:
+    """Train and predict every variant on every fold of every repeat.
 
-    Single-modality variants run first; a multimodal variant then starts its
-    branches from them (same fold, so the same training subjects) when
-    ``model.init_from_single`` is set. With ``checkpoint_dir``, each finished
-    fold leaves ``{variant}/fold{k}.safetensors`` (weights only) and
-    ``{variant}/fold{k}.csv`` (its predictions), and each running fold a
-    checkpoint per epoch: calling again with the same folder skips finished
-    folds and resumes an interrupted one from its last epoch, giving the same
-    numbers as an uninterrupted run.
+    With ``checkpoint_dir``, each trained (network, fold) leaves
+    ``networks/{key}/fold{k}.safetensors`` (weights only) and ``.csv`` (its predictions), each
+    variant ``{variant}/fold{k}.safetensors`` (a link to its network), and each running fold a
+    checkpoint per epoch: calling again with the same folder skips finished networks and resumes an
+    interrupted one from its last epoch, giving the same numbers as an uninterrupted run.
 
     Args:
         cohort: a validated cohort.
-        config: the experiment (variants, model, training, cv).
+        config: the experiment (variants, model, training, stage2, cv).
         progress: a rich Progress to report decoding and training on.
         checkpoint_dir: the run's checkpoint folder (``None``: keep nothing).
+        folds: (train, test) positions into ``cohort.lesions`` to use instead of the seeded splitter
+            (one repeat only).
 
     Returns:
         The out-of-fold predictions, each fold's calibration scores, and how images were prepared.
     """
     check_modalities(cohort, config)
     lesions = cohort.lesions
-    folds = subject_folds(lesions, n_splits=config.cv.n_splits, seed=config.cv.seed)
+    if folds is not None and config.cv.repeats != 1:
+        raise ValueError("explicit folds are one cross-validation; set cv.repeats to 1")
+    repeats = [folds] if folds is not None else [
+        subject_folds(lesions, n_splits=config.cv.n_splits, seed=config.cv.seed + r) for r in range(config.cv.repeats)]
     used = {m for name in config.variants for m in config.modalities(name)}
     params = preprocessing_params(config, [m for m in IMAGE_MODALITIES if m in used])
     n_images = int(cohort.manifest["modality"].isin(list(params)).sum())
@@ -129,96 +400,70 @@ def cross_validate(cohort: Cohort, config: ExperimentConfig, *, progress: Progre
                                  exclude_unreadable=config.exclude_unreadable,
                                  on_image=(lambda: progress.advance(decode_task)) if progress else None)
     order = sorted(config.variants, key=lambda name: len(config.modalities(name)) > 1)
-    plans = {name: _training_plan(config, config.modalities(name)) for name in order}
-    total_epochs = len(folds) * sum(plan.epochs for plan in plans.values())
+    specs = {name: network_spec(config, name) for name in order}
+    total_epochs = sum(len(f) for f in repeats) * sum(s.training.epochs for s in _unique_networks(specs.values()))
     train_task = progress.add_task("training", total=total_epochs) if progress else None
+    runner = _Runner(cohort, config, images, checkpoint_dir,
+                     (lambda: progress.advance(train_task)) if progress else None)
 
-    single_branches: dict[tuple[int, str], dict] = {}  # (fold, modality) -> branch weights
-    rows = []
-    for variant in order:
-        modalities = config.modalities(variant)
-        for k, (train_idx, test_idx) in enumerate(folds):
-            if progress:
-                progress.update(train_task, description=f"training {variant} · fold {k + 1}/{len(folds)}")
-            done = _load_finished(checkpoint_dir, variant, k)
-            if done is not None:
-                predictions, state = done
+    rows, importance = [], []
+    for r, split in enumerate(repeats):
+        for k, (train_idx, test_idx) in enumerate(split):
+            fold = runner.fold(r, k, train_idx, test_idx)
+            for variant in order:
                 if progress:
-                    progress.advance(train_task, plans[variant].epochs)
-            else:
-                predictions, state = _run_fold(cohort, config, images, lesions, variant, modalities, k, train_idx,
-                                               test_idx, plans[variant], single_branches, checkpoint_dir,
-                                               (lambda: progress.advance(train_task)) if progress else None)
-            if len(modalities) == 1:
-                prefix = f"branches.{modalities[0]}."
-                single_branches[(k, modalities[0])] = {n[len(prefix):]: t for n, t in state.items()
-                                                       if n.startswith(prefix)}
-            rows.append(predictions)
+                    step = f" · repeat {r + 1}/{len(repeats)}" if len(repeats) > 1 else ""
+                    progress.update(train_task, description=f"{variant} · fold {k + 1}/{len(split)}{step}")
+                spec, learner = specs[variant], config.variant(variant).stage2
+                trained = runner.network(spec, fold)
+                if learner == "none":
+                    out = trained.rows
+                else:
+                    out, imp = runner.stage2(variant, spec, fold, learner)
+                    importance.append(imp)
+                rows.append(out.assign(variant=variant))
+                if checkpoint_dir is not None and r == 0:
+                    _link_variant(checkpoint_dir, variant, spec, fold)
     every = pd.concat(rows, ignore_index=True)
-    predictions = every[every["split"] == "test"].drop(columns="split")
+    columns = ["variant", "repeat", "fold", "subject_id", "lesion_id", "y", "prob", "modalities_used"]
+    predictions = every[every["split"] == "test"][columns].copy()
     predictions["variant"] = pd.Categorical(predictions["variant"], categories=list(config.variants), ordered=True)
-    predictions = predictions.sort_values(["variant", "fold"], kind="stable").astype({"variant": str})
-    return CrossValidation(predictions=predictions.reset_index(drop=True),
-                           calibration=every[every["split"] != "test"].reset_index(drop=True),
-                           preprocessing=images.params, excluded_images=images.excluded)
-
-
-def _load_finished(checkpoint_dir: Path | None, variant: str, k: int):
-    if checkpoint_dir is None:
-        return None
-    weights, table = checkpoint_dir / variant / f"fold{k}.safetensors", checkpoint_dir / variant / f"fold{k}.csv"
-    if not (weights.is_file() and table.is_file()):
-        return None
-    return pd.read_csv(table, dtype={"subject_id": str, "lesion_id": str}), load_file(str(weights))
-
-
-def _run_fold(cohort, config, images, lesions, variant, modalities, k, train_idx, test_idx, training,
-              single_branches, checkpoint_dir, on_epoch):
-    """Train one variant on one fold; returns (predictions frame, network state)."""
-    seed = config.training.seed + 1000 * k
-    val_idx = None
-    if config.training.val_fraction > 0:
-        train_idx, val_idx = inner_split(lesions, train_idx, fraction=config.training.val_fraction, seed=seed)
-    train, test = lesions.iloc[train_idx], lesions.iloc[test_idx]
-    val = lesions.iloc[val_idx] if val_idx is not None else None
-    clinical = [(None, None)] * 3
-    n_clinical = 0
-    if "clinical" in modalities:
-        preprocessor, parts = _clinical_inputs(cohort, config, train, train, test, *([val] if val is not None else []))
-        clinical = parts + [(None, None)] * (3 - len(parts))
-        n_clinical = preprocessor.n_features_
-
-    def dataset(index, frame, features):
-        return LesionDataset(images, index, frame["y"].to_numpy(), modalities, *features)
-
-    torch.manual_seed(seed)
-    net = build_network(modalities, config.variant_model(variant), n_clinical)
-    if len(modalities) > 1 and all((k, m) in single_branches for m in modalities) and config.model.init_from_single:
-        for m in modalities:
-            net.branches[m].load_state_dict(single_branches[(k, m)])
-    work_dir = checkpoint_dir / variant / f"fold{k}-running" if checkpoint_dir is not None else None
-    train_ds = dataset(train_idx, train, clinical[0])
-    val_ds = dataset(val_idx, val, clinical[2]) if val is not None else None
-    test_ds = dataset(test_idx, test, clinical[1])
-    probs = fit_predict(net, train_ds, test_ds, training, seed=seed, val=val_ds,
-                        work_dir=work_dir, on_epoch=on_epoch)
-    # Calibration scores for thresholds, recalibration and conformal sets: the inner validation
-    # split when there is one (unseen in fitting), else the training lesions themselves (in-sample).
-    calib, calib_ds, source = (val, val_ds, "validation") if val is not None else (train, train_ds, "training")
-    parts = [(test, probs, "test"), (calib, predict_probs(net, calib_ds), source)]
-    used = [";".join(m for m in modalities if bool(
-        test_ds.tensors["clinical_present"][i] if m == "clinical" else test_ds.tensors[f"{m}_views"][i].any()))
-        for i in range(len(test_ds))]
-    predictions = pd.concat([pd.DataFrame({
-        "variant": variant, "fold": k, "split": split, "subject_id": frame["subject_id"].to_numpy(),
-        "lesion_id": frame["lesion_id"].to_numpy(), "y": frame["y"].to_numpy(), "prob": p})
-        for frame, p, split in parts], ignore_index=True)
-    predictions["modalities_used"] = used + [""] * (len(predictions) - len(used))  # which inputs each test lesion had
-    state = {n: t.detach().cpu().contiguous() for n, t in net.state_dict().items()}
+    predictions = predictions.sort_values(["variant", "repeat", "fold"], kind="stable").astype({"variant": str})
+    calibration = every[every["split"] != "test"][columns[:-1] + ["split"]]
+    networks = {name: spec.key for name, spec in specs.items()}
     if checkpoint_dir is not None:
-        save_file(state, str(checkpoint_dir / variant / f"fold{k}.safetensors"),
-                  metadata={"variant": variant, "fold": str(k), "modalities": ",".join(modalities),
-                            "n_clinical_features": str(n_clinical)})
-        predictions.to_csv(checkpoint_dir / variant / f"fold{k}.csv", index=False)
-        clear_work_dir(work_dir)
-    return predictions, state
+        (checkpoint_dir / "variants.json").write_text(json.dumps(
+            {name: {"network": networks[name], "modalities": list(config.modalities(name)),
+                    "stage2": config.variant(name).stage2} for name in config.variants}, indent=2))
+    return CrossValidation(predictions=predictions.reset_index(drop=True),
+                           calibration=calibration.reset_index(drop=True),
+                           preprocessing=images.params, excluded_images=images.excluded, networks=networks,
+                           stage2_importance=pd.concat(importance, ignore_index=True) if importance
+                           else pd.DataFrame())
+
+
+def _unique_networks(specs) -> list[NetworkSpec]:
+    """Every network the specs need, dependencies included, once each."""
+    seen: dict[str, NetworkSpec] = {}
+
+    def visit(spec: NetworkSpec) -> None:
+        for dep in spec.init:
+            visit(dep)
+        seen.setdefault(spec.key, spec)
+
+    for spec in specs:
+        visit(spec)
+    return list(seen.values())
+
+
+def _link_variant(checkpoint_dir: Path, variant: str, spec: NetworkSpec, fold: _Fold) -> None:
+    """``{variant}/fold{k}.safetensors`` → the variant's network, as a hard link (a copy where links fail)."""
+    source = checkpoint_dir / "networks" / spec.key / f"{fold.tag}.safetensors"
+    target = checkpoint_dir / variant / f"{fold.tag}.safetensors"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        target.unlink()
+    try:
+        os.link(source, target)
+    except OSError:
+        target.write_bytes(source.read_bytes())

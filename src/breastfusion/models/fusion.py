@@ -37,12 +37,16 @@ class ConcatFusion(nn.Module):
         total = sum(in_features.values()) + len(in_features)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(total, 1))
 
-    def forward(self, outputs: Outputs) -> torch.Tensor:
+    def representation(self, outputs: Outputs) -> torch.Tensor:
+        """The head's input: masked branch features and presence flags, concatenated (B, sum F + M)."""
         parts = []
         for m in self.modalities:
             feats, mask = _masked(*outputs[m])
             parts += [feats, mask]
-        return self.head(torch.cat(parts, dim=1)).squeeze(1)
+        return torch.cat(parts, dim=1)
+
+    def forward(self, outputs: Outputs) -> torch.Tensor:
+        return self.head(self.representation(outputs)).squeeze(1)
 
 
 class GatedFusion(nn.Module):
@@ -61,7 +65,8 @@ class GatedFusion(nn.Module):
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, 1))
         self.last_gates: torch.Tensor | None = None
 
-    def forward(self, outputs: Outputs) -> torch.Tensor:
+    def representation(self, outputs: Outputs) -> torch.Tensor:
+        """The head's input: the gate-weighted sum of the projected branch features (B, hidden)."""
         projected, scores, masks = [], [], []
         for m in self.modalities:
             feats, present = outputs[m]
@@ -74,7 +79,10 @@ class GatedFusion(nn.Module):
         scores = torch.stack(scores, dim=1).masked_fill(~present, float("-inf"))
         gates = torch.softmax(scores, dim=1).nan_to_num(0.0)  # a sample with no modality gets all-zero gates
         self.last_gates = gates.detach()
-        return self.head((gates.unsqueeze(-1) * h).sum(dim=1)).squeeze(1)
+        return (gates.unsqueeze(-1) * h).sum(dim=1)
+
+    def forward(self, outputs: Outputs) -> torch.Tensor:
+        return self.head(self.representation(outputs)).squeeze(1)
 
 
 class LateFusion(nn.Module):
@@ -99,6 +107,11 @@ class LateFusion(nn.Module):
     def modality_logits(self, outputs: Outputs) -> torch.Tensor:
         """Per-modality logits (B, M), in ``modalities`` order."""
         return torch.stack([self.heads[m](outputs[m][0]).squeeze(1) for m in self.modalities], dim=1)
+
+    def representation(self, outputs: Outputs) -> torch.Tensor:
+        """Per-modality logits of the present modalities (0 where absent) and the presence flags (B, 2M)."""
+        present = torch.stack([outputs[m][1] for m in self.modalities], dim=1).to(torch.float32)
+        return torch.cat([self.modality_logits(outputs) * present, present], dim=1)
 
     def forward(self, outputs: Outputs) -> torch.Tensor:
         logits = self.modality_logits(outputs)

@@ -30,6 +30,16 @@ class MultimodalNet(nn.Module):
         """A batch dict (see the branches for keys) → logits (B,)."""
         return self.fusion({m: branch(batch) for m, branch in self.branches.items()})
 
+    def features(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Deep features for stage-2 learners: ``fused`` (the fusion head's input) and, per branch, its
+        features zeroed where the modality is absent, followed by its presence flag (B, F + 1)."""
+        outputs = {m: branch(batch) for m, branch in self.branches.items()}
+        out = {"fused": self.fusion.representation(outputs)}
+        for m, (feats, present) in outputs.items():
+            flag = present.to(feats.dtype).unsqueeze(1)
+            out[m] = torch.cat([feats * flag, flag], dim=1)
+        return out
+
 
 def build_network(modalities: tuple[str, ...], model_config, n_clinical_features: int) -> MultimodalNet:
     """Build the network for a modality subset from a :class:`~breastfusion.config.ModelConfig`."""

@@ -21,7 +21,7 @@ from breastfusion.data.tensors import LesionDataset
 from breastfusion.training.module import LesionClassifier
 from breastfusion.training.sampling import EpochSampler
 
-__all__ = ["fit_predict", "predict_probs", "select_device", "clear_work_dir"]
+__all__ = ["fit_predict", "predict_probs", "extract_features", "select_device", "clear_work_dir"]
 
 for _name in ("lightning", "lightning.pytorch", "lightning.fabric"):
     logging.getLogger(_name).setLevel(logging.ERROR)
@@ -136,6 +136,20 @@ def predict_probs(net: torch.nn.Module, dataset: LesionDataset, *, batch_size: i
     out = [torch.sigmoid(module({k: v.to(device) for k, v in batch.items()}).float()).cpu()
            for batch in DataLoader(dataset, batch_size=batch_size)]
     return torch.cat(out).numpy().astype(float)
+
+
+@torch.no_grad()
+def extract_features(net: torch.nn.Module, dataset: LesionDataset, *, batch_size: int = 64) -> dict[str, np.ndarray]:
+    """Deep features of every sample (``MultimodalNet.features``: ``fused`` and one block per branch), in eval
+    mode, from the same prepared inputs as :func:`predict_probs`."""
+    module = LesionClassifier(net, lr=1.0, weight_decay=0.0, epochs=1).eval()
+    device = next(net.parameters()).device
+    blocks: dict[str, list[np.ndarray]] = {}
+    for batch in DataLoader(dataset, batch_size=batch_size):
+        prepared = module._prepare({k: v.to(device) for k, v in batch.items()}, train=False)
+        for name, value in net.features(prepared).items():
+            blocks.setdefault(name, []).append(value.float().cpu().numpy())
+    return {name: np.concatenate(parts).astype(np.float64) for name, parts in blocks.items()}
 
 
 def clear_work_dir(work_dir: Path) -> None:
