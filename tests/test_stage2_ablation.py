@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.ensemble import StackingClassifier
+from sklearn.metrics import roc_auc_score
 from sklearn.neural_network import MLPClassifier
 from typer.testing import CliRunner
 
@@ -18,7 +19,7 @@ from breastfusion.config import load_config
 from breastfusion.data.manifest import load_cohort
 from breastfusion.evaluation.crossval import MissingModalityError, check_modalities, cross_validate, network_spec
 from breastfusion.evaluation.splits import subject_folds
-from breastfusion.models.stage2 import grouped_splits, make_learner
+from breastfusion.models.stage2 import Stage2Ensemble, fit_learner, grouped_splits, make_learner
 
 from .conftest import TINY_MODEL, TINY_TRAINING
 
@@ -41,6 +42,28 @@ def test_stacking_is_the_papers_ensemble_with_subject_grouped_inner_folds():
         assert not set(groups[fit]) & set(groups[held])  # no subject on both sides of an inner split
     with pytest.raises(ValueError, match="stage-2 learner should be one of"):
         make_learner("xgboost", cfg, y=y, groups=groups)
+
+
+def test_one_ensemble_serves_every_learner_with_out_of_fold_calibration():
+    cfg = load_config(None, stage2=TINY_STAGE2).stage2
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 60)
+    x = rng.normal(size=(60, 5)) + y[:, None] * 0.8
+    groups = np.arange(60)
+    ensemble = Stage2Ensemble(cfg, x, y, groups)
+    new = rng.normal(size=(10, 5))
+    for name in ("logistic", "svm", "random_forest", "extra_trees"):
+        # the stack's base learner is the learner fitted alone on the same rows
+        np.testing.assert_allclose(ensemble.predict(name, new),
+                                   fit_learner(name, cfg, x, y, groups).predict_proba(new)[:, 1])
+    stack = make_learner("stacking", cfg, y=y, groups=groups).fit(x, y)
+    np.testing.assert_allclose(ensemble.predict("stacking", new), stack.predict_proba(new)[:, 1])
+    # calibration scores are out-of-inner-fold: a forest's in-sample scores separate the classes almost perfectly
+    in_sample = ensemble.model("random_forest").predict_proba(x)[:, 1]
+    assert roc_auc_score(y, in_sample) > 0.98 > roc_auc_score(y, ensemble.calibration("random_forest")) + 0.1
+    assert ensemble.calibration("stacking").shape == (60,)
+    with pytest.raises(ValueError, match="should be one of"):
+        ensemble.calibration("knn")
 
 
 def test_grouped_splits_fall_back_to_fewer_folds_for_a_rare_class():

@@ -104,9 +104,12 @@ def run(
         "--exclude-unreadable", help="Leave unreadable images out (listed in preprocessing.json).")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out: finished "
                                          "folds are kept, a running fold restarts from its last epoch.")] = False,
+    variants: Annotated[Optional[str], typer.Option(
+        "--variants", help="Run only these variants of the config (comma-separated names), e.g. the image-only "
+        "arm on a cohort without clinical data.")] = None,
 ) -> None:
     """Cross-validate the variants of an experiment on a manifest folder and write a run folder."""
-    from breastfusion.config import ConfigError, load_config
+    from breastfusion.config import ConfigError, load_config, select_variants
     from breastfusion.data.manifest import ManifestError, load_cohort
     from breastfusion.evaluation.crossval import MissingModalityError
     from breastfusion.run import run_experiment
@@ -114,6 +117,8 @@ def run(
     try:
         cfg = load_config(config, manifest=manifest, cache=False if no_cache else None,
                           exclude_unreadable=True if exclude_unreadable else None)
+        if variants:
+            cfg = select_variants(cfg, [v.strip() for v in variants.split(",") if v.strip()])
         if out is not None and (out / "checkpoints").exists() and not resume:
             _fail(f"{out} already holds a run; pass --resume to continue it or choose another --out")
         if resume and out is not None and (out / "config.yaml").is_file() and load_config(out / "config.yaml") != cfg:

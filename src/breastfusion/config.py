@@ -31,6 +31,7 @@ __all__ = [
     "ExperimentConfig",
     "load_config",
     "dump_config",
+    "select_variants",
 ]
 
 
@@ -314,6 +315,21 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> ExperimentC
         return ExperimentConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format(exc, source)) from None
+
+
+def select_variants(config: ExperimentConfig, names: list[str]) -> ExperimentConfig:
+    """``config`` with only the variants ``names``, in that order.
+
+    Raises:
+        ConfigError: a name that is not a variant (the message lists the config's variants).
+    """
+    unknown = [n for n in names if n not in config.variants]
+    if unknown or not names:
+        raise ConfigError(f"--variants: {unknown or names} not in the config; expected names from "
+                          f"{list(config.variants)}")
+    reference = config.ablation.reference if config.ablation.reference in names else None
+    return config.model_copy(update={"variants": {n: config.variant(n) for n in names},
+                                     "ablation": config.ablation.model_copy(update={"reference": reference})})
 
 
 def dump_config(config: ExperimentConfig, path: str | Path) -> None:

@@ -39,7 +39,7 @@ from breastfusion.data.preprocess import Params, params_for
 from breastfusion.data.tensors import LesionDataset, LesionImages, build_lesion_images, clinical_features_for
 from breastfusion.evaluation.splits import subject_folds
 from breastfusion.models.network import build_network
-from breastfusion.models.stage2 import FeatureTable, fit_learner, group_permutation_importance, inner_cv_predictions
+from breastfusion.models.stage2 import FeatureTable, Stage2Ensemble, group_permutation_importance
 from breastfusion.training.fit import clear_work_dir, extract_features, fit_predict, predict_probs
 
 __all__ = ["CrossValidation", "MissingModalityError", "NetworkSpec", "network_spec", "check_modalities",
@@ -203,6 +203,7 @@ class _Trained:
     state: dict[str, torch.Tensor]
     rows: pd.DataFrame  # split, lesion predictions of the network's own head
     features: dict[str, dict[str, np.ndarray]] | None = None  # split -> block -> array
+    ensemble: Stage2Ensemble | None = None  # every stage-2 learner, fitted once
 
 
 class _Runner:
@@ -343,18 +344,21 @@ class _Runner:
         per-feature-group importance."""
         cfg = self.config.stage2
         tables = self.features(spec, fold)
-        fit = self.lesions.iloc[fold.fit_idx]
-        y_fit, groups = fit["y"].to_numpy(), fit["subject_id"].to_numpy()
-        model = fit_learner(learner, cfg, tables["fit"].values, y_fit, groups)
-        head = self.network(spec, fold).rows
+        trained = self.network(spec, fold)
+        if trained.ensemble is None:
+            fit = self.lesions.iloc[fold.fit_idx]
+            trained.ensemble = Stage2Ensemble(cfg, tables["fit"].values, fit["y"].to_numpy(),
+                                              fit["subject_id"].to_numpy())
+        ensemble, head = trained.ensemble, trained.rows
+        model = ensemble.model(learner)
         test = head[head["split"] == "test"].copy()
-        test["prob"] = model.predict_proba(tables["test"].values)[:, 1]
+        test["prob"] = ensemble.predict(learner, tables["test"].values)
         if "validation" in tables:
             calib = head[head["split"] == "validation"].copy()
-            calib["prob"] = model.predict_proba(tables["validation"].values)[:, 1]
+            calib["prob"] = ensemble.predict(learner, tables["validation"].values)
         else:
             calib = head[head["split"] == "training"].copy()
-            calib["prob"] = inner_cv_predictions(learner, cfg, tables["fit"].values, y_fit, groups)
+            calib["prob"] = ensemble.calibration(learner)
             calib["split"] = "training-inner-cv"
         importance = pd.DataFrame()
         y_test = test["y"].to_numpy()

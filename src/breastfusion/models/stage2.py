@@ -14,12 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from sklearn.base import ClassifierMixin
+from sklearn.base import ClassifierMixin, clone
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier, StackingClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_predict
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -27,8 +27,8 @@ from sklearn.svm import SVC
 
 from breastfusion.config import STAGE2_LEARNERS, Stage2Config
 
-__all__ = ["STAGE2_LEARNERS", "FeatureTable", "make_learner", "grouped_splits", "fit_learner",
-           "inner_cv_predictions", "group_permutation_importance"]
+__all__ = ["STAGE2_LEARNERS", "FeatureTable", "make_learner", "grouped_splits", "fit_learner", "Stage2Ensemble",
+           "group_permutation_importance"]
 
 
 @dataclass
@@ -95,17 +95,51 @@ def fit_learner(name: str, cfg: Stage2Config, features: np.ndarray, y: np.ndarra
     return make_learner(name, cfg, y=y, groups=np.asarray(groups)).fit(features, y)
 
 
-def inner_cv_predictions(name: str, cfg: Stage2Config, features: np.ndarray, y: np.ndarray,
-                         groups: np.ndarray) -> np.ndarray:
-    """Out-of-inner-fold P(malignant) of every training row: calibration scores for thresholds and
-    conformal sets that, unlike in-sample scores of a random forest, look like test scores."""
-    y = np.asarray(y, dtype=int)
-    groups = np.asarray(groups)
-    out = np.empty(len(y))
-    for fit, held in grouped_splits(y, groups, cfg.inner_folds, cfg.seed + 1):
-        model = make_learner(name, cfg, y=y[fit], groups=groups[fit]).fit(features[fit], y[fit])
-        out[held] = model.predict_proba(features[held])[:, 1]
-    return out
+class Stage2Ensemble:
+    """Every stage-2 learner of one (network, fold), fitted once on that fold's training features.
+
+    The scikit-learn ``StackingClassifier`` is fitted as the paper's ensemble; its fitted base
+    learners (each fitted on all training rows, as a learner alone would be) serve the single-learner
+    variants, so a grid of learners costs one ensemble. Calibration scores, used for thresholds and
+    conformal sets, are out-of-inner-fold: each base learner's predictions from the same grouped inner
+    folds the stacking uses, and for the stack the meta-learner cross-validated on those.
+
+    Args:
+        cfg: the stage-2 settings.
+        features: training rows (n, d).
+        y: their labels.
+        groups: their subjects (inner folds never split a subject).
+    """
+
+    def __init__(self, cfg: Stage2Config, features: np.ndarray, y: np.ndarray, groups: np.ndarray):
+        y = np.asarray(y, dtype=int)
+        groups = np.asarray(groups)
+        self.stack = make_learner("stacking", cfg, y=y, groups=groups).fit(features, y)
+        self.bases = dict(zip([name for name, _ in self.stack.estimators], self.stack.estimators_))
+        splits = self.stack.cv
+        self._calibration = {name: cross_val_predict(clone(est), features, y, cv=splits, method="predict_proba")[:, 1]
+                             for name, est in self.stack.estimators}
+        stacked = np.column_stack([self._calibration[name] for name in self.bases])
+        meta_splits = grouped_splits(y, groups, cfg.inner_folds, cfg.seed + 1)
+        self._calibration["stacking"] = cross_val_predict(clone(self.stack.final_estimator), stacked, y,
+                                                          cv=meta_splits, method="predict_proba")[:, 1]
+
+    def model(self, name: str) -> ClassifierMixin:
+        """The fitted learner ``name`` (``stacking`` or a base learner)."""
+        if name == "stacking":
+            return self.stack
+        if name not in self.bases:
+            raise ValueError(f"stage-2 learner should be one of {list(STAGE2_LEARNERS)}, got {name!r}")
+        return self.bases[name]
+
+    def predict(self, name: str, features: np.ndarray) -> np.ndarray:
+        """P(malignant) of learner ``name`` for new rows."""
+        return self.model(name).predict_proba(features)[:, 1]
+
+    def calibration(self, name: str) -> np.ndarray:
+        """Out-of-inner-fold P(malignant) of learner ``name`` for every training row."""
+        self.model(name)
+        return self._calibration[name]
 
 
 def group_permutation_importance(model: ClassifierMixin, table: FeatureTable, y: np.ndarray, *,
