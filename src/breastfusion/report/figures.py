@@ -99,7 +99,7 @@ def plot_decision_curves(variants: dict[str, dict[str, Any]], path: str | Path) 
     ax.set(xlim=(0, float(thresholds.max())), ylim=(-0.05, top * 1.1 + 0.01),
            xlabel="threshold probability (risk at which a biopsy is recommended)", ylabel="net benefit",
            title="Decision curves (subject level, out-of-fold)")
-    ax.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=8, loc="lower left")  # the curves start high on the left and fall to the right
     ax.grid(alpha=0.25)
     return _save(fig, path)
 

@@ -119,8 +119,8 @@ per patient weighted by p<sub>t</sub>/(1 − p<sub>t</sub>), the harm a clinicia
 {% endif %}
 {% if nrep > 1 %}
 <h2>Repeated cross-validation</h2>
-<table><tr><th>variant</th>{% for m in repeat_metrics %}<th>{{ m.replace("_", " ") }}</th>{% endfor %}</tr>
-{% for name, v in r.variants.items() %}<tr><td>{{ name }}</td>{% for m in repeat_metrics %}<td>{{ pm(v.repeats.metrics[m]) if v.repeats else "–" }}</td>{% endfor %}</tr>
+<table><tr><th>variant</th>{% for m in repeat_metrics %}<th>{{ m.replace("_", " ") }}{{ " per 100" if m in per_100 }}</th>{% endfor %}</tr>
+{% for name, v in r.variants.items() %}<tr><td>{{ name }}</td>{% for m in repeat_metrics %}<td>{{ pm(v.repeats.metrics[m], 1 if m in per_100 else 3) if v.repeats else "–" }}</td>{% endfor %}</tr>
 {% endfor %}</table>
 <p class="note">Mean ± sd across {{ nrep }} repeats (each reshuffles the folds with seed cv.seed + repeat); thresholds per
 fold as above. Confidence intervals and DeLong tests elsewhere in this report are on repeat 0.</p>
@@ -200,6 +200,7 @@ def write_report(results: dict[str, Any], *, roc_png: Path, config_yaml: str, pa
     prevalence = cohort.get("n_malignant", 0) / max(cohort.get("n_subjects", 1), 1)
     html = env.from_string(_TEMPLATE).render(
         r=results, roc_png=base64.b64encode(Path(roc_png).read_bytes()).decode("ascii"), config_yaml=config_yaml,
-        figs=figs, nrep=_n_repeats(results), first_prev=prevalence, repeat_metrics=REPEAT_METRICS_SHOWN)
+        figs=figs, nrep=_n_repeats(results), first_prev=prevalence, repeat_metrics=REPEAT_METRICS_SHOWN,
+        per_100=("benign_biopsies_avoided", "cancers_missed"))
     Path(path).write_text(html, encoding="utf-8")
     return Path(path)
