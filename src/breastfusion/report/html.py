@@ -21,7 +21,7 @@ _TEMPLATE = """<!doctype html>
  table{border-collapse:collapse;margin:1em 0;font-size:.93em} th,td{border:1px solid #ccc;padding:.35em .7em;text-align:right}
  th{background:#f3f3f3} td:first-child,th:first-child,.l{text-align:left}
  .note{color:#555;font-size:.92em} pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:.85em}
- .key{background:#eef5fb;border-left:4px solid #3a7bbf;padding:.6em 1em} img{display:block;margin:1em 0}
+ td.pm{white-space:nowrap} table.compact{font-size:.84em} table.compact td,table.compact th{padding:.3em .45em} .key{background:#eef5fb;border-left:4px solid #3a7bbf;padding:.6em 1em} img{display:block;margin:1em 0}
 </style></head><body>
 <h1>breastfusion · {{ r.name }}</h1>
 <p class="note">{{ r.created }} · breastfusion {{ r.versions.breastfusion }} · {{ r.cohort.n_subjects }} subjects
@@ -54,7 +54,7 @@ subjects{% if d.subjects_missing %}; subjects missing a modality: {% for m, n in
 {% if r.modality_oracle_auc %}<th>ceiling</th>{% endif %}</tr>
 {% for name, v in r.variants.items() %}<tr><td>{{ name }}</td><td class="l">{{ v.modalities|join(" + ") }}</td>
 <td><b>{{ "%.3f"|format(v.auc) }}</b></td><td>{{ "%.3f"|format(v.auc_ci[0]) }} – {{ "%.3f"|format(v.auc_ci[1]) }}</td>
-{% if nrep > 1 %}<td>{{ pm(v.repeats.metrics.auc) if v.repeats else "–" }}</td>{% endif %}
+{% if nrep > 1 %}<td class="pm">{{ pm(v.repeats.metrics.auc) if v.repeats else "–" }}</td>{% endif %}
 <td>{{ v.fold_auc|map("round", 3)|join(", ") }}</td>
 {% if r.modality_oracle_auc %}<td>{{ "%.3f"|format(v.ceiling_auc) if v.ceiling_auc is not none else "" }}</td>{% endif %}</tr>
 {% endfor %}
@@ -119,8 +119,8 @@ per patient weighted by p<sub>t</sub>/(1 − p<sub>t</sub>), the harm a clinicia
 {% endif %}
 {% if nrep > 1 %}
 <h2>Repeated cross-validation</h2>
-<table><tr><th>variant</th>{% for m in repeat_metrics %}<th>{{ m.replace("_", " ") }}{{ " per 100" if m in per_100 }}</th>{% endfor %}</tr>
-{% for name, v in r.variants.items() %}<tr><td>{{ name }}</td>{% for m in repeat_metrics %}<td>{{ pm(v.repeats.metrics[m], 1 if m in per_100 else 3) if v.repeats else "–" }}</td>{% endfor %}</tr>
+<table class="compact"><tr><th>variant</th>{% for m in repeat_metrics %}<th>{{ labels.get(m, m.replace("_", " ")) }}{{ " per 100" if m in per_100 }}</th>{% endfor %}</tr>
+{% for name, v in r.variants.items() %}<tr><td>{{ name }}</td>{% for m in repeat_metrics %}<td class="pm">{{ pm(v.repeats.metrics[m], 1 if m in per_100 else 3) if v.repeats else "–" }}</td>{% endfor %}</tr>
 {% endfor %}</table>
 <p class="note">Mean ± sd across {{ nrep }} repeats (each reshuffles the folds with seed cv.seed + repeat); thresholds per
 fold as above. Confidence intervals and DeLong tests elsewhere in this report are on repeat 0.</p>
@@ -201,6 +201,7 @@ def write_report(results: dict[str, Any], *, roc_png: Path, config_yaml: str, pa
     html = env.from_string(_TEMPLATE).render(
         r=results, roc_png=base64.b64encode(Path(roc_png).read_bytes()).decode("ascii"), config_yaml=config_yaml,
         figs=figs, nrep=_n_repeats(results), first_prev=prevalence, repeat_metrics=REPEAT_METRICS_SHOWN,
-        per_100=("benign_biopsies_avoided", "cancers_missed"))
+        per_100=("benign_biopsies_avoided", "cancers_missed"),
+        labels={"auc": "AUC", "brier": "Brier", "ece": "ECE", "f1": "F1"})
     Path(path).write_text(html, encoding="utf-8")
     return Path(path)
