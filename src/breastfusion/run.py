@@ -90,9 +90,12 @@ def _variant_results(predictions: pd.DataFrame, calibration: pd.DataFrame, confi
     return variants, scores
 
 
+_Curve = tuple[np.ndarray, np.ndarray, float]  # (y, score, auc) of one ROC curve
+
+
 def evaluate_predictions(predictions: pd.DataFrame, calibration: pd.DataFrame, config: ExperimentConfig,
-                         oracle: Oracle | None = None, modalities: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, pd.DataFrame],
-                                                                dict[str, tuple[np.ndarray, np.ndarray, float]]]:
+                         oracle: Oracle | None = None, modalities: tuple[str, ...] = (),
+                         ) -> tuple[dict[str, Any], dict[str, pd.DataFrame], dict[str, _Curve]]:
     """The evaluation part of ``results.json`` from out-of-fold and calibration predictions.
 
     Args:
@@ -129,7 +132,7 @@ def evaluate_predictions(predictions: pd.DataFrame, calibration: pd.DataFrame, c
 
 
 def write_outputs(results: dict[str, Any], scores: dict[str, pd.DataFrame], out: Path,
-                  extra_curves: dict[str, tuple[np.ndarray, np.ndarray, float]] | None = None) -> dict[str, Any]:
+                  extra_curves: dict[str, _Curve] | None = None) -> dict[str, Any]:
     """Draw the figures, then write ``results.json`` and ``report.html`` into the run folder ``out``.
 
     Returns:

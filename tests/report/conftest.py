@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from breastfusion.config import ExperimentConfig, dump_config
@@ -42,5 +41,3 @@ def fake_run(tmp_path_factory) -> tuple[Path, dict]:
 def read_report(run: Path) -> str:
     return (run / "report.html").read_text(encoding="utf-8")
 
-
-__all__ = ["evaluated_run", "fake_run", "read_report", "pd"]
