@@ -204,6 +204,52 @@ def explain(
                   f"{result['runtime_s']:.0f} s")
 
 
+def _comparison_table(result: dict[str, Any]) -> Table:
+    table = Table(title=f"Paired DeLong test, subject level ({result['n_subjects']} subjects in common, "
+                        f"{result['n_malignant']} malignant)")
+    for column in ("", "run", "variant", "AUC", "DeLong 95% CI"):
+        table.add_column(column, justify="right" if column in ("AUC", "DeLong 95% CI") else "left")
+    for key in ("a", "b"):
+        side = result[key]
+        lo, hi = side["auc_ci_delong"]
+        table.add_row(key.upper(), side["run"], side["variant"], f"{side['auc']:.3f}", f"{lo:.3f} – {hi:.3f}")
+    lo, hi = result["difference_ci"]
+    table.add_row("A − B", "", "", f"[b]{result['auc_difference']:+.3f}[/b]", f"{lo:+.3f} – {hi:+.3f}")
+    return table
+
+
+@app.command()
+def compare(
+    run_a: Annotated[Path, typer.Argument(help="First run folder.")],
+    run_b: Annotated[Path, typer.Argument(help="Second run folder (may be the same folder, with another variant).")],
+    variant_a: Annotated[Optional[str], typer.Option("--variant-a", help="Variant of RUN_A (default: its "
+                                                     "reference variant).")] = None,
+    variant_b: Annotated[Optional[str], typer.Option("--variant-b", help="Variant of RUN_B (default: its "
+                                                     "reference variant).")] = None,
+    json_file: Annotated[Optional[Path], typer.Option("--json", help="Also write the result as JSON.")] = None,
+    allow_different_manifest: Annotated[bool, typer.Option(
+        "--allow-different-manifest", help="Compare even when the runs recorded different manifest hashes "
+        "(labels of the common subjects must still agree).")] = False,
+) -> None:
+    """Paired DeLong test of two runs' (or variants') subject-level AUCs on the subjects both predicted."""
+    import json
+
+    from breastfusion.evaluation.compare import RunComparisonError, compare_runs
+
+    try:
+        result = compare_runs(run_a, run_b, variant_a=variant_a, variant_b=variant_b,
+                              allow_different_manifest=allow_different_manifest)
+    except RunComparisonError as exc:
+        _fail(str(exc))
+    console.print(_comparison_table(result))
+    console.print(f"z = {result['z']:.3f}, p = {result['p']:.3g} (two-sided)"
+                  + (f" · left out: {result['n_only_a']} subjects only in A, {result['n_only_b']} only in B"
+                     if result["n_only_a"] or result["n_only_b"] else ""))
+    if json_file is not None:
+        json_file.parent.mkdir(parents=True, exist_ok=True)
+        json_file.write_text(json.dumps(result, indent=2))
+        console.print(f"JSON: {json_file}")
+
 from breastfusion.ablation_cli import ablate  # noqa: E402
 
 app.command()(ablate)

@@ -7,8 +7,11 @@ A run folder holds:
 * ``predictions.csv``   out-of-fold predictions: variant, fold, subject, lesion, label, probability;
 * ``calibration_predictions.csv`` each fold's calibration scores (inner validation, or training in-sample);
 * ``results.json``      every number in the report, under keys that say what they are;
-* ``roc.png``           subject-level ROC curves of every variant (and the oracle on synthetic data);
-* ``report.html``       a short self-contained report (images embedded);
+* ``roc.png``           subject-level ROC curves of every variant (and the oracle on synthetic data), with a
+                        bootstrap band for the reference variant;
+* ``calibration.png``, ``decision_curves.png``, ``confusion_matrices.png``: the report's other figures;
+* ``report.html``       a self-contained report (images embedded);
+* ``ablation.csv``, ``ablation.md``: the ablation table (``breastfusion ablate``);
 * ``checkpoints/``      each fold's network, ``networks/{key}/fold{k}.safetensors`` (weights only), linked
   as ``{variant}/fold{k}.safetensors``; ``variants.json`` maps each variant to its network.
 """
@@ -35,12 +38,15 @@ from breastfusion.config import ExperimentConfig, dump_config
 from breastfusion.data.manifest import MANIFEST_FILENAME, Cohort
 from breastfusion.data.synthetic.cohort import Oracle, load_oracle
 from breastfusion.evaluation.crossval import cross_validate
-from breastfusion.evaluation.metrics import auc_with_ci, subject_level
-from breastfusion.evaluation.summary import compare_variants, summarise_variant
+from breastfusion.evaluation.curves import roc_band
+from breastfusion.evaluation.metrics import auc_with_ci
+from breastfusion.evaluation.repeats import first_repeat
+from breastfusion.evaluation.summary import paired_delong, score_subjects, summarise_scores
+from breastfusion.report.cohort import cohort_summary
+from breastfusion.report.figures import write_figures
 from breastfusion.report.html import write_report
-from breastfusion.report.plots import plot_roc
 
-__all__ = ["run_experiment", "library_versions"]
+__all__ = ["run_experiment", "library_versions", "evaluate_predictions", "write_outputs"]
 
 _LIBRARIES = ("breastfusion", "torch", "timm", "lightning", "scikit-learn", "numpy", "pandas")
 
@@ -64,10 +70,6 @@ def reference_variant(config: ExperimentConfig) -> str:
     return max(config.variants, key=lambda name: len(config.modalities(name)))
 
 
-def _first_repeat(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame[frame["repeat"] == 0] if "repeat" in frame else frame
-
-
 def _stage2_importance(table: pd.DataFrame, variant: str) -> list[dict[str, Any]] | None:
     """Mean (over folds) test-fold AUC drop when one feature group of a stage-2 learner is permuted."""
     if table.empty or variant not in set(table["variant"]):
@@ -78,28 +80,85 @@ def _stage2_importance(table: pd.DataFrame, variant: str) -> list[dict[str, Any]
 
 
 def _variant_results(predictions: pd.DataFrame, calibration: pd.DataFrame, config: ExperimentConfig,
-                     oracle: Oracle | None, cv=None) -> dict[str, Any]:
-    variants: dict[str, Any] = {}
+                     oracle: Oracle | None) -> tuple[dict[str, Any], dict[str, pd.DataFrame]]:
+    """Each variant's results entry, and its subject scores (one row per repeat and subject)."""
     full = reference_variant(config)
-    predictions, calibration = _first_repeat(predictions), _first_repeat(calibration)
+    scores = {name: score_subjects(predictions[predictions["variant"] == name],
+                                   calibration[calibration["variant"] == name], config.evaluation)
+              for name in config.variants}
+    variants: dict[str, Any] = {}
     for name in config.variants:
         modalities = config.modalities(name)
-        subset = predictions[predictions["variant"] == name]
-        subjects = subject_level(subset)
-        summary = summarise_variant(subset, calibration[calibration["variant"] == name],
-                                    n_boot=config.cv.bootstrap, seed=config.cv.seed)
-        fold_auc = [float(roc_auc_score(g["y"], g["prob"])) for _, g in subset.groupby("fold")]
-        entry = {"modalities": list(modalities), "stage2": config.variant(name).stage2,
-                 "network": cv.networks.get(name) if cv is not None else None,
-                 "stage2_feature_importance": _stage2_importance(cv.stage2_importance, name) if cv is not None
-                 else None, **summary, "fold_auc": fold_auc,
+        subjects = first_repeat(scores[name])
+        source = calibration.loc[calibration["variant"] == name, "split"] if "split" in calibration else None
+        summary = summarise_scores(scores[name], n_boot=config.cv.bootstrap, seed=config.cv.seed,
+                                   evaluation=config.evaluation,
+                                   calibration_source=sorted(set(source)) if source is not None else None)
+        entry = {"modalities": list(modalities), **summary,
                  "n_subjects": int(len(subjects)), "n_malignant": int(subjects["y"].sum()), "ceiling_auc": None,
-                 "delong": None if name == full else compare_variants(predictions, name, full)}
+                 "delong": None if name == full else
+                 {"vs": full, **paired_delong(scores[name], scores[full], names=(name, full))}}
         if oracle is not None:
             ceiling = oracle.posterior(tuple(modalities)).loc[subjects["subject_id"]]
             entry["ceiling_auc"] = float(roc_auc_score(subjects["y"], ceiling))
         variants[name] = entry
-    return variants
+    return variants, scores
+
+
+_Curve = tuple[np.ndarray, np.ndarray, float]  # (y, score, auc) of one ROC curve
+
+
+def evaluate_predictions(predictions: pd.DataFrame, calibration: pd.DataFrame, config: ExperimentConfig,
+                         oracle: Oracle | None = None, modalities: tuple[str, ...] = (),
+                         ) -> tuple[dict[str, Any], dict[str, pd.DataFrame], dict[str, _Curve]]:
+    """The evaluation part of ``results.json`` from out-of-fold and calibration predictions.
+
+    Args:
+        predictions: out-of-fold lesion predictions of every variant (``predictions.csv``).
+        calibration: each fold's calibration predictions (``calibration_predictions.csv``).
+        config: the experiment (variants, ``evaluation``, ``cv.bootstrap`` and ``cv.seed``).
+        oracle: the synthetic cohort's oracle, if any.
+        modalities: the cohort's modalities, for ``modality_oracle_auc``.
+
+    Returns:
+        ``(results, scores, extra_curves)``: the keys ``level``, ``evaluation``,
+        ``reference_variant``, ``variants``, ``roc_band``, ``oracle_auc``, ``oracle_auc_ci``,
+        ``modality_oracle_auc``; each variant's subject scores; the oracle's ROC curve (if any).
+    """
+    full = reference_variant(config)
+    variants, scores = _variant_results(predictions, calibration, config, oracle)
+    reference = first_repeat(scores[full])
+    band = roc_band(reference["y"].to_numpy(), reference["prob"].to_numpy(), n_boot=config.cv.bootstrap,
+                    seed=config.cv.seed)
+    results: dict[str, Any] = {
+        "level": "subject", "evaluation": config.evaluation.model_dump(), "reference_variant": full,
+        "variants": variants, "roc_band": {"variant": full, **band},
+        "oracle_auc": None, "oracle_auc_ci": None, "modality_oracle_auc": None}
+    extra = {}
+    if oracle is not None:
+        subjects = first_repeat(scores[next(iter(config.variants))])
+        posterior = oracle.posterior().loc[subjects["subject_id"]].to_numpy()
+        auc, ci = auc_with_ci(subjects["y"], posterior, n_boot=config.cv.bootstrap, seed=config.cv.seed)
+        results.update(oracle_auc=auc, oracle_auc_ci=list(ci), modality_oracle_auc={
+            m: float(roc_auc_score(subjects["y"], oracle.posterior((m,)).loc[subjects["subject_id"]]))
+            for m in modalities})
+        extra["oracle"] = (subjects["y"].to_numpy(), posterior, auc)
+    return results, scores, extra
+
+
+def write_outputs(results: dict[str, Any], scores: dict[str, pd.DataFrame], out: Path,
+                  extra_curves: dict[str, _Curve] | None = None) -> dict[str, Any]:
+    """Draw the figures, then write ``results.json`` and ``report.html`` into the run folder ``out``.
+
+    Returns:
+        The results as written (strict JSON: NaN as null).
+    """
+    figures = write_figures(results, scores, out, extra_curves=extra_curves)
+    results = _json_safe(results)
+    (out / "results.json").write_text(json.dumps(results, indent=2, allow_nan=False))
+    write_report(results, roc_png=figures.pop("roc"), config_yaml=(out / "config.yaml").read_text(),
+                 path=out / "report.html", figures=figures)
+    return results
 
 
 def _json_safe(value: Any) -> Any:
@@ -148,45 +207,25 @@ def run_experiment(
         {"params": cv.preprocessing, "excluded_images": cv.excluded_images}, indent=2))
 
     oracle = load_oracle(cohort.root)
-    lesions = cohort.lesions
+    evaluation, scores, extra_curves = evaluate_predictions(predictions, calibration, config, oracle,
+                                                            cohort.modalities)
     results: dict[str, Any] = {
         "name": config.name,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": library_versions(),
         "manifest_sha256": hashlib.sha256((cohort.root / MANIFEST_FILENAME).read_bytes()).hexdigest(),
-        "cohort": {"root": str(cohort.root), "n_subjects": int(lesions["subject_id"].nunique()),
-                   "n_lesions": int(len(lesions)), "n_malignant": int(lesions.groupby("subject_id")["y"].max().sum()),
-                   "n_images": int(len(cohort.manifest)), "modalities": list(cohort.modalities)},
+        "cohort": cohort_summary(cohort),
         "cv": config.cv.model_dump(),
         "preprocessing": cv.preprocessing,
         "excluded_images": cv.excluded_images,
-        "level": "subject",
-        "reference_variant": reference_variant(config),
-        "variants": _variant_results(predictions, calibration, config, oracle, cv),
-        "oracle_auc": None, "oracle_auc_ci": None, "modality_oracle_auc": None,
+        **evaluation,
     }
-    curves = {}
-    predictions = _first_repeat(predictions)
-    for name in config.variants:
-        subjects = subject_level(predictions[predictions["variant"] == name])
-        curves[name] = (subjects["y"].to_numpy(), subjects["prob"].to_numpy(), results["variants"][name]["auc"])
-    if oracle is not None:
-        subjects = subject_level(predictions[predictions["variant"] == next(iter(config.variants))])
-        posterior = oracle.posterior().loc[subjects["subject_id"]].to_numpy()
-        auc, ci = auc_with_ci(subjects["y"], posterior, n_boot=config.cv.bootstrap, seed=config.cv.seed)
-        results.update(oracle_auc=auc, oracle_auc_ci=list(ci), modality_oracle_auc={
-            m: float(roc_auc_score(subjects["y"], oracle.posterior((m,)).loc[subjects["subject_id"]]))
-            for m in cohort.modalities})
-        curves["oracle"] = (subjects["y"].to_numpy(), posterior, auc)
-
+    for name, entry in results["variants"].items():
+        entry.update(stage2=config.variant(name).stage2, network=cv.networks.get(name),
+                     stage2_feature_importance=_stage2_importance(cv.stage2_importance, name))
     if ablation is not None:
         table = ablation_table(_json_safe(results), ablation)
         write_ablation(table, out, title=f"{config.name}: ablation (reference: {reference_variant(config)})")
         results["ablation"] = table.to_dict(orient="records")
-    plot_roc(curves, out / "roc.png")
     results["runtime_s"] = round(time.perf_counter() - started, 1)
-    results = _json_safe(results)
-    (out / "results.json").write_text(json.dumps(results, indent=2, allow_nan=False))
-    write_report(results, roc_png=out / "roc.png", config_yaml=(out / "config.yaml").read_text(),
-                 path=out / "report.html")
-    return results
+    return write_outputs(results, scores, out, extra_curves)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -15,7 +16,7 @@ __all__ = ["plot_roc"]
 
 
 def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], path: str | Path, *,
-             title: str = "Subject-level ROC (out-of-fold)") -> Path:
+             title: str = "Subject-level ROC (out-of-fold)", band: dict[str, Any] | None = None) -> Path:
     """Draw one ROC curve per entry and save a PNG.
 
     Args:
@@ -23,12 +24,19 @@ def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], path: str 
             is drawn dashed.
         path: the PNG to write.
         title: the plot title.
+        band: a pointwise confidence band to shade under its variant's curve:
+            ``variant``, ``fpr``, ``tpr_low``, ``tpr_high``, ``level`` (as
+            :func:`breastfusion.evaluation.curves.roc_band` returns, plus ``variant``).
     """
     fig, ax = plt.subplots(figsize=(5.5, 5.0), dpi=110)
-    for label, (y, score, auc) in curves.items():
+    for i, (label, (y, score, auc)) in enumerate(curves.items()):
         fpr, tpr, _ = roc_curve(y, score)
         style = "--" if label.startswith("oracle") else "-"
-        ax.plot(fpr, tpr, style, lw=1.8, label=f"{label} (AUC {auc:.3f})")
+        color = f"C{i}"
+        ax.plot(fpr, tpr, style, lw=1.8, color=color, label=f"{label} (AUC {auc:.3f})")
+        if band is not None and band.get("variant") == label:
+            ax.fill_between(band["fpr"], band["tpr_low"], band["tpr_high"], color=color, alpha=0.18, lw=0,
+                            label=f"{label}: {100 * band['level']:.0f}% bootstrap band")
     ax.plot([0, 1], [0, 1], ":", color="grey", lw=1)
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=title, xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(loc="lower right", fontsize=8)
