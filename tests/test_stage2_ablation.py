@@ -120,7 +120,8 @@ def test_a_variant_gives_the_same_numbers_alone_or_in_a_grid(small_cohort_dir, t
     svm_calib = together.calibration[together.calibration["variant"] == "svm"]
     assert set(svm_calib["split"]) == {"training-inner-cv"}
     assert set(together.stage2_importance["variant"]) == {"svm", "logistic"}
-    assert set(together.stage2_importance["group"]) == {"fused"}
+    # concat fusion: the head's input is the branch blocks, so the feature groups are the branches
+    assert set(together.stage2_importance["group"]) == {"ultrasound", "clinical"}
 
 
 def test_expand_ablation_one_factor_at_a_time():

@@ -146,7 +146,8 @@ class Stage2Config(_Strict):
     """MPM-MU stage 2: scikit-learn learners on the stage-1 network's deep features (training folds only)."""
 
     features: Literal["fused", "fused+branches"] = Field(
-        "fused+branches", description="the fused representation, optionally with each branch's own features")
+        "fused+branches", description="the fusion head's input, with each branch's own features for gated / late "
+        "fusion (concat's head input already is the branch features, grouped by branch)")
     inner_folds: int = Field(5, ge=2, description="inner cross-validation of the stacking ensemble, grouped by "
                              "subject")
     n_estimators: int = Field(200, ge=10, description="trees of the random forest and extra-trees learners")

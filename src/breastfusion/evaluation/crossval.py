@@ -330,12 +330,15 @@ class _Runner:
             net = self.build(spec, fold, trained.state).eval()
             trained.features = {split: extract_features(net, self.dataset(fold, split, spec.modalities))
                                 for split in self._splits(fold)}
-        return {split: self._table(blocks) for split, blocks in trained.features.items()}
+        return {split: self._table(blocks, spec.model.fusion) for split, blocks in trained.features.items()}
 
-    def _table(self, blocks: dict[str, np.ndarray]) -> FeatureTable:
-        names = ["fused"]
-        if self.config.stage2.features == "fused+branches" and self.config.model.fusion != "concat":
-            names += [b for b in blocks if b != "fused"]  # concat's fused input already is the branch features
+    def _table(self, blocks: dict[str, np.ndarray], spec_fusion: str) -> FeatureTable:
+        """The stage-2 feature table, its columns grouped by where they come from (a branch, or ``fused``)."""
+        branches = [b for b in blocks if b != "fused"]
+        if spec_fusion == "concat":
+            names = branches  # concat's head input is exactly the branch blocks side by side: name them by branch
+        else:
+            names = ["fused"] + (branches if self.config.stage2.features == "fused+branches" else [])
         groups = [name for name in names for _ in range(blocks[name].shape[1])]
         return FeatureTable(np.concatenate([blocks[n] for n in names], axis=1), groups)
 
