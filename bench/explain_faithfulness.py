@@ -98,7 +98,8 @@ def main() -> None:
     for row in record["paired_vs_baselines"]:
         print(f"  {row['method']:<9} - {row['baseline']:<6} energy {row['energy_diff']:+.3f} "
               f"[{row['energy_ci'][0]:+.3f}, {row['energy_ci'][1]:+.3f}]  pointing {row['pointing_diff']:+.2f} "
-              f"[{row['pointing_ci'][0]:+.2f}, {row['pointing_ci'][1]:+.2f}]  (n={row['energy_n']}/{row['pointing_n']})")
+              f"[{row['pointing_ci'][0]:+.2f}, {row['pointing_ci'][1]:+.2f}]  "
+              f"(n={row['energy_n']}/{row['pointing_n']})")
     print(f"wrote {out}")
 
 
@@ -128,7 +129,8 @@ def paired_differences(run_dir: Path, scores_csv: Path, *, n_boot: int = 2000) -
     for lid in per_image.index:
         mask = art.lesion_mask(position[lid], "ultrasound", 0)
         heat = center_heatmap(mask.shape[1])
-        center[lid] = (energy_in_mask(heat, mask), pointing_game(heat, mask, tolerance=pointing_tolerance(mask.shape[1])))
+        tolerance = pointing_tolerance(mask.shape[1])
+        center[lid] = (energy_in_mask(heat, mask), pointing_game(heat, mask, tolerance=tolerance))
     per_image[("energy_in_mask", "center")] = [center[lid][0] for lid in per_image.index]
     per_image[("pointing_game", "center")] = [center[lid][1] for lid in per_image.index]
     rng = np.random.default_rng(0)

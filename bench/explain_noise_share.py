@@ -91,7 +91,8 @@ def main() -> None:
     out = Path(__file__).parent / "results" / "explain_noise_share.json"
     out.write_text(json.dumps(record, indent=2))
     for key, s in summary.items():
-        print(f"{key:<34} ultrasound share mean {s['mean']:5.1f}%  range {s['min']:.1f} – {s['max']:.1f} (n={s['n']})")
+        print(f"{key:<34} ultrasound share mean {s['mean']:5.1f}%  range {s['min']:.1f} – {s['max']:.1f} "
+              f"(n={s['n']})")
     print(f"wrote {out}")
 
 

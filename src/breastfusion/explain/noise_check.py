@@ -80,9 +80,10 @@ def noise_modality_shares(cohort, *, fusion: str = "gated", training: dict[str, 
         seed: seed of initialisation and training.
 
     Returns:
-        ``share`` {modality: percent}, ``share_by_baseline`` (the shares under both baselines), ``mean_phi`` and ``mean_abs_phi`` {modality: float},
-        ``efficiency_max_error``, ``empty``, ``auc`` (held-out), ``gate_weights`` (gated/late fusion),
-        ``coalitions`` (mean and sd over lesions of each coalition's P(malignant)) and ``n_test``.
+        ``share`` {modality: percent}, ``share_by_baseline`` (the shares under both baselines),
+        ``mean_phi`` and ``mean_abs_phi`` {modality: float}, ``efficiency_max_error``, ``empty``,
+        ``auc`` (held-out), ``gate_weights`` (gated/late fusion), ``coalitions`` (mean and sd over
+        lesions of each coalition's P(malignant)) and ``n_test``.
 
     Raises:
         ValueError: unknown baseline.
@@ -121,26 +122,24 @@ def noise_modality_shares(cohort, *, fusion: str = "gated", training: dict[str, 
         net.fusion = create_fusion(fusion, {m: b.out_features for m, b in net.branches.items()},
                                    dropout=config.model.dropout, hidden=config.model.fusion_hidden, null_slot=True)
     prob = fit_predict(net, data(train), data(test), config.training, seed=seed)
-    empty = (no_information_prob(labels[train], sampler=config.training.sampler,
-                                 class_weights=config.training.class_weights) if baseline == "prior" else None)
+    prior = no_information_prob(labels[train], sampler=config.training.sampler,
+                                class_weights=config.training.class_weights)
     batch = prepare_batch(data(test).tensors)
-    phi = modality_shapley(net.eval(), batch, empty=empty)
-    _, shares = shapley_shares(phi)
-    other = no_information_prob(labels[train], sampler=config.training.sampler,
-                                class_weights=config.training.class_weights) if baseline == "network" else None
-    _, other_shares = shapley_shares(modality_shapley(net, batch, empty=other))
+    empties = {"prior": prior, "network": None}
+    phis = {b: modality_shapley(net.eval(), batch, empty=e) for b, e in empties.items()}
+    phi, shares = phis[baseline], shapley_shares(phis[baseline])[1]
     columns = [f"phi_{m}" for m in MODALITIES]
     gates = gate_weights(net, batch)
-    values = coalition_values(net, batch, empty=empty)
+    values = coalition_values(net, batch, empty=empties[baseline])
     return {
         "coalitions": {"+".join(sorted(k)) or "none": {"mean": float(v.mean()), "sd": float(v.std())}
                        for k, v in values.items()},
-        "share": shares, "share_by_baseline": {baseline: shares, ("prior" if baseline == "network" else "network"):
-                                                other_shares},
+        "share": shares, "share_by_baseline": {b: shapley_shares(p)[1] for b, p in phis.items()},
         "mean_phi": {m: float(phi[f"phi_{m}"].mean()) for m in MODALITIES},
         "mean_abs_phi": {m: float(phi[f"phi_{m}"].abs().mean()) for m in MODALITIES},
         "efficiency_max_error": float((phi[columns].sum(axis=1) - (phi["full"] - phi["empty"])).abs().max()),
         "empty": float(phi["empty"].mean()), "auc": float(roc_auc_score(labels[test], prob)),
-        "gate_weights": None if gates is None else {c.removeprefix("gate_"): float(v) for c, v in gates.mean().items()},
+        "gate_weights": (None if gates is None
+                         else {c.removeprefix("gate_"): float(v) for c, v in gates.mean().items()}),
         "n_test": int(len(test)),
     }
