@@ -1,4 +1,5 @@
-"""Exact modality Shapley values: efficiency, the missing-modality mechanism, a noise modality gets ~nothing."""
+"""Exact modality Shapley values: efficiency, the missing-modality mechanism, the empty coalition, a noise modality gets
+little."""
 
 from __future__ import annotations
 
