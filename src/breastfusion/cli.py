@@ -197,6 +197,8 @@ def explain(
     shares = result["contribution"]["share_percent"]
     console.print(f"{result['variant']}: modality contribution " +
                   " / ".join(f"{m} {v:.0f}%" for m, v in shares.items()))
+    if result["contribution"].get("note"):
+        console.print(f"[yellow]note:[/yellow] {result['contribution']['note']}")
     for row in (result.get("faithfulness") or {}).get("table", []):
         console.print(f"  {row['method']:<9} {row['modality']:<11} energy in mask {row['energy_in_mask']:.3f}  "
                       f"pointing game {row['pointing_game']:.2f}  (n={row['n']})")

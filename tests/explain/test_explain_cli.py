@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from breastfusion.cli import app
 from breastfusion.report.figures import FIGURES
+from breastfusion.run_artifacts import load_run
 
 
 def test_explain_writes_overlays_results_and_gallery(run_copy, tmp_path):
@@ -25,6 +26,13 @@ def test_explain_writes_overlays_results_and_gallery(run_copy, tmp_path):
     contribution = explanations["contribution"]
     assert sum(contribution["share_percent"].values()) == pytest_approx(100)
     assert contribution["efficiency_max_error"] < 1e-9 and contribution["n_lesions"] == 60
+    # the empty coalition of each fold is its training prevalence (shuffle sampler, no class weights)
+    art = load_run(run_copy)
+    prevalence = [art.lesions["y"].to_numpy()[train].mean() for train, _ in art.folds]
+    assert contribution["empty_by_fold"] == pytest_approx(prevalence)
+    # the tiny run had no modality dropout: the shares come with a warning, printed too
+    assert contribution["modality_dropout"] == 0 and "modality_dropout" in contribution["note"]
+    assert "note:" in result.output
     methods = {row["method"] for row in explanations["faithfulness"]["table"]}
     assert methods == {"scorecam", "gradcam", "gradcam++", "random"}  # synthetic cohort: masks known
     assert [row["variable"] for row in explanations["clinical_importance"]]

@@ -26,7 +26,7 @@ from breastfusion.explain.faithfulness import (deletion_insertion, energy_in_mas
                                                pointing_tolerance, random_heatmap)
 from breastfusion.explain.gallery import overlay, plot_gallery, save_overlay, select_cases
 from breastfusion.explain.importance import clinical_permutation_importance
-from breastfusion.explain.shapley import gate_weights, modality_shapley, shapley_shares
+from breastfusion.explain.shapley import gate_weights, modality_shapley, no_information_prob, shapley_shares
 from breastfusion.run_artifacts import RunArtifacts, load_run, prepare_batch
 
 __all__ = ["explain_run", "default_variant", "parse_target_layers"]
@@ -58,15 +58,23 @@ def parse_target_layers(spec: str | None) -> dict[str, str]:
 
 
 def _contributions(art: RunArtifacts, variant: str, out: Path) -> dict[str, Any]:
-    """Exact modality Shapley values for every lesion, each by its held-out fold's network."""
-    frames, gates = [], []
+    """Exact modality Shapley values for every lesion, each by its held-out fold's network.
+
+    The empty coalition is worth the fold's no-information prediction (its training labels under
+    the run's sampler and class weights; see :mod:`breastfusion.explain.shapley`).
+    """
+    training = art.config.training
+    frames, gates, empties = [], [], []
     for k in range(art.n_folds):
         net, data = art.network(variant, k), art.dataset(variant, k)
+        empty = no_information_prob(art.lesions["y"].to_numpy()[art.folds[k][0]], sampler=training.sampler,
+                                    class_weights=training.class_weights)
+        empties.append(empty)
         loader = torch.utils.data.DataLoader(data, batch_size=64, shuffle=False)
         parts = []
         for batch in loader:
             batch = prepare_batch(batch)
-            parts.append(modality_shapley(net, batch))
+            parts.append(modality_shapley(net, batch, empty=empty))
             gate = gate_weights(net, batch)
             if gate is not None:
                 gates.append(gate)
@@ -81,8 +89,14 @@ def _contributions(art: RunArtifacts, variant: str, out: Path) -> dict[str, Any]
     columns = [c for c in phi.columns if c.startswith("phi_")]
     efficiency = (phi[columns].sum(axis=1) - (phi["full"] - phi["empty"])).abs().max()
     modalities = [c.removeprefix("phi_") for c in columns]
+    dropout = float(training.modality_dropout)
+    note = None if dropout > 0 or len(modalities) < 2 else (
+        "trained without modality dropout: the network never saw a modality missing, so its predictions from "
+        "subsets of modalities, and these shares, are extrapolations; retrain with training.modality_dropout > 0")
     return {
         "scale": "prob", "n_lesions": int(len(phi)), "share_percent": cohort,
+        "empty_coalition": "no-information prediction of each fold (training prevalence under the run's loss)",
+        "empty_by_fold": empties, "modality_dropout": dropout, "note": note,
         "mean_phi": {m: float(phi[f"phi_{m}"].mean()) for m in modalities},
         "mean_abs_phi": {m: float(phi[f"phi_{m}"].abs().mean()) for m in modalities},
         "mean_full": float(phi["full"].mean()), "mean_empty": float(phi["empty"].mean()),
@@ -241,13 +255,14 @@ def explain_run(
                         tol = pointing_tolerance(mask.shape[1])
                         record["mask_fraction"] = float(mask.mean())
                         record["tolerance_px"] = tol
+                        where = {"subject_id": sid, "lesion_id": lid, "view": view_names[slot]}
                         for name_m, heat in maps.items():
-                            faith_rows.append({"method": name_m, "modality": modality,
+                            faith_rows.append({**where, "method": name_m, "modality": modality,
                                                "energy_in_mask": energy_in_mask(heat, mask),
                                                "pointing_game": pointing_game(heat, mask, tolerance=tol)})
                         for _ in range(_RANDOM_DRAWS):
                             heat = random_heatmap(mask.shape, rng)
-                            faith_rows.append({"method": "random", "modality": modality,
+                            faith_rows.append({**where, "method": "random", "modality": modality,
                                                "energy_in_mask": energy_in_mask(heat, mask),
                                                "pointing_game": pointing_game(heat, mask, tolerance=tol)})
                     records.append(record)
@@ -260,6 +275,8 @@ def explain_run(
     if progress and task is not None:
         progress.remove_task(task)
     pd.DataFrame(records).to_csv(out / "heatmaps.csv", index=False)
+    if faith_rows:  # one row per image and method (random: one per draw), for paired comparisons
+        pd.DataFrame(faith_rows).to_csv(out / "faithfulness.csv", index=False)
     if heat_store:
         np.savez_compressed(out / "heatmaps.npz", **heat_store)
 
