@@ -104,11 +104,10 @@ def main() -> None:
 
 
 def center_heatmap(side: int):
-    """A fixed centre prior: an isotropic Gaussian at the image centre, sigma a quarter of the side."""
-    import numpy as np
+    """A fixed centre prior (see :func:`breastfusion.explain.faithfulness.centre_heatmap`)."""
+    from breastfusion.explain.faithfulness import centre_heatmap
 
-    yy, xx = np.mgrid[:side, :side] - (side - 1) / 2
-    return np.exp(-(xx ** 2 + yy ** 2) / (2 * (side / 4) ** 2)).astype(np.float32)
+    return centre_heatmap((side, side))
 
 
 def paired_differences(run_dir: Path, scores_csv: Path, *, n_boot: int = 2000) -> list[dict]:

@@ -34,7 +34,7 @@ def test_explain_writes_overlays_results_and_gallery(run_copy, tmp_path):
     assert contribution["modality_dropout"] == 0 and "modality_dropout" in contribution["note"]
     assert "note:" in result.output
     methods = {row["method"] for row in explanations["faithfulness"]["table"]}
-    assert methods == {"scorecam", "gradcam", "gradcam++", "random"}  # synthetic cohort: masks known
+    assert methods == {"scorecam", "gradcam", "gradcam++", "centre", "random"}  # synthetic cohort: masks known
     assert [row["variable"] for row in explanations["clinical_importance"]]
     assert explanations["faithfulness"]["deletion_insertion"]["method"] == "gradcam"
     assert sorted(explanations["subjects"]) == sorted(subjects)

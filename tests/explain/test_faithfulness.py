@@ -68,3 +68,15 @@ def test_deletion_and_insertion_reward_the_pixels_the_model_uses(mask):
     assert good["deletion"][-1] == pytest.approx(0.5)  # everything at the baseline (0): sigmoid(0)
     assert good["insertion"][-1] == pytest.approx(float(predict(image[None])))
     assert len(good["fraction"]) == 17
+
+
+def test_centre_prior_peaks_in_the_middle_and_scores_a_centred_lesion():
+    from breastfusion.explain.faithfulness import centre_heatmap
+
+    heat = centre_heatmap((32, 48))
+    assert heat.shape == (32, 48) and np.unravel_index(heat.argmax(), heat.shape) in {(15, 23), (15, 24), (16, 23), (16, 24)}
+    centred, corner = np.zeros((32, 48), bool), np.zeros((32, 48), bool)
+    centred[12:20, 20:28] = True
+    corner[:8, :8] = True
+    assert pointing_game(heat, centred, tolerance=0) == 1.0 and pointing_game(heat, corner, tolerance=0) == 0.0
+    assert energy_in_mask(heat, centred) > centred.mean() > energy_in_mask(heat, corner)

@@ -22,7 +22,7 @@ from breastfusion.data.manifest import IMAGE_MODALITIES
 from breastfusion.evaluation.metrics import subject_level
 from breastfusion.explain.cams import (CAM_METHODS, OneImageModel, TargetLayer, compute_cams, encode_views,
                                        find_target_layer)
-from breastfusion.explain.faithfulness import (deletion_insertion, energy_in_mask, pointing_game,
+from breastfusion.explain.faithfulness import (centre_heatmap, deletion_insertion, energy_in_mask, pointing_game,
                                                pointing_tolerance, random_heatmap)
 from breastfusion.explain.gallery import overlay, plot_gallery, save_overlay, select_cases
 from breastfusion.explain.importance import clinical_permutation_importance
@@ -260,6 +260,10 @@ def explain_run(
                             faith_rows.append({**where, "method": name_m, "modality": modality,
                                                "energy_in_mask": energy_in_mask(heat, mask),
                                                "pointing_game": pointing_game(heat, mask, tolerance=tol)})
+                        centre = centre_heatmap(mask.shape)
+                        faith_rows.append({**where, "method": "centre", "modality": modality,
+                                           "energy_in_mask": energy_in_mask(centre, mask),
+                                           "pointing_game": pointing_game(centre, mask, tolerance=tol)})
                         for _ in range(_RANDOM_DRAWS):
                             heat = random_heatmap(mask.shape, rng)
                             faith_rows.append({**where, "method": "random", "modality": modality,

@@ -165,7 +165,8 @@ out-of-fold subject-level AUC ({{ "%.3f"|format(e.clinical_importance_auc) }} un
 {% endfor %}</table>
 <p class="note">Energy in mask: share of the heatmap inside the lesion (a uniform map scores the lesion's area
 fraction). Pointing game: the heatmap's maximum within the lesion (tolerance 15 px at 224 px). "random": smoothed
-noise heatmaps.</p>{% endif %}
+noise heatmaps; "centre": a Gaussian at the image centre (lesions are often centred, so a faithful map should beat
+it too).</p>{% endif %}
 {% if e.faithfulness and e.faithfulness.deletion_insertion %}{% set d = e.faithfulness.deletion_insertion %}
 <p class="note">Deletion / insertion ({{ d.method }}, {{ d.n_images }} images, area under P(explained class)):
 deletion {{ "%.3f"|format(d.deletion_auc) }} (random order {{ "%.3f"|format(d.random_deletion_auc) }}; lower is more
