@@ -27,7 +27,7 @@ def ablate(
     ablation.csv, ablation.md and the table in report.html.
     """
     from breastfusion.ablation import expand_ablation
-    from breastfusion.cli import _default_out, _fail, _progress, _results_table, console
+    from breastfusion.cli import _default_out, _fail, _progress, console
     from breastfusion.config import ConfigError, load_config
     from breastfusion.data.manifest import ManifestError, load_cohort
     from breastfusion.demo import make_synthetic_cohort, quick_overrides
@@ -54,6 +54,25 @@ def ablate(
             results = run_experiment(cohort, cfg, out, progress=progress, ablation=changes)
     except (ConfigError, ManifestError, MissingModalityError, FileNotFoundError, KeyError, ValueError) as exc:
         _fail(str(exc).strip("'\""))
-    console.print(_results_table(results))
-    console.print((out / "ablation.md").read_text())
-    console.print(f"Run folder: [b]{out}[/b] · {results['runtime_s']:.0f} s")
+    console.print(_ablation_table(results))
+    console.print(f"Run folder: [b]{out}[/b] (ablation.csv, ablation.md, report.html) · {results['runtime_s']:.0f} s")
+
+
+def _ablation_table(results: dict):
+    """The ablation as a rich table (the same numbers as ablation.csv)."""
+    from rich.table import Table
+
+    table = Table(title=f"{results['name']}: ablation vs {results['reference_variant']} (subject level, out-of-fold)")
+    for column in ("variant", "modalities", "stage 2", "AUC [95% CI]", "F1", "sens", "spec", "DeLong p"):
+        table.add_column(column, justify="left" if column in ("variant", "modalities", "stage 2") else "right")
+
+    def f(x):
+        return "–" if x is None else f"{x:.3f}"
+
+    for row in results["ablation"]:
+        p = row["delong_p"]
+        table.add_row(row["variant"], row["modalities"], row["stage2"],
+                      f"{f(row['auc'])} [{f(row['auc_ci_low'])}, {f(row['auc_ci_high'])}]", f(row["f1"]),
+                      f(row["sensitivity"]), f(row["specificity"]),
+                      "reference" if p is None else (f"{p:.1e}" if p < 0.001 else f"{p:.3f}"))
+    return table
