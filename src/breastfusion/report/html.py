@@ -127,9 +127,9 @@ fold as above. Confidence intervals and DeLong tests elsewhere in this report ar
 {% endif %}
 {% if r.ablation %}
 <h2>Ablation · reference {{ r.reference_variant }}</h2>
-<table class="compact"><tr><th>variant</th><th class="l">change</th><th class="l">modalities</th><th>stage 2</th><th>AUC [95% CI]</th><th>accuracy</th><th>F1</th><th>sensitivity</th><th>specificity</th><th>DeLong p</th></tr>
-{% for a in r.ablation %}<tr><td>{{ a.variant }}</td><td class="l">{{ a.change or "–" }}</td><td class="l">{{ a.modalities }}</td><td>{{ a.stage2 }}</td>
-<td>{{ fmt(a.auc) }} [{{ fmt(a.auc_ci_low) }}, {{ fmt(a.auc_ci_high) }}]</td><td>{{ fmt(a.accuracy) }}</td><td>{{ fmt(a.f1) }}</td><td>{{ fmt(a.sensitivity) }}</td><td>{{ fmt(a.specificity) }}</td>
+<table class="compact"><tr><th>variant</th><th class="l">modalities</th><th>stage 2</th><th>AUC [95% CI]</th><th>accuracy</th><th>F1</th><th>sensitivity</th><th>specificity</th><th>DeLong p</th></tr>
+{% for a in r.ablation %}<tr><td>{{ a.variant }}{% if a.change and a.change != a.variant %} <span class="note">({{ a.change }})</span>{% endif %}</td><td class="l">{{ a.modalities }}</td><td>{{ a.stage2 }}</td>
+<td style="white-space:nowrap">{{ fmt(a.auc) }} [{{ fmt(a.auc_ci_low) }}, {{ fmt(a.auc_ci_high) }}]</td><td>{{ fmt(a.accuracy) }}</td><td>{{ fmt(a.f1) }}</td><td>{{ fmt(a.sensitivity) }}</td><td>{{ fmt(a.specificity) }}</td>
 <td>{{ "reference" if a.delong_p is none else ("%.2g"|format(a.delong_p) if a.delong_p < 0.001 else "%.3f"|format(a.delong_p)) }}</td></tr>
 {% endfor %}</table>
 <p class="note">One factor changed at a time from the reference. Subject level, out-of-fold; accuracy to specificity at
