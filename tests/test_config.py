@@ -36,3 +36,15 @@ def test_bad_config_names_the_key(tmp_path, text, pattern):
     path.write_text(text)
     with pytest.raises(ConfigError, match=pattern):
         load_config(path)
+
+
+def test_fusion_null_slot_reaches_the_gated_fusion_and_the_network_key():
+    from breastfusion.evaluation.crossval import network_spec
+    from breastfusion.models.network import build_network
+
+    plain = load_config(None, model={"fusion": "gated", "ultrasound": {"encoder": "test_resnet"}})
+    slotted = load_config(None, model={"fusion": "gated", "fusion_null_slot": True,
+                                       "ultrasound": {"encoder": "test_resnet"}})
+    assert build_network(("ultrasound", "clinical"), slotted.model, 4).fusion.null is not None
+    assert build_network(("ultrasound", "clinical"), plain.model, 4).fusion.null is None
+    assert network_spec(plain, "fused").key != network_spec(slotted, "fused").key

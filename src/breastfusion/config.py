@@ -77,6 +77,8 @@ class ModelConfig(_Strict):
     fusion: Literal["concat", "gated", "late"] = "concat"
     fusion_hidden: int = Field(64, ge=1, description="common feature size of gated fusion")
     late_weights: Literal["learned", "mean"] = "learned"
+    fusion_null_slot: bool = Field(False, description="gated fusion: add a learned, always-present 'no "
+                                   "information' slot the gates can choose instead of an uninformative modality")
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
     init_from_single: bool = Field(
         True, description="start a multimodal variant's branches from the same fold's single-modality "

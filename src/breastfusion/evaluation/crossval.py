@@ -104,6 +104,7 @@ class NetworkSpec:
             "branches": {x: getattr(m, x).model_dump(mode="json") for x in self.modalities},
             "fusion": m.fusion, "dropout": m.dropout,
             "fusion_hidden": m.fusion_hidden if m.fusion == "gated" else None,
+            "null_slot": True if m.fusion == "gated" and m.fusion_null_slot else None,
             "late_weights": m.late_weights if m.fusion == "late" else None,
             "training": self.training.model_dump(mode="json", exclude=_RUNTIME_KEYS),
             "init": [s.key for s in self.init],

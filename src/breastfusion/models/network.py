@@ -55,4 +55,5 @@ def build_network(modalities: tuple[str, ...], model_config, n_clinical_features
                                      **cfg.encoder_kwargs)
             branches[modality] = ImageBranch(modality, encoder, pooling=cfg.view_pooling)
     return MultimodalNet(branches, model_config.fusion, dropout=model_config.dropout,
-                         hidden=model_config.fusion_hidden, late_weights=model_config.late_weights)
+                         hidden=model_config.fusion_hidden, late_weights=model_config.late_weights,
+                         null_slot=model_config.fusion_null_slot)
