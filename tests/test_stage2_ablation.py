@@ -145,8 +145,9 @@ def test_bus_clinical_config_compares_encoders_with_class_aware_sampling():
     assert config.training.sampler == "balanced" and config.cv.n_splits == 5
     expanded, changes = expand_ablation(config)
     encoders = {expanded.variant_model(v).ultrasound.encoder for v in expanded.variants if "encoder" in v}
-    assert {"resnet18", "efficientnet_b0", "densenet121", "mobilenetv3_small_100"} <= encoders
-    assert expanded.variant_model("fused").ultrasound.encoder.startswith("convnext")
+    assert {"convnext_atto", "resnet18", "efficientnet_b0", "densenet121", "vit_tiny_patch16_224",
+            "mobilenetv3_small_100"} <= encoders
+    assert expanded.variant_model("fused").ultrasound.encoder == "resnet18_slim"
     assert [expanded.modalities(v) for v in ("clinical", "ultrasound", "fused")] == [
         ("clinical",), ("ultrasound",), ("ultrasound", "clinical")]
 
