@@ -85,7 +85,7 @@ def main() -> None:
         "n_subjects_explained": len(chosen), "target_layers": result["target_layers"],
         "preprocess": load_config(run_dir / "config.yaml").model.ultrasound.preprocess,
         "threads": args.threads, "faithfulness": result["faithfulness"],
-        "paired_vs_baselines": paired_differences(run_dir, explain_dir / "faithfulness.csv"),
+        "paired_vs_baselines": paired_differences(explain_dir / "faithfulness.csv"),
     }
     suffix = f"_{args.target_layer.replace('.', '_')}" if args.target_layer else ""
     out = Path(__file__).parent / "results" / f"explain_faithfulness_{args.dataset}{suffix}.json"
@@ -103,40 +103,21 @@ def main() -> None:
     print(f"wrote {out}")
 
 
-def center_heatmap(side: int):
-    """A fixed centre prior (see :func:`breastfusion.explain.faithfulness.centre_heatmap`)."""
-    from breastfusion.explain.faithfulness import centre_heatmap
-
-    return centre_heatmap((side, side))
-
-
-def paired_differences(run_dir: Path, scores_csv: Path, *, n_boot: int = 2000) -> list[dict]:
+def paired_differences(scores_csv: Path, *, n_boot: int = 2000) -> list[dict]:
     """Per image, each CAM method's score minus the random baseline (mean of its draws) and minus the
     centre prior; mean and 95% percentile-bootstrap CI over images."""
     import numpy as np
     import pandas as pd
 
-    from breastfusion.explain.faithfulness import energy_in_mask, pointing_game, pointing_tolerance
-    from breastfusion.run_artifacts import load_run
-
     scores = pd.read_csv(scores_csv)
     scores = scores[scores["modality"] == "ultrasound"]
+    # the runner scores both baselines on every image: "random" (mean of its draws) and "centre"
     per_image = scores.groupby(["lesion_id", "method"])[["energy_in_mask", "pointing_game"]].mean().unstack()
-    art = load_run(run_dir)
-    position = {lid: i for i, lid in enumerate(art.lesions["lesion_id"])}
-    center = {}
-    for lid in per_image.index:
-        mask = art.lesion_mask(position[lid], "ultrasound", 0)
-        heat = center_heatmap(mask.shape[1])
-        tolerance = pointing_tolerance(mask.shape[1])
-        center[lid] = (energy_in_mask(heat, mask), pointing_game(heat, mask, tolerance=tolerance))
-    per_image[("energy_in_mask", "center")] = [center[lid][0] for lid in per_image.index]
-    per_image[("pointing_game", "center")] = [center[lid][1] for lid in per_image.index]
     rng = np.random.default_rng(0)
     rows = []
-    methods = [m for m in per_image["energy_in_mask"].columns if m not in ("random", "center")]
+    methods = [m for m in per_image["energy_in_mask"].columns if m not in ("random", "centre")]
     for method in methods:
-        for baseline in ("random", "center"):
+        for baseline in ("random", "centre"):
             row = {"method": method, "baseline": baseline}
             for metric, key in (("energy_in_mask", "energy"), ("pointing_game", "pointing")):
                 # an all-zero heatmap has no energy share (NaN): such images are left out of that comparison

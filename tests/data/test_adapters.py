@@ -18,7 +18,7 @@ from breastfusion.data.adapters import (
     write_prepared,
 )
 from breastfusion.data.adapters.breast_lesions_usg import LEAKING_COLUMNS, LEXICON_COLUMNS
-from breastfusion.data.manifest import ManifestError, load_cohort
+from breastfusion.data.manifest import load_cohort
 
 from .conftest import make_dicom, shared
 

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 
-_BENCH = Path(__file__).resolve().parents[2] / "bench" / "ci_coverage.py"
+from ..bench_scripts import load_bench
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("ci_coverage_bench", _BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("ci_coverage")
 
 
 def test_bench_runs_small_and_is_deterministic():

@@ -10,8 +10,6 @@ from breastfusion.config import load_config
 from breastfusion.explain.cams import CAM_METHODS, FINAL, OneImageModel, compute_cams, find_target_layer
 from breastfusion.models.network import build_network
 
-from ..conftest import TINY_MODEL
-
 MODALITIES = ("mammography", "ultrasound", "clinical")
 
 

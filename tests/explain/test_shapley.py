@@ -3,12 +3,10 @@ little."""
 
 from __future__ import annotations
 
-import itertools
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from breastfusion.config import load_config
 from breastfusion.explain.shapley import (coalition_values, gate_weights, modality_shapley, no_information_prob,

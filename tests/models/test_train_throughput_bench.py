@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import torch
 
-_BENCH = Path(__file__).resolve().parents[2] / "bench" / "train_throughput.py"
+from ..bench_scripts import load_bench
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("train_throughput_bench", _BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("train_throughput")
 
 
 def test_bench_writes_one_entry_per_model(tmp_path):

@@ -93,7 +93,6 @@ def _bin_index(P: np.ndarray, n_bins: int) -> np.ndarray:
 def _batched_ece(Y: np.ndarray, P: np.ndarray, n_bins: int = 10) -> np.ndarray:
     B, n = P.shape
     flat = (_bin_index(P, n_bins) + n_bins * np.arange(B)[:, None]).ravel()
-    count = np.bincount(flat, minlength=B * n_bins).reshape(B, n_bins)
     sum_y = np.bincount(flat, weights=Y.ravel().astype(float), minlength=B * n_bins).reshape(B, n_bins)
     sum_p = np.bincount(flat, weights=P.ravel(), minlength=B * n_bins).reshape(B, n_bins)
     return np.abs(sum_y - sum_p).sum(axis=1) / n  # sum_b (n_b/n) |mean_y_b - mean_p_b|
