@@ -126,3 +126,12 @@ def test_report_shows_the_data_check(fake_run, tmp_path):
     assert "3 unreadable images (e.g. bad.png: truncated)" in text
     assert "7 near-duplicate image pairs (pHash distance ≤ 6), 5 across subjects and 2 across labels" in text
     assert "4 duplicate groups span several subjects" in text and "<td>140</td>" in text
+
+
+def test_line_plots_keep_the_reference_when_there_are_many_variants():
+    from breastfusion.report.figures import MAX_LINES, shown_variants
+
+    names = [f"v{i}" for i in range(14)]
+    shown = shown_variants(names, "v12")
+    assert len(shown) == MAX_LINES and "v12" in shown and shown == sorted(shown, key=names.index)
+    assert shown_variants(names[:5], "v1") == names[:5]

@@ -79,7 +79,7 @@ def plot_calibration(variants: dict[str, dict[str, Any]], path: str | Path) -> P
     return _save(fig, path)
 
 
-def plot_decision_curves(variants: dict[str, dict[str, Any]], path: str | Path) -> Path:
+def plot_decision_curves(variants: dict[str, dict[str, Any]], path: str | Path, *, note: str = "") -> Path:
     """Net benefit over threshold probabilities from ``variants[v]["decision_curve"]``, with treat-all / none.
 
     A model is useful at threshold ``pt`` (the risk at which a clinician would
@@ -98,7 +98,7 @@ def plot_decision_curves(variants: dict[str, dict[str, Any]], path: str | Path) 
         top = max(top, float(np.max(curve["net_benefit_model"])))
     ax.set(xlim=(0, float(thresholds.max())), ylim=(-0.05, top * 1.1 + 0.01),
            xlabel="threshold probability (risk at which a biopsy is recommended)", ylabel="net benefit",
-           title="Decision curves (subject level, out-of-fold)")
+           title=f"Decision curves (subject level, out-of-fold){note}")
     ax.legend(fontsize=8, loc="lower left")  # the curves start high on the left and fall to the right
     ax.grid(alpha=0.25)
     return _save(fig, path)
@@ -128,6 +128,20 @@ def plot_confusion_matrices(variants: dict[str, dict[str, Any]], path: str | Pat
     return _save(fig, path)
 
 
+#: Most variants drawn in one line plot; more are unreadable (colours repeat after ten).
+MAX_LINES = 8
+
+
+def shown_variants(names: list[str], reference: str | None, *, limit: int = MAX_LINES) -> list[str]:
+    """The variants a line plot draws: all when few, else the reference and the first others in order
+    (every variant stays in the tables)."""
+    if len(names) <= limit:
+        return list(names)
+    keep = [reference] if reference in names else []
+    keep += [n for n in names if n != reference][:limit - len(keep)]
+    return [n for n in names if n in keep]
+
+
 def write_figures(results: dict[str, Any], scores: dict[str, pd.DataFrame], out: str | Path, *,
                   extra_curves: dict[str, tuple[np.ndarray, np.ndarray, float]] | None = None) -> dict[str, Path]:
     """Draw every figure of the report into the run folder ``out``.
@@ -143,14 +157,19 @@ def write_figures(results: dict[str, Any], scores: dict[str, pd.DataFrame], out:
     """
     out = Path(out)
     variants = results["variants"]
+    shown = shown_variants(list(variants), results.get("reference_variant"))
+    hidden = len(variants) - len(shown)
+    more = f"\n({hidden} more variants in the tables)" if hidden else ""
     curves = {}
-    for name, frame in scores.items():
-        subjects = first_repeat(frame)
+    for name in shown:
+        subjects = first_repeat(scores[name])
         curves[name] = (subjects["y"].to_numpy(), subjects["prob"].to_numpy(), variants[name]["auc"])
     curves.update(extra_curves or {})
     return {
-        "roc": plot_roc(curves, out / FIGURES["roc"], band=results.get("roc_band")),
+        "roc": plot_roc(curves, out / FIGURES["roc"], band=results.get("roc_band"),
+                        title=f"Subject-level ROC (out-of-fold){more}"),
         "calibration": plot_calibration(variants, out / FIGURES["calibration"]),
-        "decision_curves": plot_decision_curves(variants, out / FIGURES["decision_curves"]),
+        "decision_curves": plot_decision_curves({n: variants[n] for n in shown}, out / FIGURES["decision_curves"],
+                                                note=more),
         "confusion_matrices": plot_confusion_matrices(variants, out / FIGURES["confusion_matrices"]),
     }
