@@ -46,6 +46,7 @@ from breastfusion.data.synthetic.cohort import MASK_COLUMN
 from breastfusion.data.tensors import LesionDataset, LesionImages, build_lesion_images, clinical_features_for
 from breastfusion.evaluation.crossval import inner_split, preprocessing_params
 from breastfusion.evaluation.splits import subject_folds
+from breastfusion.run_folder import missing_run_file
 from breastfusion.models.network import MultimodalNet, build_network
 
 __all__ = ["RunFolderError", "RunArtifacts", "load_run", "prepare_batch", "MASK_COLUMN"]
@@ -298,10 +299,9 @@ def load_run(path: str | Path, *, allow_outside_root: bool = False) -> RunArtifa
             found unchanged.
     """
     root = Path(path)
-    for name in ("config.yaml", "results.json", "predictions.csv"):
-        if not (root / name).is_file():
-            raise RunFolderError(f"{root} is not a run folder: {name} is missing "
-                                 "(make one with `breastfusion demo` or `breastfusion run`)")
+    problem = missing_run_file(root)
+    if problem:
+        raise RunFolderError(problem)
     config = load_config(root / "config.yaml")
     results = json.loads((root / "results.json").read_text())
     cohort = _find_cohort(root, config, results, allow_outside_root)

@@ -23,6 +23,7 @@ from breastfusion.evaluation.aggregation import aggregate
 from breastfusion.evaluation.delong import delong_ci
 from breastfusion.evaluation.repeats import REPEAT, first_repeat, with_repeat
 from breastfusion.evaluation.summary import CohortMismatchError, paired_delong, score_subjects
+from breastfusion.run_folder import missing_run_file
 
 __all__ = ["RunComparisonError", "RunScores", "load_run_scores", "compare_runs"]
 
@@ -84,10 +85,9 @@ def load_run_scores(run: str | Path, variant: str | None = None) -> RunScores:
         RunComparisonError: a needed file is missing or unreadable, or the variant is unknown.
     """
     run = Path(run)
-    for name in ("predictions.csv", "results.json", "config.yaml"):
-        if not (run / name).is_file():
-            raise RunComparisonError(f"{run} is not a run folder: {name} is missing "
-                                     "(make one with `breastfusion run` or `breastfusion demo`)")
+    problem = missing_run_file(run)
+    if problem:
+        raise RunComparisonError(problem)
     results = _read_json(run / "results.json")
     try:
         config = load_config(run / "config.yaml")
