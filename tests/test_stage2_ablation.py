@@ -134,6 +134,14 @@ def test_expand_ablation_one_factor_at_a_time():
     assert expanded.modalities("modalities=ultrasound") == ("ultrasound",)
     # the reference's stage-1 head is already a listed variant: reused under its own name, not added twice
     assert "stage2=none" not in expanded.variants and changes["fused_head"] == "stage2=none"
+    with_fusion = config.model_copy(update={"ablation": config.ablation.model_copy(
+        update={"fusion": ["concat", "gated", "late"]})})
+    expanded, changes = expand_ablation(with_fusion)
+    assert "fusion=concat" not in expanded.variants  # the reference's own fusion adds nothing
+    assert [expanded.variant_model(f"fusion={f}").fusion for f in ("gated", "late")] == ["gated", "late"]
+    assert expanded.variant("fusion=gated").stage2 == "stacking"  # everything else stays the reference's
+    # the fused networks of both start from the same single-modality networks (linear heads)
+    assert network_spec(expanded, "fusion=gated").init == network_spec(expanded, "mpm_mu").init
     bad = config.model_copy(update={"ablation": config.ablation.model_copy(update={"attention": {"mammography": ["none"]},
                                                                                    "reference": "ultrasound"})})
     with pytest.raises(ValueError, match="has no mammography branch"):
