@@ -15,21 +15,21 @@ from typing import Any
 
 import pandas as pd
 
-from breastfusion.config import ExperimentConfig, VariantConfig
+from breastfusion.config import ExperimentConfig, VariantConfig, reference_variant
 
-__all__ = ["expand_ablation", "ablation_table", "write_ablation", "ABLATION_COLUMNS"]
+__all__ = ["expand_ablation", "ablation_table", "write_ablation", "to_markdown", "format_value", "format_p",
+           "ABLATION_COLUMNS"]
 
 ABLATION_COLUMNS = ["variant", "change", "modalities", "stage2", "n_subjects", "auc", "auc_ci_low", "auc_ci_high",
                     "accuracy", "f1", "sensitivity", "specificity", "delong_p"]
 
 
 def _reference(config: ExperimentConfig) -> str:
-    if config.ablation.reference is not None:
-        if config.ablation.reference not in config.variants:
-            raise KeyError(f"ablation.reference {config.ablation.reference!r} is not a variant; expected one of "
-                           f"{list(config.variants)}")
-        return config.ablation.reference
-    return max(config.variants, key=lambda name: len(config.modalities(name)))
+    """The grid's reference; an ``ablation.reference`` naming no variant is an error here, not a fallback."""
+    if config.ablation.reference is not None and config.ablation.reference not in config.variants:
+        raise KeyError(f"ablation.reference {config.ablation.reference!r} is not a variant; expected one of "
+                       f"{list(config.variants)}")
+    return reference_variant(config)
 
 
 def _with_override(base: VariantConfig, path: tuple[str, ...], value: Any) -> VariantConfig:
@@ -109,13 +109,15 @@ def ablation_table(results: dict[str, Any], changes: dict[str, str] | None = Non
     return pd.DataFrame(rows, columns=ABLATION_COLUMNS)
 
 
-def _fmt(value: Any, digits: int = 3) -> str:
+def format_value(value: Any, digits: int = 3) -> str:
+    """A table cell: a float to ``digits`` places, "–" for missing."""
     if value is None or (isinstance(value, float) and value != value):
         return "–"
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def _p(value: Any) -> str:
+def format_p(value: Any) -> str:
+    """A DeLong p-value cell ("– (reference)" for the reference's own row)."""
     if value is None or value != value:
         return "– (reference)"
     return f"{value:.2g}" if value < 0.001 else f"{value:.3f}"
@@ -126,10 +128,10 @@ def to_markdown(table: pd.DataFrame, *, title: str) -> str:
     lines = [f"# {title}", "", "| variant | change | modalities | stage 2 | n | AUC [95% CI] | accuracy | F1 | "
              "sensitivity | specificity | DeLong p vs reference |", "|" + "---|" * 11]
     for r in table.itertuples():
-        auc = f"{_fmt(r.auc)} [{_fmt(r.auc_ci_low)}, {_fmt(r.auc_ci_high)}]"
+        auc = f"{format_value(r.auc)} [{format_value(r.auc_ci_low)}, {format_value(r.auc_ci_high)}]"
         lines.append(f"| {r.variant} | {r.change or '–'} | {r.modalities} | {r.stage2} | {r.n_subjects} | {auc} | "
-                     f"{_fmt(r.accuracy)} | {_fmt(r.f1)} | {_fmt(r.sensitivity)} | {_fmt(r.specificity)} | "
-                     f"{_p(r.delong_p)} |")
+                     f"{format_value(r.accuracy)} | {format_value(r.f1)} | {format_value(r.sensitivity)} | {format_value(r.specificity)} | "
+                     f"{format_p(r.delong_p)} |")
     lines += ["", "Subject level, out-of-fold. Accuracy, F1, sensitivity and specificity at each fold's Youden "
               "threshold chosen on its training folds. p: paired DeLong test against the reference variant on the "
               "same subjects (not corrected for multiple comparisons)."]

@@ -62,17 +62,15 @@ def _ablation_table(results: dict):
     """The ablation as a rich table (the same numbers as ablation.csv)."""
     from rich.table import Table
 
+    from breastfusion.ablation import format_p, format_value
+
     table = Table(title=f"{results['name']}: ablation vs {results['reference_variant']} (subject level, out-of-fold)")
     for column in ("variant", "modalities", "stage 2", "AUC [95% CI]", "F1", "sens", "spec", "DeLong p"):
         table.add_column(column, justify="left" if column in ("variant", "modalities", "stage 2") else "right")
 
-    def f(x):
-        return "–" if x is None else f"{x:.3f}"
-
+    f = format_value
     for row in results["ablation"]:
-        p = row["delong_p"]
         table.add_row(row["variant"], row["modalities"], row["stage2"],
                       f"{f(row['auc'])} [{f(row['auc_ci_low'])}, {f(row['auc_ci_high'])}]", f(row["f1"]),
-                      f(row["sensitivity"]), f(row["specificity"]),
-                      "reference" if p is None else (f"{p:.1e}" if p < 0.001 else f"{p:.3f}"))
+                      f(row["sensitivity"]), f(row["specificity"]), format_p(row["delong_p"]))
     return table

@@ -32,6 +32,8 @@ __all__ = [
     "load_config",
     "dump_config",
     "select_variants",
+    "deep_merge",
+    "reference_variant",
 ]
 
 
@@ -271,18 +273,27 @@ class ExperimentConfig(_Strict):
         overrides = self.variant(variant).model
         if not overrides:
             return self.model
-        merged = _deep_merge(self.model.model_dump(), overrides)
+        merged = deep_merge(self.model.model_dump(), overrides)
         try:
             return ModelConfig.model_validate(merged)
         except ValidationError as exc:
             raise ValueError(f"variant {variant!r}: bad model override: {exc}") from None
 
 
-def _deep_merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``base`` with ``changes`` merged in, nested dicts key by key (``base`` is not modified)."""
     out = dict(base)
     for key, value in changes.items():
-        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
+
+
+def reference_variant(config: ExperimentConfig) -> str:
+    """The full model every variant is compared with: ``ablation.reference`` when it names a variant, else the
+    first variant with the most modalities."""
+    if config.ablation.reference in config.variants:
+        return config.ablation.reference
+    return max(config.variants, key=lambda name: len(config.modalities(name)))
 
 
 def _format(error: ValidationError, source: str) -> str:

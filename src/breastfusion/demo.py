@@ -7,7 +7,7 @@ from typing import Any
 
 from rich.progress import Progress
 
-from breastfusion.config import ExperimentConfig, load_config
+from breastfusion.config import ExperimentConfig, deep_merge, load_config
 from breastfusion.data.manifest import load_cohort
 from breastfusion.data.synthetic.cohort import generate_cohort
 from breastfusion.run import run_experiment
@@ -32,9 +32,7 @@ QUICK: dict[str, Any] = {"synthetic": {"n_subjects": 300, "image_px": 96}, "trai
 
 def quick_overrides(config: ExperimentConfig) -> ExperimentConfig:
     """``config`` with ``--quick``'s changes (fewer subjects, epochs and bootstrap resamples)."""
-    base = config.model_dump()
-    _merge(base, QUICK)
-    return ExperimentConfig.model_validate(base)
+    return ExperimentConfig.model_validate(deep_merge(config.model_dump(), QUICK))
 
 
 def make_synthetic_cohort(config: ExperimentConfig, folder: str | Path, *, progress: Progress | None = None):
@@ -47,19 +45,11 @@ def make_synthetic_cohort(config: ExperimentConfig, folder: str | Path, *, progr
     return load_cohort(folder)
 
 
-def _merge(base: dict, overrides: dict) -> None:
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
-        else:
-            base[key] = value
-
-
 def demo_config(*, quick: bool = False, seed: int = 0) -> ExperimentConfig:
     """The demo's configuration; ``seed`` seeds the cohort, the folds and training."""
     base = ExperimentConfig().model_dump()
     for overrides in (DEMO, QUICK) if quick else (DEMO,):
-        _merge(base, overrides)
+        base = deep_merge(base, overrides)
     base["name"] = "demo-quick" if quick else "demo"
     base["synthetic"]["seed"] = seed
     base["training"]["seed"] = seed

@@ -34,7 +34,7 @@ from rich.progress import Progress
 from sklearn.metrics import roc_auc_score
 
 from breastfusion.ablation import ablation_table, write_ablation
-from breastfusion.config import ExperimentConfig, dump_config
+from breastfusion.config import ExperimentConfig, dump_config, reference_variant
 from breastfusion.data.manifest import MANIFEST_FILENAME, Cohort
 from breastfusion.data.synthetic.cohort import Oracle, load_oracle
 from breastfusion.evaluation.crossval import cross_validate
@@ -60,14 +60,6 @@ def library_versions() -> dict[str, str]:
         except PackageNotFoundError:
             out[name] = "not installed"
     return out
-
-
-def reference_variant(config: ExperimentConfig) -> str:
-    """The full model every variant is compared with: ``ablation.reference`` when set, else the first variant
-    with the most modalities."""
-    if config.ablation.reference in config.variants:
-        return config.ablation.reference
-    return max(config.variants, key=lambda name: len(config.modalities(name)))
 
 
 def _stage2_importance(table: pd.DataFrame, variant: str) -> list[dict[str, Any]] | None:

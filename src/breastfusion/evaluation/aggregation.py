@@ -29,6 +29,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted
 
 from breastfusion.evaluation._checks import MetricInputError, SingleClassError
+from breastfusion.evaluation.metrics import subject_level
 
 __all__ = ["AGGREGATIONS", "LearnedAggregator", "aggregate", "subject_features"]
 
@@ -141,6 +142,6 @@ def aggregate(test: pd.DataFrame, method: Literal["mean", "max", "learned"] = "m
 
     def simple(frame: pd.DataFrame) -> pd.DataFrame:
         _check_frame(frame, prob)
-        return frame.groupby("subject_id", sort=True).agg(y=("y", "max"), prob=(prob, method)).reset_index()
+        return subject_level(frame, prob=prob, how=method)
 
     return simple(test), None if calibration is None else simple(calibration)

@@ -61,9 +61,10 @@ class BootstrapCI(NamedTuple):
     n_boot: int
 
 
-def subject_level(predictions: pd.DataFrame, *, prob: str = "prob") -> pd.DataFrame:
-    """Aggregate lesion-level predictions to one row per subject (mean probability, max label)."""
-    return predictions.groupby("subject_id", sort=True).agg(y=("y", "max"), prob=(prob, "mean")).reset_index()
+def subject_level(predictions: pd.DataFrame, *, prob: str = "prob", how: str = "mean") -> pd.DataFrame:
+    """Aggregate lesion-level predictions to one row per subject (``how`` of the probabilities: mean or max;
+    max label), sorted by subject."""
+    return predictions.groupby("subject_id", sort=True).agg(y=("y", "max"), prob=(prob, how)).reset_index()
 
 
 # ---------------------------------------------------------------- batched kernels
