@@ -1,0 +1,261 @@
+"""The local web page: upload one case's images and clinical values, get the bundle's prediction.
+
+``create_app(bundle)`` builds a FastAPI application with
+
+* ``GET /``: a form with one file input per image modality the bundle reads (mammography as CC and
+  MLO views, ultrasound as one or more frames) and one field per clinical variable its preprocessor
+  was fitted on (numbers, or the categories seen in training; blank means missing, which the fold
+  preprocessors impute as they did in cross-validation);
+* ``POST /predict``: the same case as a result page (probability, the operating threshold, the call,
+  how many fold networks agree, and the cross-validated performance the bundle recorded);
+* ``POST /api/predict``: the same as JSON;
+* ``GET /api/model``: what the bundle is (variant, modalities, metrics).
+
+The case is written into a temporary cohort folder (manifest + clinical table, no label), handed to
+:meth:`~breastfusion.bundle.Bundle.predict`, and deleted afterwards; nothing the user uploads is kept,
+and uploaded file names never become paths. :func:`serve` binds to 127.0.0.1 unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from jinja2 import Environment, select_autoescape
+
+from breastfusion.data.manifest import CLINICAL_FILENAME, MANIFEST_FILENAME
+
+__all__ = ["IMAGE_SUFFIXES", "MAX_UPLOAD_BYTES", "CaseError", "ClinicalField", "clinical_fields", "write_case",
+           "create_app", "serve"]
+
+log = logging.getLogger(__name__)
+
+#: Image file types the page accepts (the readers decode these).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom")
+#: Largest accepted upload per file (a full-field DICOM mammogram is about 30–60 MB).
+MAX_UPLOAD_BYTES = 100 * 2**20
+#: The image inputs of the form: (modality, view, field name, label, several files allowed).
+IMAGE_INPUTS = (("mammography", "CC", "mammography_cc", "Mammogram, CC view", False),
+                ("mammography", "MLO", "mammography_mlo", "Mammogram, MLO view", False),
+                ("ultrasound", "frame", "ultrasound", "Ultrasound frame(s)", True))
+
+
+class CaseError(ValueError):
+    """The submitted case cannot be predicted; the message says which field and what was expected."""
+
+
+@dataclass(frozen=True)
+class ClinicalField:
+    """One clinical variable of the form: ``kind`` is numeric, categorical or binary."""
+
+    name: str
+    kind: str
+    choices: tuple[str, ...] = field(default_factory=tuple)
+
+
+def clinical_fields(preprocessor: Any) -> list[ClinicalField]:
+    """The clinical variables a fitted :class:`~breastfusion.data.clinical.ClinicalPreprocessor` reads, in its order."""
+    types = preprocessor.types_
+    categories = getattr(preprocessor, "categories_", {})
+    out = [ClinicalField(c, "numeric") for c in types.get("numeric", [])]
+    out += [ClinicalField(c, "categorical", tuple(sorted(map(str, categories.get(c, ())))))
+            for c in types.get("categorical", [])]
+    out += [ClinicalField(c, "binary", ("0", "1")) for c in types.get("binary", [])]
+    return out
+
+
+def parse_clinical(fields: list[ClinicalField], form: dict[str, str]) -> dict[str, Any]:
+    """Form values → one clinical row (blank = missing).
+
+    Raises:
+        CaseError: a number that does not parse, or a category / binary value outside its choices.
+    """
+    row: dict[str, Any] = {}
+    problems = []
+    for f in fields:
+        raw = (form.get(f"clinical__{f.name}") or "").strip()
+        if not raw:
+            row[f.name] = math.nan if f.kind != "categorical" else None
+            continue
+        if f.kind == "numeric":
+            try:
+                value = float(raw)
+            except ValueError:
+                problems.append(f"{f.name}: {raw!r} is not a number")
+                continue
+            if not math.isfinite(value):
+                problems.append(f"{f.name}: {raw!r} is not a finite number")
+                continue
+            row[f.name] = value
+        elif raw not in f.choices:
+            problems.append(f"{f.name}: {raw!r} is not one of {list(f.choices)}")
+        else:
+            row[f.name] = int(raw) if f.kind == "binary" else raw
+    if problems:
+        raise CaseError("clinical values: " + "; ".join(problems))
+    return row
+
+
+def write_case(folder: Path, images: list[tuple[str, str, str, bytes]], clinical: dict[str, Any] | None,
+               *, case_id: str = "case") -> Path:
+    """Write one unlabelled case as a cohort folder (``manifest.csv``, images, ``clinical.csv``).
+
+    Args:
+        folder: an empty folder.
+        images: ``(modality, view, uploaded file name, content)``; the name only gives the file type.
+        clinical: one clinical row (``None`` or all missing: the case has no clinical data).
+        case_id: subject and lesion id of the case.
+
+    Raises:
+        CaseError: no image and no clinical value, an empty or oversized file, or an unknown file type.
+    """
+    rows = []
+    for i, (modality, view, name, content) in enumerate(images):
+        suffix = Path(name or "").suffix.lower()
+        if suffix not in IMAGE_SUFFIXES:
+            raise CaseError(f"{modality} {view}: file {name!r} has type {suffix or 'none'}; expected one of "
+                            f"{list(IMAGE_SUFFIXES)}")
+        if not content:
+            raise CaseError(f"{modality} {view}: file {name!r} is empty")
+        if len(content) > MAX_UPLOAD_BYTES:
+            raise CaseError(f"{modality} {view}: file {name!r} is {len(content) / 2**20:.0f} MB; the limit is "
+                            f"{MAX_UPLOAD_BYTES // 2**20} MB")
+        path = folder / f"{modality}_{i}{suffix}"
+        path.write_bytes(content)
+        rows.append({"subject_id": case_id, "lesion_id": case_id, "modality": modality, "view": view,
+                     "path": path.name, "label": ""})
+    has_clinical = clinical is not None and any(not _missing(v) for v in clinical.values())
+    if not rows and not has_clinical:
+        raise CaseError("nothing to predict from: upload an image or fill in a clinical value")
+    pd.DataFrame(rows, columns=["subject_id", "lesion_id", "modality", "view", "path", "label"]).to_csv(
+        folder / MANIFEST_FILENAME, index=False)
+    if has_clinical:
+        pd.DataFrame([{"subject_id": case_id, **clinical}]).to_csv(folder / CLINICAL_FILENAME, index=False)
+    return folder
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+_ENV = Environment(autoescape=select_autoescape(default=True))
+_PAGE = _ENV.from_string("""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>breastfusion · {{ variant }}</title>
+<style>
+body{font-family:system-ui,sans-serif;max-width:52rem;margin:2rem auto;padding:0 1rem;color:#222}
+fieldset{margin:1rem 0;border:1px solid #ccc;border-radius:6px} label{display:block;margin:.4rem 0}
+input,select{margin-left:.5rem} .call{font-size:1.6rem;font-weight:600} .malignant{color:#b00020}
+.benign{color:#1b5e20} .error{background:#fdecea;padding:.8rem;border-radius:6px} table{border-collapse:collapse}
+td,th{padding:.2rem .8rem;border-bottom:1px solid #eee;text-align:left} .note{color:#666;font-size:.9rem}
+</style></head><body>
+<h1>breastfusion: {{ variant }}</h1>
+<p class="note">Model: {{ modalities|join(" + ") }}, {{ n_folds }} fold networks from cross-validation
+{%- if auc %}; cross-validated AUC {{ "%.3f"|format(auc) }}{% if auc_ci %} (95% CI {{ "%.3f"|format(auc_ci[0]) }}–{{ "%.3f"|format(auc_ci[1]) }}){% endif %}{% endif %}.
+A research tool, not a medical device.</p>
+{% if error %}<p class="error">{{ error }}</p>{% endif %}
+{% if result %}
+<h2>Result</h2>
+<p class="call {{ result.call }}">{{ result.call }}</p>
+<table>
+<tr><th>P(malignant)</th><td>{{ "%.3f"|format(result.prob) }} (sd over fold networks {{ "%.3f"|format(result.prob_sd) }})</td></tr>
+<tr><th>operating threshold</th><td>{{ "%.3f"|format(result.threshold) }} (Youden, from the training folds)</td></tr>
+<tr><th>fold networks calling malignant</th><td>{{ result.fold_votes_malignant }} of {{ n_folds }}</td></tr>
+<tr><th>used</th><td>{{ used|join(", ") or "nothing" }}</td></tr>
+</table>
+<p><a href="/">another case</a></p>
+{% else %}
+<form method="post" action="/predict" enctype="multipart/form-data">
+{% for name, label, multiple in image_inputs %}
+<label>{{ label }} <input type="file" name="{{ name }}" accept="{{ accept }}"{% if multiple %} multiple{% endif %}></label>
+{% endfor %}
+{% if fields %}<fieldset><legend>Clinical data (leave blank when unknown)</legend>
+{% for f in fields %}<label>{{ f.name }}
+{% if f.kind == "numeric" %}<input type="text" inputmode="decimal" name="clinical__{{ f.name }}">
+{% else %}<select name="clinical__{{ f.name }}"><option value="">unknown</option>
+{% for c in f.choices %}<option>{{ c }}</option>{% endfor %}</select>{% endif %}</label>
+{% endfor %}</fieldset>{% endif %}
+<button type="submit">Predict</button>
+</form>
+{% endif %}
+</body></html>""")
+
+
+def create_app(bundle: Any) -> FastAPI:
+    """The FastAPI application serving ``bundle`` (a :class:`~breastfusion.bundle.Bundle`)."""
+    modalities = tuple(bundle.modalities)
+    image_inputs = [(name, label, multiple) for modality, _, name, label, multiple in IMAGE_INPUTS
+                    if modality in modalities]
+    fields = clinical_fields(bundle.clinical_preprocessors[0]) if "clinical" in modalities else []
+    metrics = bundle.info.get("metrics", {}) or {}
+    context = {"variant": bundle.variant, "modalities": modalities, "n_folds": bundle.n_folds,
+               "auc": metrics.get("auc"), "auc_ci": metrics.get("auc_ci"), "image_inputs": image_inputs,
+               "fields": fields, "accept": ",".join(IMAGE_SUFFIXES)}
+    app = FastAPI(title=f"breastfusion · {bundle.variant}", docs_url=None, redoc_url=None)
+
+    async def predict_form(request: Request) -> tuple[dict[str, Any], list[str]]:
+        form = await request.form()
+        images = []
+        for modality, view, name, _, _ in IMAGE_INPUTS:
+            if modality not in modalities:
+                continue
+            for j, upload in enumerate(form.getlist(name)):
+                if isinstance(upload, str) or not upload.filename:
+                    continue  # an empty file input
+                images.append((modality, view if view != "frame" else f"frame{j + 1}", upload.filename,
+                               await upload.read()))
+        texts = {k: v for k, v in form.items() if isinstance(v, str)}
+        clinical = parse_clinical(fields, texts) if fields else None
+        used = sorted({m for m, *_ in images})
+        if clinical and any(not _missing(v) for v in clinical.values()):
+            used.append("clinical")
+        with tempfile.TemporaryDirectory(prefix="breastfusion-case-") as tmp:
+            write_case(Path(tmp), images, clinical)
+            table = bundle.predict(tmp)
+        row = table.iloc[0]
+        return {"prob": float(row["prob"]), "prob_sd": float(row["prob_sd"]), "threshold": float(row["threshold"]),
+                "call": str(row["call"]), "fold_votes_malignant": int(row["fold_votes_malignant"])}, used
+
+    @app.get("/", response_class=HTMLResponse)
+    def index() -> str:
+        return _PAGE.render(**context)
+
+    @app.post("/predict", response_class=HTMLResponse)
+    async def predict_page(request: Request):
+        try:
+            result, used = await predict_form(request)
+        except (CaseError, ValueError, KeyError, OSError) as exc:
+            return HTMLResponse(_PAGE.render(**context, error=str(exc)), status_code=400)
+        return _PAGE.render(**context, result=result, used=used)
+
+    @app.post("/api/predict")
+    async def predict_json(request: Request):
+        try:
+            result, used = await predict_form(request)
+        except (CaseError, ValueError, KeyError, OSError) as exc:
+            raise HTTPException(status_code=400, detail=str(exc)) from None
+        return JSONResponse({**result, "used": used, "variant": bundle.variant})
+
+    @app.get("/api/model")
+    def model() -> dict[str, Any]:
+        return {"variant": bundle.variant, "modalities": list(modalities), "n_folds": bundle.n_folds,
+                "metrics": metrics, "clinical_fields": [f.__dict__ | {"choices": list(f.choices)} for f in fields]}
+
+    return app
+
+
+def serve(bundle_path: str | Path, *, host: str = "127.0.0.1", port: int = 8765) -> None:
+    """Load a bundle and serve its page with uvicorn (blocks). Binds to the loopback interface by default."""
+    import uvicorn
+
+    from breastfusion.bundle import load_bundle
+
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("serving on %s: the page is reachable from other machines and has no authentication", host)
+    uvicorn.run(create_app(load_bundle(bundle_path)), host=host, port=port, log_level="info")
