@@ -6,6 +6,7 @@ Heavy libraries (torch, timm, Lightning) are imported inside the verbs, so
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -251,6 +252,108 @@ def compare(
         json_file.parent.mkdir(parents=True, exist_ok=True)
         json_file.write_text(json.dumps(result, indent=2))
         console.print(f"JSON: {json_file}")
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder (from `breastfusion run` or `breastfusion demo`).")],
+    out: Annotated[Path, typer.Option("--out", help="Bundle folder to create (absent or empty).")],
+    variant: Annotated[Optional[str], typer.Option("--variant", help="Variant to export (default: the run's "
+                                                   "reference variant).")] = None,
+) -> None:
+    """Export a run's fitted variant as a bundle: its fold networks, clinical preprocessors and calibration.
+
+    The bundle is safe to load (safetensors and skops, never pickle) and checked
+    by sha256; `breastfusion predict BUNDLE COHORT_DIR` applies it to new cases.
+    The run's cohort must still be where the run found it.
+    """
+    from breastfusion.bundle import BundleError, export_bundle, load_bundle
+    from breastfusion.config import ConfigError
+    from breastfusion.run_artifacts import RunFolderError
+
+    try:
+        export_bundle(run_dir, out, variant=variant)
+        meta = load_bundle(out).meta
+    except (BundleError, RunFolderError, ConfigError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    metrics = meta["metrics"]
+    lo, hi = metrics["auc_ci"] or (float("nan"), float("nan"))
+    console.print(f"Bundle: [b]{out}[/b] · variant {meta['variant']} ({' + '.join(meta['modalities'])}) · "
+                  f"{meta['n_folds']} fold networks · out-of-fold AUC {metrics['auc']:.3f} ({lo:.3f} – {hi:.3f})")
+
+
+_MAX_ROWS = 50
+
+
+def _predictions_table(predictions: Any, bundle: Any) -> Table:
+    labelled = "label" in predictions.columns
+    table = Table(title=f"{bundle.variant} ({' + '.join(bundle.modalities)}): mean of {bundle.n_folds} fold "
+                        "networks, subject level")
+    columns = ["subject", "lesions", "modalities", "P(malignant)", "sd", "threshold", "call", "fold votes"]
+    for column in columns + (["label"] if labelled else []):
+        table.add_column(column, justify="left" if column in ("subject", "modalities", "call", "label") else "right")
+    for row in predictions.head(_MAX_ROWS).itertuples(index=False):
+        call = f"[red]{row.call}[/red]" if row.call == "malignant" else row.call
+        cells = [str(row.subject_id), str(row.n_lesions), row.modalities_used.replace(";", " + "),
+                 f"{row.prob:.3f}", f"{row.prob_sd:.3f}", f"{row.threshold:.3f}", call,
+                 f"{row.fold_votes_malignant}/{bundle.n_folds}"]
+        table.add_row(*cells, *([row.label] if labelled else []))
+    if len(predictions) > _MAX_ROWS:
+        table.caption = f"first {_MAX_ROWS} of {len(predictions)} subjects; all are in the CSV"
+    return table
+
+
+class _ConsoleNotes(logging.Handler):
+    """Prints the library's notes (ignored modalities, absent clinical data) while a verb runs."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        console.print(f"[cyan]note:[/cyan] {record.getMessage()}")
+
+
+@app.command()
+def predict(
+    bundle_dir: Annotated[Path, typer.Argument(help="A bundle folder (from `breastfusion export`).")],
+    cohort_dir: Annotated[Path, typer.Argument(help="Folder with manifest.csv (label may be empty) and optional "
+                                               "clinical.csv, as for `breastfusion run`.")],
+    out: Annotated[Path, typer.Option("--out", help="CSV to write, one row per subject.")] = Path("predictions.csv"),
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Lesions per forward pass.")] = 64,
+) -> None:
+    """Apply a bundle to new cases: P(malignant) per subject, the call at the folds' threshold, the folds' votes.
+
+    Each fold network predicts every lesion; its outputs are aggregated and
+    recalibrated as the run did for its held-out subjects, then averaged over
+    folds. A case may lack a modality; images the bundle does not read are ignored.
+    """
+    import warnings
+
+    from breastfusion.bundle import BundleError, load_bundle
+    from breastfusion.data.manifest import ManifestError
+    from breastfusion.data.readers import ImageReadError
+
+    handler = _ConsoleNotes()
+    notes = [logging.getLogger(f"breastfusion.{name}") for name in ("bundle", "predict")]
+    levels = [logger.level for logger in notes]
+    for logger in notes:
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            bundle = load_bundle(bundle_dir)
+            predictions = bundle.predict(cohort_dir, batch_size=batch_size)
+    except (BundleError, ManifestError, ImageReadError, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    finally:
+        for logger, level in zip(notes, levels):
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+    # The library's own warnings (missing clinical columns, unseen categories) are UserWarnings.
+    for warning in dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning)):
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+    console.print(_predictions_table(predictions, bundle))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    predictions.to_csv(out, index=False)
+    console.print(f"Predictions: [b]{out}[/b] ({len(predictions)} subjects)")
+
 
 from breastfusion.ablation_cli import ablate  # noqa: E402
 

@@ -49,7 +49,7 @@ from breastfusion.evaluation.splits import subject_folds
 from breastfusion.run_folder import missing_run_file
 from breastfusion.models.network import MultimodalNet, build_network
 
-__all__ = ["RunFolderError", "RunArtifacts", "load_run", "prepare_batch", "MASK_COLUMN"]
+__all__ = ["RunFolderError", "RunArtifacts", "load_run", "load_network", "prepare_batch", "MASK_COLUMN"]
 
 class RunFolderError(ValueError):
     """A run folder is incomplete or no longer matches its cohort; the message says what is missing."""
@@ -143,26 +143,8 @@ class RunArtifacts:
             RunFolderError: missing checkpoint, or one that does not fit the config.
         """
         path = self.checkpoint(variant, fold)
-        with safe_open(str(path), framework="pt") as handle:
-            meta = handle.metadata() or {}
-        modalities = self.modalities(variant)
-        if meta.get("modalities") and tuple(meta["modalities"].split(",")) != modalities:
-            raise RunFolderError(f"{path}: holds modalities {meta['modalities']}, the config's variant {variant!r} "
-                                 f"has {list(modalities)}")
-        n_clinical = int(meta.get("n_clinical_features", 0))
-        if "clinical" in modalities and n_clinical != self.clinical_preprocessor(fold).n_features_:
-            raise RunFolderError(f"{path}: {n_clinical} clinical features, but fold {fold}'s preprocessor gives "
-                                 f"{self.clinical_preprocessor(fold).n_features_}; the clinical table changed")
-        # Weights come from the checkpoint: do not read the encoder's initial weights file again.
-        model = self.config.variant_model(variant)
-        model = model.model_copy(update={m: getattr(model, m).model_copy(update={"weights": None})
-                                         for m in IMAGE_MODALITIES})
-        net = build_network(modalities, model, n_clinical)
-        try:
-            net.load_state_dict(load_file(str(path)), strict=True)
-        except RuntimeError as exc:
-            raise RunFolderError(f"{path} does not fit the network the config builds: {exc}") from None
-        return net.eval()
+        preprocessor = self.clinical_preprocessor(fold) if "clinical" in self.modalities(variant) else None
+        return load_network(path, self.config, variant, preprocessor, label=f"fold {fold}")
 
     def fit_positions(self, fold: int) -> np.ndarray:
         """Positions of the lesions fold ``fold``'s network was fitted on: its training lesions, less the
@@ -262,6 +244,46 @@ class RunArtifacts:
         out.insert(0, "fold", self.test_fold)
         out["prob"] = prob
         return out
+
+
+def load_network(path: Path, config: ExperimentConfig, variant: str,
+                 clinical_preprocessor: ClinicalPreprocessor | None = None, *,
+                 label: str = "the fold") -> MultimodalNet:
+    """A checkpoint's network of ``variant``, built from ``config``, in eval mode on the CPU.
+
+    Args:
+        path: the ``.safetensors`` file (weights only; its metadata names its modalities and clinical width).
+        config: the run's configuration.
+        variant: the variant the checkpoint belongs to.
+        clinical_preprocessor: the fold's fitted preprocessor, when the variant reads clinical data (its
+            feature count must match the checkpoint's).
+        label: how to name the preprocessor in messages (e.g. ``fold 2``).
+
+    Raises:
+        RunFolderError: the checkpoint does not fit the config (modalities, clinical width or weights).
+    """
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata() or {}
+    modalities = config.modalities(variant)
+    if meta.get("modalities") and tuple(meta["modalities"].split(",")) != modalities:
+        raise RunFolderError(f"{path}: holds modalities {meta['modalities']}, the config's variant {variant!r} "
+                             f"has {list(modalities)}")
+    n_clinical = int(meta.get("n_clinical_features", 0))
+    if "clinical" in modalities and (clinical_preprocessor is None
+                                     or n_clinical != clinical_preprocessor.n_features_):
+        given = "none was given" if clinical_preprocessor is None else \
+            f"gives {clinical_preprocessor.n_features_}; the clinical table changed"
+        raise RunFolderError(f"{path}: {n_clinical} clinical features, but {label}'s clinical preprocessor {given}")
+    # Weights come from the checkpoint: do not read the encoder's initial weights file again.
+    model = config.variant_model(variant)
+    model = model.model_copy(update={m: getattr(model, m).model_copy(update={"weights": None})
+                                     for m in IMAGE_MODALITIES})
+    net = build_network(modalities, model, n_clinical)
+    try:
+        net.load_state_dict(load_file(str(path)), strict=True)
+    except RuntimeError as exc:
+        raise RunFolderError(f"{path} does not fit the network the config builds: {exc}") from None
+    return net.eval()
 
 
 def _find_cohort(root: Path, config: ExperimentConfig, results: dict[str, Any],

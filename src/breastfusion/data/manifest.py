@@ -15,7 +15,9 @@ path          the image file
 label         ``benign`` or ``malignant``
 ============  =====================================================
 
-Extra columns are kept. ``clinical.csv`` has a ``subject_id`` column, unique,
+Extra columns are kept. New cases to predict (``breastfusion predict``) may leave
+``label`` empty or omit the column (``require_labels=False``); everything else is
+checked as for training. ``clinical.csv`` has a ``subject_id`` column, unique,
 and one column per clinical variable; a subject absent from it has no clinical
 data (the clinical modality is then missing for that subject).
 
@@ -85,7 +87,7 @@ class Cohort:
 
         ``group`` is the cross-validation group: the manifest's ``cv_group`` column where
         present (e.g. subjects sharing near-duplicate images, from ``data check --group-duplicates``),
-        else the subject.
+        else the subject. A lesion without a label (``require_labels=False``) has ``y`` 0.
         """
         columns = ["lesion_id", "subject_id", "label"] + (["cv_group"] if "cv_group" in self.manifest else [])
         lesions = self.manifest.drop_duplicates("lesion_id")[columns].reset_index(drop=True)
@@ -115,7 +117,8 @@ def _blank(series: pd.Series) -> pd.Series:
 
 
 def validate_manifest(
-    frame: pd.DataFrame, *, root: Path, file: Path, check_files: bool = True, allow_outside_root: bool = False
+    frame: pd.DataFrame, *, root: Path, file: Path, check_files: bool = True, allow_outside_root: bool = False,
+    require_labels: bool = True,
 ) -> pd.DataFrame:
     """Check a manifest frame against the contract and return it with absolute paths.
 
@@ -125,16 +128,20 @@ def validate_manifest(
         file: the manifest's path, for messages.
         check_files: also check that every image file exists.
         allow_outside_root: accept paths that resolve outside ``root``.
+        require_labels: every row needs a ``label``; ``False`` (new cases to predict) accepts an empty or
+            absent ``label`` column, but a lesion is then labelled on all its rows or on none.
 
     Raises:
         ManifestError: listing every problem found.
     """
+    if not require_labels and "label" not in frame.columns:
+        frame = frame.assign(label=pd.Series(pd.NA, index=frame.index, dtype=object))
     missing = [c for c in MANIFEST_COLUMNS if c not in frame.columns]
     if missing:
         raise ManifestError(file, [f"missing column(s) {missing}; expected columns {list(MANIFEST_COLUMNS)}, "
                                    f"found {list(frame.columns)}"])
     problems: list[str] = []
-    for column in ("subject_id", "lesion_id", "path", "modality", "label"):
+    for column in ("subject_id", "lesion_id", "path", "modality") + (("label",) if require_labels else ()):
         for i in frame.index[_blank(frame[column])]:
             problems.append(f"line {_line(i)}, column '{column}': empty; expected a value")
     for column, allowed in (("modality", IMAGE_MODALITIES), ("label", LABELS)):
@@ -160,11 +167,16 @@ def validate_manifest(
 
     for path, group in frame[frame["path"].duplicated(keep=False) & ~_blank(frame["path"])].groupby("path"):
         problems.append(f"lines {[_line(i) for i in group.index]}, column 'path': {path!r} listed more than once")
-    labelled = frame[frame["label"].isin(LABELS)]
-    for lesion, group in labelled.groupby("lesion_id"):
-        if group["label"].nunique() > 1:
+    # Invalid labels are reported above; the consistency checks look at the rows with a usable label.
+    checked = frame[frame["label"].isin(LABELS) | (_blank(frame["label"]) & (not require_labels))]
+    for lesion, group in checked.groupby("lesion_id"):
+        labels = group["label"][~_blank(group["label"])]
+        if labels.nunique() > 1:
             problems.append(f"lesion_id {lesion!r} (lines {[_line(i) for i in group.index]}): labels "
-                            f"{sorted(group['label'].unique())} disagree; expected one label per lesion")
+                            f"{sorted(labels.unique())} disagree; expected one label per lesion")
+        elif 0 < len(labels) < len(group):
+            problems.append(f"lesion_id {lesion!r} (lines {[_line(i) for i in group.index]}): labelled on some "
+                            "rows and empty on others; expected the label on all of the lesion's rows or none")
         if group["subject_id"].nunique() > 1:
             problems.append(f"lesion_id {lesion!r} (lines {[_line(i) for i in group.index]}): belongs to subjects "
                             f"{sorted(group['subject_id'].unique())}; expected one subject per lesion")
@@ -194,7 +206,8 @@ def validate_clinical(frame: pd.DataFrame, *, file: Path) -> pd.DataFrame:
     return frame
 
 
-def load_cohort(root: str | Path, *, check_files: bool = True, allow_outside_root: bool = False) -> Cohort:
+def load_cohort(root: str | Path, *, check_files: bool = True, allow_outside_root: bool = False,
+                require_labels: bool = True) -> Cohort:
     """Read and validate a manifest folder.
 
     Args:
@@ -202,6 +215,8 @@ def load_cohort(root: str | Path, *, check_files: bool = True, allow_outside_roo
             or the path of a manifest CSV itself.
         check_files: check that every image exists.
         allow_outside_root: accept image paths outside the folder.
+        require_labels: ``False`` for new cases to predict: ``label`` may be empty or absent (empty
+            labels stay missing; :attr:`Cohort.lesions` gives them ``y`` 0).
 
     Raises:
         FileNotFoundError: no manifest at ``root``.
@@ -215,7 +230,7 @@ def load_cohort(root: str | Path, *, check_files: bool = True, allow_outside_roo
                                 "(see `breastfusion demo` for an example) or the path of a manifest CSV")
     frame = pd.read_csv(manifest_file, dtype=str, keep_default_na=False, na_values=[""])
     manifest = validate_manifest(frame, root=root, file=manifest_file, check_files=check_files,
-                                 allow_outside_root=allow_outside_root)
+                                 allow_outside_root=allow_outside_root, require_labels=require_labels)
     clinical_file = root / CLINICAL_FILENAME
     if clinical_file.is_file():
         clinical = pd.read_csv(clinical_file, dtype={"subject_id": str})

@@ -1,0 +1,427 @@
+"""A fitted model that can be applied to new cases: one variant of a run, in a folder that is safe to load.
+
+:func:`export_bundle` turns a finished cross-validation run into a *bundle*
+folder; :func:`load_bundle` reads it back as a :class:`Bundle`, whose
+``predict`` applies it to a cohort folder (see :mod:`breastfusion.predict`).
+A bundle holds a variant's K fold networks, not one refitted model: every
+prediction is the mean of the K networks, each scored exactly as the run
+scored its held-out subjects (aggregation, recalibration and thresholds fitted
+on that fold's calibration subjects), so the numbers the run reports describe
+the bundle's members.
+
+Files:
+
+* ``bundle.json``: format version, breastfusion version, variant, modalities,
+  ``n_folds``, the run's ``manifest_sha256``, the variant's out-of-fold
+  ``metrics`` from ``results.json`` (``auc``, ``auc_ci``, ``threshold_metrics``),
+  the ``evaluation`` settings, ``preprocessing``, the clinical columns the
+  preprocessors expect, library ``versions`` (at export; ``run_versions`` at
+  training) and the sha256 of every other file;
+* ``config.yaml``: the run's resolved configuration (read with ``yaml.safe_load``);
+* ``fold{k}.safetensors``: fold ``k``'s network (weights only);
+* ``clinical_fold{k}.skops``: fold ``k``'s fitted clinical preprocessor, when the variant reads clinical data;
+* ``calibration.csv``: each fold's calibration lesion scores (repeat 0) with
+  anonymous ids (``s0001`` / ``l0001``): the grouping of lesions into subjects is
+  kept, the identity of the run's subjects is not.
+
+Loading never unpickles. Networks are safetensors. The preprocessors are read
+with ``skops.io.load``, trusting only classes (never functions: a crafted file
+could call a trusted callable, e.g. ``builtins.eval`` or ``numpy.load``) from
+scikit-learn, the array and dtype classes of NumPy, SciPy's sparse matrices,
+plain built-in data types and :class:`~breastfusion.data.clinical.ClinicalPreprocessor`;
+anything else is refused, naming the file and the type. The sha256s detect a
+file changed or damaged after export; they are not a signature (whoever can
+edit the files can edit ``bundle.json``), which is why the loading itself is safe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import io
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import cached_property
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from breastfusion import __version__
+from breastfusion.config import ConfigError, ExperimentConfig, load_config, reference_variant
+from breastfusion.data.clinical import ClinicalPreprocessor
+from breastfusion.data.manifest import IMAGE_MODALITIES, Cohort
+from breastfusion.data.preprocess import Params
+
+if TYPE_CHECKING:  # torch is imported when a bundle is loaded, not when this module is
+    from breastfusion.models.network import MultimodalNet
+
+__all__ = ["BUNDLE_FILE", "FORMAT", "FORMAT_VERSION", "Bundle", "BundleError", "export_bundle", "load_bundle"]
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "breastfusion-bundle"
+#: Bumped when a bundle written by this version cannot be read by an older one.
+FORMAT_VERSION = 1
+BUNDLE_FILE = "bundle.json"
+_CLINICAL_TYPE = f"{ClinicalPreprocessor.__module__}.{ClinicalPreprocessor.__qualname__}"
+_SAFE_BUILTINS = frozenset(f"builtins.{name}" for name in (
+    "bool", "int", "float", "complex", "str", "bytes", "bytearray", "list", "tuple", "dict", "set", "frozenset",
+    "slice", "NoneType"))
+_CALIBRATION_COLUMNS = ["fold", "subject_id", "lesion_id", "y", "prob", "split"]
+_VERSIONED = ("breastfusion", "torch", "timm", "scikit-learn", "numpy", "pandas", "safetensors", "skops")
+
+
+class BundleError(ValueError):
+    """A bundle cannot be written or read; the message names the file and what to do."""
+
+
+@dataclass
+class Bundle:
+    """A loaded bundle (build with :func:`load_bundle`).
+
+    Attributes:
+        root: the bundle folder.
+        meta: ``bundle.json``.
+        config: the run's configuration.
+        networks: the K fold networks, in eval mode on the CPU.
+        clinical_preprocessors: each fold's fitted preprocessor (``None`` when the variant reads no clinical data).
+        calibration: each fold's calibration lesion scores (``fold, subject_id, lesion_id, y, prob, split``).
+    """
+
+    root: Path
+    meta: dict[str, Any] = field(repr=False)
+    config: ExperimentConfig = field(repr=False)
+    networks: list[MultimodalNet] = field(repr=False)
+    clinical_preprocessors: list[ClinicalPreprocessor] | None = field(repr=False)
+    calibration: pd.DataFrame = field(repr=False)
+
+    @property
+    def variant(self) -> str:
+        return self.meta["variant"]
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return self.config.modalities(self.variant)
+
+    @property
+    def n_folds(self) -> int:
+        return len(self.networks)
+
+    @cached_property
+    def preprocessing(self) -> dict[str, Params]:
+        """Each image modality's preprocessing parameters, as the run derived them from its config."""
+        from breastfusion.evaluation.crossval import preprocessing_params
+
+        return preprocessing_params(self.config, [m for m in IMAGE_MODALITIES if m in self.modalities])
+
+    def predict_lesions(self, cohort: Cohort | str | Path, *, batch_size: int = 64, cache: bool = False
+                        ) -> pd.DataFrame:
+        """Every fold network's P(malignant) for every lesion; see :func:`breastfusion.predict.predict_lesions`."""
+        from breastfusion.predict import predict_lesions
+
+        return predict_lesions(self, cohort, batch_size=batch_size, cache=cache)
+
+    def score(self, lesions: pd.DataFrame) -> pd.DataFrame:
+        """Per (fold, subject) scores of :meth:`predict_lesions`'s output (:func:`breastfusion.predict.score_folds`)."""
+        from breastfusion.predict import score_folds
+
+        return score_folds(self, lesions)
+
+    def predict(self, cohort: Cohort | str | Path, *, batch_size: int = 64, cache: bool = False) -> pd.DataFrame:
+        """One row per subject of ``cohort``: the folds' mean probability, the call and the folds' votes.
+
+        Args:
+            cohort: a cohort folder (``manifest.csv``, optional ``clinical.csv``; ``label`` may be empty or
+                absent), its manifest CSV, or a loaded :class:`~breastfusion.data.manifest.Cohort`.
+            batch_size: lesions per forward pass.
+            cache: use the preprocessed-array cache (``$BREASTFUSION_CACHE``); off by default, so
+                predicting leaves nothing behind.
+
+        Returns:
+            See :func:`breastfusion.predict.combine_folds`.
+
+        Raises:
+            ManifestError, FileNotFoundError: the cohort folder breaks the manifest contract.
+            ImageReadError: unreadable images (unless the run's config excludes them).
+            BundleError: no case has any of the bundle's modalities.
+        """
+        from breastfusion.predict import combine_folds
+
+        return combine_folds(self.score(self.predict_lesions(cohort, batch_size=batch_size, cache=cache)))
+
+
+# -- export ------------------------------------------------------------------------------------------------------
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    import platform
+
+    out = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def _anonymise_calibration(calibration: pd.DataFrame) -> pd.DataFrame:
+    """Calibration rows with subject and lesion ids replaced by ``s0001`` / ``l0001`` (in order of appearance).
+
+    The same subject (lesion) gets the same id in every fold, so aggregation to subjects is unchanged.
+    """
+    out = calibration[_CALIBRATION_COLUMNS].copy()
+    for column, prefix in (("subject_id", "s"), ("lesion_id", "l")):
+        codes, uniques = pd.factorize(out[column].astype(str))
+        width = max(4, len(str(len(uniques))))
+        out[column] = [f"{prefix}{code + 1:0{width}d}" for code in codes]
+    return out
+
+
+def export_bundle(run_dir: str | Path, out: str | Path, *, variant: str | None = None) -> Path:
+    """Write one variant of a finished run as a bundle folder.
+
+    The run's cohort must still be where the run found it, unchanged: the clinical preprocessors are
+    refitted from it exactly as the run fitted them (runs do not store them).
+
+    Args:
+        run_dir: a run folder (``breastfusion run`` / ``demo``).
+        out: the bundle folder to create (absent or empty).
+        variant: the variant to export (default: the run's reference variant).
+
+    Returns:
+        ``out``.
+
+    Raises:
+        BundleError: unknown or stage-2 variant (the message lists the exportable ones), ``out`` not empty,
+            or a fold without checkpoint or calibration scores.
+        RunFolderError: not a run folder, or its cohort cannot be found unchanged.
+    """
+    from breastfusion.run_artifacts import RunFolderError, load_run
+    from breastfusion.run_folder import missing_run_file
+
+    root, out = Path(run_dir), Path(out)
+    problem = missing_run_file(root)
+    if problem:
+        raise RunFolderError(problem)
+    config = load_config(root / "config.yaml")
+    exportable = [v for v in config.variants if config.variant(v).stage2 == "none"]
+    variant = variant or reference_variant(config)
+    if variant not in config.variants:
+        raise BundleError(f"unknown variant {variant!r}; this run has {list(config.variants)} "
+                          f"(exportable: {exportable})")
+    learner = config.variant(variant).stage2
+    if learner != "none":
+        raise BundleError(f"variant {variant!r} is a stage-2 {learner} learner on its network's deep features; "
+                          f"runs do not keep stage-2 learners, so it cannot be exported. Exportable variants of "
+                          f"this run: {exportable}")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise BundleError(f"{out} already exists and is not an empty folder; choose another --out or remove it")
+
+    art = load_run(root)
+    n_folds = config.cv.n_splits
+    calibration = pd.read_csv(root / "calibration_predictions.csv", dtype={"subject_id": str, "lesion_id": str})
+    calibration = calibration[(calibration["variant"] == variant)
+                              & (calibration.get("repeat", 0) == 0)].reset_index(drop=True)
+    lacking = sorted(set(range(n_folds)) - set(calibration["fold"]))
+    if lacking:
+        raise BundleError(f"{root / 'calibration_predictions.csv'}: no calibration scores of variant {variant!r} "
+                          f"for fold(s) {lacking}; run the experiment again")
+    modalities = config.modalities(variant)
+    clinical = "clinical" in modalities
+
+    partial = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        shutil.copyfile(root / "config.yaml", partial / "config.yaml")
+        _anonymise_calibration(calibration).to_csv(partial / "calibration.csv", index=False)
+        columns: dict[str, list[str]] = {}
+        for k in range(n_folds):
+            art.network(variant, k)  # fails here, not at prediction time, when a checkpoint does not fit
+            shutil.copyfile(art.checkpoint(variant, k), partial / f"fold{k}.safetensors")
+            if clinical:
+                import skops.io
+
+                preprocessor = art.clinical_preprocessor(k)
+                skops.io.dump(preprocessor, partial / f"clinical_fold{k}.skops")
+                for kind, names in preprocessor.types_.items():
+                    columns.setdefault(kind, [])
+                    columns[kind] += [c for c in names if c not in columns[kind]]
+        entry = art.results["variants"][variant]
+        meta = {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "breastfusion_version": __version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "run_name": config.name, "run_created": art.results.get("created"),
+            "variant": variant, "modalities": list(modalities), "n_folds": n_folds,
+            "manifest_sha256": art.results.get("manifest_sha256"),
+            "metrics": {"level": "subject, out-of-fold", "auc": entry.get("auc"), "auc_ci": entry.get("auc_ci"),
+                        "threshold_metrics": entry.get("threshold_metrics"),
+                        "n_subjects": entry.get("n_subjects"), "n_malignant": entry.get("n_malignant")},
+            "evaluation": config.evaluation.model_dump(mode="json"),
+            "preprocessing": {m: p.to_dict() for m, p in art.preprocessing.items() if m in modalities},
+            "clinical_columns": columns if clinical else None,
+            "versions": _versions(), "run_versions": art.results.get("versions"),
+            "files": {f.name: _sha256(f.read_bytes()) for f in sorted(partial.iterdir())},
+        }
+        (partial / BUNDLE_FILE).write_text(json.dumps(meta, indent=2))
+        if out.exists():
+            out.rmdir()
+        partial.rename(out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return out
+
+
+# -- load --------------------------------------------------------------------------------------------------------
+
+def _resolve(name: str) -> Any:
+    """The object a dotted name refers to (importing its module), or ``None``."""
+    parts = name.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for attr in parts[i:]:
+            obj = getattr(obj, attr, None)
+        return obj
+    return None
+
+
+def _allowed_type(name: str) -> bool:
+    """Whether a skops file may construct objects of ``name`` (see the module docstring)."""
+    if name == _CLINICAL_TYPE:
+        return True
+    if name.startswith("builtins."):
+        return name in _SAFE_BUILTINS
+    family = name.split(".", 1)[0]
+    if family not in ("sklearn", "numpy", "scipy"):
+        return False
+    cls = _resolve(name)
+    if not isinstance(cls, type):
+        return False
+    if family == "sklearn":
+        return True
+    if family == "numpy":
+        import numpy as np
+
+        return cls is np.ndarray or issubclass(cls, (np.dtype, np.generic, np.random.Generator,
+                                                      np.random.BitGenerator, np.random.RandomState))
+    import scipy.sparse
+
+    return issubclass(cls, (scipy.sparse.sparray, scipy.sparse.spmatrix))
+
+
+def _load_preprocessor(path: Path, data: bytes) -> ClinicalPreprocessor:
+    import skops.io
+
+    try:
+        untrusted = skops.io.get_untrusted_types(data=data)
+    except Exception as exc:  # a damaged or foreign file: skops raises many kinds
+        raise BundleError(f"{path}: not a readable skops file ({exc})") from None
+    refused = [name for name in untrusted if not _allowed_type(name)]
+    if refused:
+        raise BundleError(f"{path}: refusing to load type(s) {refused}; a clinical preprocessor file may hold "
+                          f"only {_CLINICAL_TYPE} and scikit-learn, NumPy, SciPy and built-in data classes")
+    obj = skops.io.load(io.BytesIO(data), trusted=untrusted)
+    if not isinstance(obj, ClinicalPreprocessor):
+        raise BundleError(f"{path}: holds a {type(obj).__name__}, expected a {_CLINICAL_TYPE}")
+    return obj
+
+
+def _read_meta(root: Path) -> dict[str, Any]:
+    file = root / BUNDLE_FILE
+    if not file.is_file():
+        raise BundleError(f"{root} is not a bundle: {BUNDLE_FILE} is missing "
+                          "(make one with `breastfusion export RUN --out DIR`)")
+    try:
+        meta = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{file}: not valid JSON ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise BundleError(f"{file}: not a breastfusion bundle (format {found!r}, expected {FORMAT!r})")
+    if not isinstance(meta.get("format_version"), int) or meta["format_version"] > FORMAT_VERSION:
+        raise BundleError(f"{file}: format version {meta.get('format_version')!r}; this breastfusion "
+                          f"({__version__}) reads up to {FORMAT_VERSION}: upgrade breastfusion")
+    missing = [key for key in ("variant", "n_folds", "files") if key not in meta]
+    if missing:
+        raise BundleError(f"{file}: missing key(s) {missing}")
+    return meta
+
+
+def _verified(root: Path, meta: dict[str, Any], needed: list[str]) -> dict[str, bytes]:
+    """The bytes of every listed file, each checked against its sha256 in ``bundle.json``."""
+    files = meta["files"]
+    unlisted = [name for name in needed if name not in files]
+    if unlisted:
+        raise BundleError(f"{root / BUNDLE_FILE}: lists no sha256 for {unlisted}; export the bundle again")
+    out = {}
+    for name, expected in files.items():
+        path = root / name
+        if Path(name).name != name or name in ("", ".", ".."):
+            raise BundleError(f"{root / BUNDLE_FILE}: file name {name!r} is not a plain name inside the bundle")
+        if not path.is_file():
+            raise BundleError(f"{path} is missing; the bundle is incomplete: export it again")
+        data = path.read_bytes()
+        actual = _sha256(data)
+        if actual != expected:
+            raise BundleError(f"{path}: sha256 {actual[:12]}… differs from the {str(expected)[:12]}… recorded in "
+                              f"{BUNDLE_FILE}; the file was changed or damaged after export: export the bundle again")
+        out[name] = data
+    return out
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Read a bundle folder written by :func:`export_bundle`, verifying every file first.
+
+    Raises:
+        BundleError: not a bundle, a newer format, a missing file, a sha256 mismatch (naming the file), a
+            preprocessor file holding a type outside the allowlist (naming the file and the type), or
+            networks that do not fit the configuration.
+    """
+    from breastfusion.run_artifacts import RunFolderError, load_network
+
+    root = Path(path)
+    meta = _read_meta(root)
+    n_folds, variant = int(meta["n_folds"]), meta["variant"]
+    try:
+        config = load_config(root / "config.yaml") if (root / "config.yaml").is_file() else None
+    except ConfigError as exc:
+        raise BundleError(str(exc)) from None
+    if config is None or variant not in config.variants:
+        raise BundleError(f"{root / 'config.yaml'}: missing, or without the bundle's variant {variant!r}")
+    clinical = "clinical" in config.modalities(variant)
+    needed = (["config.yaml", "calibration.csv"] + [f"fold{k}.safetensors" for k in range(n_folds)]
+              + ([f"clinical_fold{k}.skops" for k in range(n_folds)] if clinical else []))
+    data = _verified(root, meta, needed)
+    preprocessors = [_load_preprocessor(root / f"clinical_fold{k}.skops", data[f"clinical_fold{k}.skops"])
+                     for k in range(n_folds)] if clinical else None
+    networks = []
+    for k in range(n_folds):
+        try:
+            networks.append(load_network(root / f"fold{k}.safetensors", config, variant,
+                                         preprocessors[k] if preprocessors else None, label=f"fold {k}"))
+        except RunFolderError as exc:
+            raise BundleError(str(exc)) from None
+    calibration = pd.read_csv(io.BytesIO(data["calibration.csv"]), dtype={"subject_id": str, "lesion_id": str})
+    missing = [c for c in _CALIBRATION_COLUMNS if c not in calibration.columns]
+    lacking = sorted(set(range(n_folds)) - set(calibration.get("fold", pd.Series(dtype=int))))
+    if missing or lacking:
+        raise BundleError(f"{root / 'calibration.csv'}: missing column(s) {missing} or fold(s) {lacking}")
+    if meta.get("breastfusion_version") != __version__:
+        logger.info("bundle %s was exported by breastfusion %s; this is %s", root, meta.get("breastfusion_version"),
+                    __version__)
+    return Bundle(root=root, meta=meta, config=config, networks=networks, clinical_preprocessors=preprocessors,
+                  calibration=calibration)

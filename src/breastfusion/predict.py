@@ -1,0 +1,210 @@
+"""Apply a bundle (:mod:`breastfusion.bundle`) to new cases: lesions → fold scores → one row per subject.
+
+Three steps, each public so a caller (the CLI, a web page) can keep the
+intermediate tables:
+
+1. :func:`predict_lesions`: the cohort's images go through the run's
+   preprocessing, each lesion through every fold network (with that fold's
+   clinical preprocessor);
+2. :func:`score_folds`: each fold's lesion outputs become subject scores
+   exactly as the run scored its held-out subjects
+   (:func:`~breastfusion.evaluation.summary._score_fold`: aggregation,
+   recalibration, Youden and rule-out thresholds and conformal sets, all
+   fitted on the fold's calibration subjects);
+3. :func:`combine_folds`: the folds' subject scores are averaged, and each
+   subject is called malignant when the mean reaches the median of the folds'
+   Youden thresholds.
+
+A missing modality is allowed (the network's missing-modality mechanism takes
+it); image rows of modalities the bundle does not read are ignored with a
+logged note; clinical columns the preprocessors expect but ``clinical.csv``
+lacks are imputed, with a warning naming them.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from breastfusion.bundle import Bundle, BundleError
+from breastfusion.data.cache import ArrayCache
+from breastfusion.data.manifest import LABELS, Cohort, load_cohort
+from breastfusion.data.tensors import LesionDataset, build_lesion_images, clinical_features_for
+from breastfusion.evaluation.summary import _score_fold
+from breastfusion.run_artifacts import prepare_batch
+
+__all__ = ["PREDICTION_COLUMNS", "predict_lesions", "score_folds", "combine_folds"]
+
+logger = logging.getLogger(__name__)
+
+#: Columns of :func:`combine_folds` (``y`` and ``label`` follow when every lesion of the cohort is labelled).
+PREDICTION_COLUMNS = ("subject_id", "n_lesions", "modalities_used", "prob", "prob_sd", "threshold", "call",
+                      "fold_votes_malignant")
+
+
+def _as_cohort(cohort: Cohort | str | Path) -> Cohort:
+    return cohort if isinstance(cohort, Cohort) else load_cohort(cohort, require_labels=False)
+
+
+def _fit_to_bundle(bundle: Bundle, cohort: Cohort) -> Cohort:
+    """The cohort with what the bundle does not read left out, and missing clinical columns added empty."""
+    manifest, clinical = cohort.manifest, cohort.clinical
+    unused = sorted(set(manifest["modality"]) - set(bundle.modalities))
+    if unused:  # their rows stay: the images are never decoded, and a lesion with nothing else is reported
+        logger.info("%s: ignoring %d image(s) of %s: the bundle's variant %r reads %s", cohort.root,
+                    int(manifest["modality"].isin(unused).sum()), unused, bundle.variant, list(bundle.modalities))
+    if bundle.clinical_preprocessors is None:
+        if len(clinical.columns) > 1:
+            logger.info("%s: ignoring clinical.csv: the bundle's variant %r reads %s", cohort.root, bundle.variant,
+                        list(bundle.modalities))
+        return Cohort(root=cohort.root, manifest=manifest, clinical=clinical)
+    expected: list[str] = []
+    used: list[str] = []
+    for pre in bundle.clinical_preprocessors:
+        expected += [c for c in pre.transformer_.feature_names_in_ if c not in expected]
+        used += [c for names in pre.types_.values() for c in names if c not in used]
+    if not len(clinical):
+        logger.info("%s: no clinical data: the bundle's variant %r predicts without it", cohort.root, bundle.variant)
+    else:
+        lacking = [c for c in used if c not in clinical.columns]
+        if lacking:
+            warnings.warn(f"{cohort.root}: clinical.csv lacks column(s) {lacking} the model was trained with; "
+                          "they are treated as missing values (imputed from the training subjects)", stacklevel=3)
+        clinical = clinical.assign(**{c: np.nan for c in expected if c not in clinical.columns})
+    return Cohort(root=cohort.root, manifest=manifest, clinical=clinical)
+
+
+@torch.no_grad()
+def predict_lesions(bundle: Bundle, cohort: Cohort | str | Path, *, batch_size: int = 64,
+                    cache: bool = False) -> pd.DataFrame:
+    """Every fold network's P(malignant) for every lesion of ``cohort``.
+
+    Args:
+        bundle: a loaded bundle.
+        cohort: a cohort folder or manifest CSV (``label`` may be empty or absent), or a loaded cohort.
+        batch_size: lesions per forward pass.
+        cache: read and fill the preprocessed-array cache (``$BREASTFUSION_CACHE``; off: decode every image).
+
+    Returns:
+        One row per (fold, lesion), folds in order, lesions in manifest order: ``fold``, ``subject_id``,
+        ``lesion_id``, ``prob`` (the fold network's output, before aggregation or recalibration),
+        ``modalities_used`` (``;``-joined), then ``y`` and ``label`` when every lesion is labelled
+        (``label`` alone, empty where unknown, when some are).
+
+    Raises:
+        ManifestError, FileNotFoundError: the cohort breaks the manifest contract.
+        ImageReadError: unreadable images (unless the run's config excludes them).
+        BundleError: no lesion has any modality the bundle reads.
+    """
+    cohort = _fit_to_bundle(bundle, _as_cohort(cohort))
+    lesions = cohort.lesions
+    images = build_lesion_images(cohort, bundle.preprocessing, cache=ArrayCache(enabled=cache),
+                                 exclude_unreadable=bundle.config.exclude_unreadable)
+    if images.excluded:
+        warnings.warn(f"{len(images.excluded)} unreadable image(s) left out: {images.excluded[:5]}", stacklevel=2)
+    positions = np.arange(len(lesions))
+    frames, used = [], None
+    for k, net in enumerate(bundle.networks):
+        clinical = (clinical_features_for(lesions, cohort.clinical, bundle.clinical_preprocessors[k])
+                    if bundle.clinical_preprocessors is not None else (None, None))
+        data = LesionDataset(images, positions, lesions["y"].to_numpy(), bundle.modalities, *clinical)
+        if used is None:
+            used = _modalities_used(data, bundle.modalities)
+        loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
+        prob = torch.cat([torch.sigmoid(net(prepare_batch(b))) for b in loader]).numpy() if len(data) else []
+        frames.append(pd.DataFrame({"fold": k, "subject_id": lesions["subject_id"].to_numpy(),
+                                    "lesion_id": lesions["lesion_id"].to_numpy(), "prob": prob,
+                                    "modalities_used": used}))
+    out = pd.concat(frames, ignore_index=True)
+    labelled = lesions["label"].isin(LABELS).to_numpy()
+    if labelled.any():
+        per_lesion = lesions.set_index("lesion_id")
+        if labelled.all():
+            out["y"] = per_lesion.loc[out["lesion_id"], "y"].to_numpy()
+        out["label"] = per_lesion.loc[out["lesion_id"], "label"].fillna("").to_numpy()
+    blind = out["modalities_used"] == ""
+    if blind.all():
+        raise BundleError(f"{cohort.root}: no lesion has any of the modalities the bundle reads "
+                          f"({list(bundle.modalities)}); nothing to predict")
+    if blind.any():
+        left = sorted(set(out.loc[blind, "lesion_id"]))
+        warnings.warn(f"lesion(s) {left[:10]} have none of the bundle's modalities {list(bundle.modalities)}; "
+                      "they are left out", stacklevel=2)
+        out = out[~blind].reset_index(drop=True)
+    return out
+
+
+def _modalities_used(data: LesionDataset, modalities: tuple[str, ...]) -> list[str]:
+    present = {m: (data.tensors["clinical_present"] if m == "clinical" else data.tensors[f"{m}_views"].any(dim=1))
+               .numpy() for m in modalities}
+    return [";".join(m for m in modalities if present[m][i]) for i in range(len(data))]
+
+
+def score_folds(bundle: Bundle, lesions: pd.DataFrame) -> pd.DataFrame:
+    """Each fold's subject scores, as the run scored its held-out subjects.
+
+    Args:
+        bundle: the bundle that made ``lesions``.
+        lesions: :func:`predict_lesions`'s output.
+
+    Returns:
+        One row per (fold, subject), subjects sorted within a fold: ``fold``, ``subject_id``,
+        ``n_lesions``, ``modalities_used`` (over the subject's lesions), ``prob_before_recalibration``
+        (aggregated), ``prob`` (aggregated, then recalibrated), ``youden_threshold``,
+        ``rule_out_threshold``, ``set_benign``, ``set_malignant``, ``conformal_decision``, then ``y``
+        and ``label`` when ``lesions`` has ``y``. Without labels the aggregation sees placeholder labels
+        (0), which no score depends on.
+    """
+    labelled = "y" in lesions.columns
+    frames = []
+    for k, fold in lesions.groupby("fold", sort=True):
+        test = fold[["subject_id", "lesion_id", "prob"]].assign(y=fold["y"] if labelled else 0)
+        scored = _score_fold(test, bundle.calibration[bundle.calibration["fold"] == k], bundle.config.evaluation)
+        per_subject = fold.groupby("subject_id").agg(
+            n_lesions=("lesion_id", "size"),
+            modalities_used=("modalities_used", lambda s: _union(s, bundle.modalities)))
+        scored = scored.join(per_subject, on="subject_id")
+        scored.insert(0, "fold", int(k))
+        frames.append(scored)
+    out = pd.concat(frames, ignore_index=True)
+    columns = ["fold", "subject_id", "n_lesions", "modalities_used", "prob_before_recalibration", "prob",
+               "youden_threshold", "rule_out_threshold", "set_benign", "set_malignant", "conformal_decision"]
+    if labelled:
+        out["y"] = out["y"].astype(int)
+        out["label"] = np.where(out["y"] == 1, LABELS[1], LABELS[0])
+        columns += ["y", "label"]
+    return out[columns]
+
+
+def _union(values: pd.Series, order: tuple[str, ...]) -> str:
+    have = {m for v in values for m in str(v).split(";") if m}
+    return ";".join(m for m in order if m in have)
+
+
+def combine_folds(scores: pd.DataFrame) -> pd.DataFrame:
+    """One row per subject from :func:`score_folds`'s output.
+
+    Returns:
+        ``subject_id``, ``n_lesions``, ``modalities_used``, ``prob`` (mean over folds of each fold's
+        recalibrated subject probability), ``prob_sd`` (its sd over folds, ddof 1), ``threshold`` (median
+        of the folds' Youden thresholds), ``call`` (``malignant`` when ``prob >= threshold``, else
+        ``benign``), ``fold_votes_malignant`` (folds whose own probability reaches their own Youden
+        threshold), then ``y`` and ``label`` when the scores carry labels. Subjects sorted by id.
+    """
+    scores = scores.assign(vote=(scores["prob"] >= scores["youden_threshold"]).astype(int))
+    grouped = scores.groupby("subject_id", sort=True)
+    out = grouped.agg(n_lesions=("n_lesions", "first"), modalities_used=("modalities_used", "first"),
+                      prob=("prob", "mean"), prob_sd=("prob", lambda s: s.std(ddof=1)),
+                      threshold=("youden_threshold", "median"), fold_votes_malignant=("vote", "sum")).reset_index()
+    out.insert(out.columns.get_loc("fold_votes_malignant"), "call",
+               np.where(out["prob"] >= out["threshold"], "malignant", "benign"))
+    columns = list(PREDICTION_COLUMNS)
+    if "y" in scores.columns:
+        out = out.join(grouped[["y", "label"]].first(), on="subject_id")
+        columns += ["y", "label"]
+    return out[columns]

@@ -1,0 +1,250 @@
+"""Bundles: export a run's variant, load it safely, apply it to new (possibly unlabelled, incomplete) cases."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from breastfusion import export_bundle, load_bundle
+from breastfusion.bundle import BundleError
+from breastfusion.cli import app
+from breastfusion.data.manifest import ManifestError, load_cohort
+from breastfusion.evaluation.summary import score_subjects
+from breastfusion.predict import PREDICTION_COLUMNS
+from breastfusion.run_artifacts import load_run, prepare_batch
+
+from .conftest import TINY_MODEL
+
+FUSED = ["mammography", "ultrasound", "clinical"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(small_cohort_dir, tmp_path_factory) -> Path:
+    """A 2-fold run: a fused network (Platt-recalibrated), the ultrasound network it starts from, and a stage-2
+    learner on the fused network's features."""
+    from breastfusion.config import load_config
+    from breastfusion.run import run_experiment
+
+    out = tmp_path_factory.mktemp("run")
+    config = load_config(None, name="tiny", manifest=small_cohort_dir,
+                         variants={"fused": FUSED, "ultrasound": ["ultrasound"],
+                                   "fused_logistic": {"modalities": FUSED, "stage2": "logistic"}},
+                         model=TINY_MODEL, training={"epochs": 1, "batch_size": 16},
+                         cv={"n_splits": 2, "bootstrap": 100}, evaluation={"recalibration": "platt"},
+                         stage2={"inner_folds": 2, "n_estimators": 10}, ablation={"reference": "fused"})
+    run_experiment(load_cohort(small_cohort_dir), config, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(run_dir, tmp_path_factory) -> Path:
+    return export_bundle(run_dir, tmp_path_factory.mktemp("bundles") / "fused")
+
+
+@pytest.fixture(scope="module")
+def lesions(bundle_dir, small_cohort_dir) -> pd.DataFrame:
+    return load_bundle(bundle_dir).predict_lesions(small_cohort_dir)
+
+
+@pytest.fixture
+def bundle_copy(bundle_dir, tmp_path) -> Path:
+    return Path(shutil.copytree(bundle_dir, tmp_path / "bundle"))
+
+
+def _cohort_copy(source: Path, target: Path, *, manifest=None, clinical=None) -> Path:
+    """A copy of a cohort folder whose manifest / clinical table went through the given edits."""
+    shutil.copytree(source, target)
+    for name, edit in (("manifest.csv", manifest), ("clinical.csv", clinical)):
+        if edit is not None:
+            frame = pd.read_csv(target / name, dtype={"subject_id": str}, keep_default_na=False, na_values=[""])
+            edit(frame).to_csv(target / name, index=False)
+    return target
+
+
+def _write_files_sha(bundle: Path, name: str) -> None:
+    import hashlib
+
+    meta = json.loads((bundle / "bundle.json").read_text())
+    meta["files"][name] = hashlib.sha256((bundle / name).read_bytes()).hexdigest()
+    (bundle / "bundle.json").write_text(json.dumps(meta))
+
+
+def test_bundle_folder_holds_what_it_documents(bundle_dir, run_dir):
+    meta = json.loads((bundle_dir / "bundle.json").read_text())
+    results = json.loads((run_dir / "results.json").read_text())
+    assert meta["variant"] == "fused" and meta["n_folds"] == 2 and meta["modalities"] == FUSED
+    assert meta["manifest_sha256"] == results["manifest_sha256"]
+    assert meta["metrics"]["auc"] == results["variants"]["fused"]["auc"]
+    assert meta["evaluation"]["recalibration"] == "platt"
+    assert sorted(meta["files"]) == ["calibration.csv", "clinical_fold0.skops", "clinical_fold1.skops",
+                                     "config.yaml", "fold0.safetensors", "fold1.safetensors"]
+    # the run's subject ids stay behind; the grouping of lesions into subjects does not
+    calibration = pd.read_csv(bundle_dir / "calibration.csv", dtype=str)
+    assert calibration["subject_id"].str.fullmatch(r"s\d{4}").all()
+    run_ids = set(pd.read_csv(run_dir / "predictions.csv", dtype=str)["subject_id"])
+    assert not run_ids & set(calibration["subject_id"]) and "S0" not in (bundle_dir / "calibration.csv").read_text()
+
+
+def test_fold_lesion_probabilities_are_the_run_networks_outputs(bundle_dir, run_dir, lesions):
+    """(a) each fold's lesion output equals the run's fold network recomputed independently through load_run."""
+    art = load_run(run_dir)
+    everyone = np.arange(len(art.lesions))
+    for k in range(art.n_folds):
+        net = art.network("fused", k)
+        loader = torch.utils.data.DataLoader(art.dataset("fused", k, everyone), batch_size=16)
+        with torch.no_grad():
+            expected = torch.cat([torch.sigmoid(net(prepare_batch(b))) for b in loader]).numpy()
+        got = lesions[lesions["fold"] == k].set_index("lesion_id").loc[art.lesions["lesion_id"], "prob"]
+        np.testing.assert_allclose(got.to_numpy(), expected, atol=1e-5)
+
+
+def test_held_out_fold_reproduces_the_runs_out_of_fold_predictions(bundle_dir, run_dir, lesions,
+                                                                   small_cohort_dir):
+    """(b) the fold that held a subject out gives the run's out-of-fold lesion prob and its subject score."""
+    saved = pd.read_csv(run_dir / "predictions.csv", dtype={"subject_id": str, "lesion_id": str})
+    saved = saved[saved["variant"] == "fused"]
+    held = lesions.merge(saved[["lesion_id", "fold", "prob"]], on=["lesion_id", "fold"], suffixes=("", "_run"))
+    assert len(held) == len(saved) == 60
+    np.testing.assert_allclose(held["prob"], held["prob_run"], atol=1e-5)
+
+    bundle = load_bundle(bundle_dir)
+    calibration = pd.read_csv(run_dir / "calibration_predictions.csv", dtype={"subject_id": str})
+    run_scores = score_subjects(saved, calibration[calibration["variant"] == "fused"], bundle.config.evaluation)
+    ours = bundle.score(lesions).merge(run_scores, on=["fold", "subject_id"], suffixes=("", "_run"))
+    assert len(ours) == 60
+    for column in ("prob", "youden_threshold", "rule_out_threshold"):
+        np.testing.assert_allclose(ours[column], ours[f"{column}_run"], atol=1e-5)
+    assert (ours["conformal_decision"] == ours["conformal_decision_run"]).all()
+
+    subjects = bundle.predict(small_cohort_dir)
+    assert list(subjects.columns) == [*PREDICTION_COLUMNS, "y", "label"] and len(subjects) == 60
+    folds = bundle.score(lesions).pivot(index="subject_id", columns="fold")
+    np.testing.assert_allclose(subjects["prob"], folds["prob"].mean(axis=1).to_numpy())
+    np.testing.assert_allclose(subjects["threshold"], folds["youden_threshold"].median(axis=1).to_numpy())
+    assert (subjects["call"] == np.where(subjects["prob"] >= subjects["threshold"], "malignant", "benign")).all()
+    votes = (folds["prob"] >= folds["youden_threshold"]).sum(axis=1).to_numpy()
+    assert (subjects["fold_votes_malignant"].to_numpy() == votes).all()
+
+
+def test_tampered_file_is_refused_naming_it(bundle_copy):
+    """(c)"""
+    path = bundle_copy / "fold1.safetensors"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"fold1\.safetensors: sha256 .* differs"):
+        load_bundle(bundle_copy)
+    path.unlink()
+    with pytest.raises(BundleError, match=r"fold1\.safetensors is missing"):
+        load_bundle(bundle_copy)
+
+
+class Smuggled:
+    """Not a type a clinical preprocessor file may hold."""
+
+    def __init__(self):
+        self.payload = [1, 2, 3]
+
+
+@pytest.mark.parametrize("obj, refused", [
+    (Smuggled(), "tests.test_bundle.Smuggled"),
+    ({"f": eval}, "builtins.eval"),  # a builtins name, but a function: a crafted file could call it
+    ({"f": np.load}, "numpy.load"),
+])
+def test_preprocessor_file_with_a_disallowed_type_is_refused(bundle_copy, obj, refused):
+    """(d) the skops allowlist: nothing outside it is constructed, and the message names file and type."""
+    import skops.io
+
+    skops.io.dump(obj, bundle_copy / "clinical_fold0.skops")
+    _write_files_sha(bundle_copy, "clinical_fold0.skops")
+    with pytest.raises(BundleError, match=rf"clinical_fold0\.skops: refusing to load type\(s\) \['{refused}'\]"):
+        load_bundle(bundle_copy)
+
+
+@pytest.mark.parametrize("blank", ["drop_column", "empty_values"])
+def test_unlabelled_cases_are_predicted(bundle_dir, small_cohort_dir, tmp_path, lesions, blank):
+    """(e) a manifest without labels predicts the same probabilities and reports no label columns."""
+    edit = (lambda f: f.drop(columns="label")) if blank == "drop_column" else (lambda f: f.assign(label=""))
+    cohort = _cohort_copy(small_cohort_dir, tmp_path / "new", manifest=edit)
+    bundle = load_bundle(bundle_dir)
+    got = bundle.predict_lesions(cohort)
+    assert "y" not in got and "label" not in got
+    np.testing.assert_allclose(got["prob"], lesions["prob"], atol=1e-6)
+    subjects = bundle.predict(cohort)
+    assert list(subjects.columns) == list(PREDICTION_COLUMNS) and subjects["prob"].between(0, 1).all()
+
+
+def test_labels_are_still_required_for_training_and_consistent_when_optional(small_cohort_dir, tmp_path):
+    cohort = _cohort_copy(small_cohort_dir, tmp_path / "new", manifest=lambda f: f.assign(
+        label=np.where(np.arange(len(f)) == 1, "", f["label"])))  # row 1 is the second view of lesion S00-L1
+    with pytest.raises(ManifestError, match=r"line 3, column 'label': empty"):
+        load_cohort(cohort)
+    with pytest.raises(ManifestError, match=r"S00-L1.*labelled on some rows and empty on others"):
+        load_cohort(cohort, require_labels=False)
+
+
+def test_stage2_variant_is_refused_listing_the_exportable_ones(run_dir, tmp_path):
+    """(f)"""
+    with pytest.raises(BundleError, match=r"'fused_logistic' is a stage-2 logistic.*\['fused', 'ultrasound'\]"):
+        export_bundle(run_dir, tmp_path / "b", variant="fused_logistic")
+    with pytest.raises(BundleError, match=r"unknown variant 'nope'"):
+        export_bundle(run_dir, tmp_path / "b", variant="nope")
+    assert not (tmp_path / "b").exists()
+
+
+def test_cli_export_and_predict_write_the_documented_csv(run_dir, small_cohort_dir, tmp_path):
+    """(g)"""
+    runner = CliRunner()
+    result = runner.invoke(app, ["export", str(run_dir), "--variant", "ultrasound", "--out", str(tmp_path / "us")])
+    assert result.exit_code == 0, result.output
+    assert "out-of-fold AUC" in result.output
+    assert not list((tmp_path / "us").glob("*.skops"))  # the ultrasound variant reads no clinical data
+    out = tmp_path / "pred" / "predictions.csv"
+    result = runner.invoke(app, ["predict", str(tmp_path / "us"), str(small_cohort_dir), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "note:" in result.output and "mammography" in result.output  # images the bundle does not read
+    written = pd.read_csv(out, dtype={"subject_id": str})
+    assert list(written.columns) == [*PREDICTION_COLUMNS, "y", "label"] and len(written) == 60
+    assert set(written["call"]) <= {"malignant", "benign"} and written["fold_votes_malignant"].between(0, 2).all()
+    assert (written["modalities_used"] == "ultrasound").all()
+    result = runner.invoke(app, ["predict", str(run_dir), str(small_cohort_dir)])
+    assert result.exit_code == 2 and "bundle.json is missing" in " ".join(result.output.split())
+
+
+def test_a_case_with_none_of_the_bundles_modalities_is_left_out_with_a_warning(run_dir, small_cohort_dir, tmp_path):
+    bundle = load_bundle(export_bundle(run_dir, tmp_path / "us", variant="ultrasound"))
+    drop_us = (lambda f: f[~((f["subject_id"] == "S05") & (f["modality"] == "ultrasound"))])
+    cohort = _cohort_copy(small_cohort_dir, tmp_path / "new", manifest=drop_us)
+    with pytest.warns(UserWarning, match=r"lesion\(s\) \['S05-L1'\] have none of the bundle's modalities"):
+        subjects = bundle.predict(cohort)
+    assert len(subjects) == 59 and "S05" not in set(subjects["subject_id"])
+    only_mammography = _cohort_copy(small_cohort_dir, tmp_path / "mg",
+                                    manifest=lambda f: f[f["modality"] != "ultrasound"])
+    with pytest.raises(BundleError, match=r"no lesion has any of the modalities the bundle reads \(\['ultrasound'\]\)"):
+        bundle.predict(only_mammography)
+
+
+def test_a_case_missing_a_modality_or_clinical_columns_is_still_predicted(bundle_dir, small_cohort_dir, tmp_path,
+                                                                          lesions):
+    """(h) one subject without ultrasound; a clinical column absent from the new table (imputed, with a warning)."""
+    cohort = _cohort_copy(small_cohort_dir, tmp_path / "new",
+                          manifest=lambda f: f[~((f["subject_id"] == "S05") & (f["modality"] == "ultrasound"))],
+                          clinical=lambda f: f.drop(columns="bmi"))
+    bundle = load_bundle(bundle_dir)
+    with pytest.warns(UserWarning, match=r"lacks column\(s\) \['bmi'\]"):
+        got = bundle.predict_lesions(cohort)
+    s05 = got[got["subject_id"] == "S05"]
+    assert len(s05) == 2 and (s05["modalities_used"] == "mammography;clinical").all()
+    assert np.isfinite(s05["prob"]).all()
+    before = lesions[lesions["subject_id"] == "S05"]["prob"].to_numpy()
+    assert not np.allclose(s05["prob"].to_numpy(), before, atol=1e-6)
+    with pytest.warns(UserWarning, match="bmi"):
+        subjects = bundle.predict(cohort)
+    assert subjects.set_index("subject_id").loc["S05", "modalities_used"] == "mammography;clinical"
