@@ -37,7 +37,7 @@ class StubBundle:
 
     variant, n_folds = "fused", 5
     modalities = ("mammography", "ultrasound", "clinical")
-    info = {"metrics": {"auc": 0.8, "auc_ci": [0.7, 0.9]}}
+    meta = {"metrics": {"auc": 0.8, "auc_ci": [0.7, 0.9]}}
 
     def __init__(self):
         self.clinical_preprocessors = [_preprocessor()]

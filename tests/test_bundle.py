@@ -248,3 +248,36 @@ def test_a_case_missing_a_modality_or_clinical_columns_is_still_predicted(bundle
     with pytest.warns(UserWarning, match="bmi"):
         subjects = bundle.predict(cohort)
     assert subjects.set_index("subject_id").loc["S05", "modalities_used"] == "mammography;clinical"
+
+
+def test_web_page_gives_one_case_the_prediction_predict_gives(bundle_dir, small_cohort_dir, tmp_path):
+    """The page writes an uploaded case (both mammography views, the ultrasound frame, the clinical row typed into
+    the form) as a cohort the bundle reads exactly as `predict` reads the subject from its own folder."""
+    pytest.importorskip("httpx")
+    from fastapi.testclient import TestClient
+
+    from breastfusion.app import create_app
+
+    bundle = load_bundle(bundle_dir)
+    cohort = load_cohort(small_cohort_dir)
+    subject = cohort.manifest["subject_id"].iloc[0]
+    rows = cohort.manifest[cohort.manifest["subject_id"] == subject]
+    names = {("mammography", "CC"): "mammography_cc", ("mammography", "MLO"): "mammography_mlo"}
+    files = [(names.get((r.modality, r.view), "ultrasound"), (Path(r.path).name, Path(r.path).read_bytes(), "image/png"))
+             for r in rows.itertuples()]
+    clinical = cohort.clinical.set_index("subject_id").loc[subject]
+    form = {f"clinical__{c}": ("" if pd.isna(v) else str(int(v) if c in bundle.clinical_preprocessors[0].types_["binary"]
+                                                           else v)) for c, v in clinical.items()}
+    reply = TestClient(create_app(bundle)).post("/api/predict", files=files, data=form)
+    assert reply.status_code == 200, reply.text
+
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    keep = rows.assign(path=[str(Path(p).resolve()) for p in rows["path"]])
+    keep.to_csv(alone / "manifest.csv", index=False)
+    cohort.clinical[cohort.clinical["subject_id"] == subject].to_csv(alone / "clinical.csv", index=False)
+    expected = bundle.predict(load_cohort(alone, allow_outside_root=True)).iloc[0]
+    body = reply.json()
+    assert body["used"] == ["mammography", "ultrasound", "clinical"]
+    assert body["prob"] == pytest.approx(float(expected["prob"]), abs=1e-5)
+    assert body["call"] == expected["call"] and body["fold_votes_malignant"] == expected["fold_votes_malignant"]

@@ -355,6 +355,25 @@ def predict(
     console.print(f"Predictions: [b]{out}[/b] ({len(predictions)} subjects)")
 
 
+
+@app.command()
+def serve(
+    bundle_dir: Annotated[Path, typer.Argument(help="A bundle folder (from `breastfusion export`).")],
+    host: Annotated[str, typer.Option("--host", help="Interface to bind; the default is reachable from this "
+                                      "machine only.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8765,
+) -> None:
+    """A local web page that applies a bundle to one case: upload images, fill in clinical values, read the call."""
+    from breastfusion.app.server import serve as serve_app
+    from breastfusion.bundle import BundleError, load_bundle
+
+    try:
+        bundle = load_bundle(bundle_dir)
+    except (BundleError, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    console.print(f"Serving [b]{bundle_dir}[/b] ({bundle.variant}) at http://{host}:{port}/ (Ctrl+C stops)")
+    serve_app(bundle, host=host, port=port)
+
 from breastfusion.ablation_cli import ablate  # noqa: E402
 
 app.command()(ablate)

@@ -193,7 +193,7 @@ def create_app(bundle: Any) -> FastAPI:
     image_inputs = [(name, label, multiple) for modality, _, name, label, multiple in IMAGE_INPUTS
                     if modality in modalities]
     fields = clinical_fields(bundle.clinical_preprocessors[0]) if "clinical" in modalities else []
-    metrics = bundle.info.get("metrics", {}) or {}
+    metrics = bundle.meta.get("metrics", {}) or {}
     context = {"variant": bundle.variant, "modalities": modalities, "n_folds": bundle.n_folds,
                "auc": metrics.get("auc"), "auc_ci": metrics.get("auc_ci"), "image_inputs": image_inputs,
                "fields": fields, "accept": ",".join(IMAGE_SUFFIXES)}
@@ -250,12 +250,18 @@ def create_app(bundle: Any) -> FastAPI:
     return app
 
 
-def serve(bundle_path: str | Path, *, host: str = "127.0.0.1", port: int = 8765) -> None:
-    """Load a bundle and serve its page with uvicorn (blocks). Binds to the loopback interface by default."""
+def serve(bundle: Any, *, host: str = "127.0.0.1", port: int = 8765) -> None:
+    """Serve a bundle's page with uvicorn (blocks). Binds to the loopback interface by default.
+
+    Args:
+        bundle: a loaded :class:`~breastfusion.bundle.Bundle`, or a bundle folder.
+    """
     import uvicorn
 
-    from breastfusion.bundle import load_bundle
+    if isinstance(bundle, (str, Path)):
+        from breastfusion.bundle import load_bundle
 
+        bundle = load_bundle(bundle)
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s: the page is reachable from other machines and has no authentication", host)
-    uvicorn.run(create_app(load_bundle(bundle_path)), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(bundle), host=host, port=port, log_level="info")
