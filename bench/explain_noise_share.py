@@ -1,18 +1,19 @@
 """How much of the output change do exact modality Shapley values give a modality that is pure noise?
 
 Usage:
-    OMP_NUM_THREADS=1 python bench/explain_noise_share.py [--cohorts 3] [--seeds 2]
+    OMP_NUM_THREADS=1 python bench/explain_noise_share.py [--cohorts 3] [--seeds 2] [--subjects 800] [--epochs 40]
 
-Synthetic cohorts of 200 subjects (:func:`breastfusion.explain.noise_check.noise_cohort`): ultrasound
-frames replaced by pixel noise, a clinical marker ``y + N(0, 0.7)``; an ultrasound (timm's
-``test_resnet`` at 16 px) + clinical network trained on 150 subjects, shares measured on the other 50.
-Training recipes, each scored with the empty coalition worth the network's all-masked output
-(``network``, what the explain code did) and worth the no-information prediction (``prior``, the fix):
+Synthetic cohorts of ``--subjects`` subjects (:func:`breastfusion.explain.noise_check.noise_cohort`):
+ultrasound frames replaced by pixel noise, a clinical marker ``y + N(0, 0.7)``; an ultrasound (timm's
+``test_resnet`` at 16 px) + clinical network trained on the first 75% of the subjects, shares measured on
+the other 25%. Training recipes (``--epochs`` each), each scored with the empty coalition worth the
+network's all-masked output (``network``) and worth the no-information prediction (``prior``, what
+``breastfusion explain`` uses):
 
-* ``no_dropout``: trained without modality dropout, 16 epochs;
-* ``dropout_8ep``: modality dropout 0.5, 8 epochs (the previous test's recipe);
-* ``dropout``: modality dropout 0.5, 16 epochs (the test's recipe);
-* ``dropout_null``: the same with gated fusion's learned no-information slot;
+* ``no_dropout``: trained without modality dropout;
+* ``dropout``: modality dropout 0.5 (the test's recipe);
+* ``dropout_0.7``: modality dropout 0.7;
+* ``dropout_null``: modality dropout 0.5 and gated fusion's learned no-information slot;
 * ``control``: the ``dropout`` recipe on the cohort with the ultrasound frames as rendered.
 
 Each for ``--cohorts`` cohort seeds x ``--seeds`` training seeds. Prints and writes
@@ -32,11 +33,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 TRAIN = {"lr": 0.01, "weight_decay": 0.05}
 RECIPES = {  # training overrides, null slot, ultrasound made of noise
-    "no_dropout": ({"epochs": 16, "modality_dropout": 0.0}, False, True),
-    "dropout_8ep": ({"epochs": 8, "modality_dropout": 0.5}, False, True),
-    "dropout": ({"epochs": 16, "modality_dropout": 0.5}, False, True),
-    "dropout_null": ({"epochs": 16, "modality_dropout": 0.5}, True, True),
-    "control": ({"epochs": 16, "modality_dropout": 0.5}, False, False),
+    "no_dropout": ({"modality_dropout": 0.0}, False, True),
+    "dropout": ({"modality_dropout": 0.5}, False, True),
+    "dropout_0.7": ({"modality_dropout": 0.7}, False, True),
+    "dropout_null": ({"modality_dropout": 0.5}, True, True),
+    "control": ({"modality_dropout": 0.5}, False, False),
 }
 BASELINES = ("network", "prior")
 
@@ -45,6 +46,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cohorts", type=int, default=3)
     parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--subjects", type=int, default=800)
+    parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--fusions", default="gated,concat")
     args = parser.parse_args()
 
@@ -58,14 +61,15 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for c in range(args.cohorts):
-            cohorts = {noise: noise_cohort(Path(tmp) / f"c{c}-{noise}", noise=noise, seed=3 + c)
+            cohorts = {noise: noise_cohort(Path(tmp) / f"c{c}-{noise}", noise=noise, seed=3 + c,
+                                                n_subjects=args.subjects)
                        for noise in (True, False)}
             for fusion in args.fusions.split(","):
                 for name, (training, null_slot, noise) in RECIPES.items():
                     if null_slot and fusion != "gated":
                         continue
                     for seed in range(args.seeds):
-                        r = noise_modality_shares(cohorts[noise], fusion=fusion, training={**TRAIN, **training},
+                        r = noise_modality_shares(cohorts[noise], fusion=fusion, training={**TRAIN, "epochs": args.epochs, **training},
                                                   baseline="network", null_slot=null_slot, seed=seed)
                         shares = {b: r["share_by_baseline"][b]["ultrasound"] for b in BASELINES}
                         rows.append({"recipe": name, "fusion": fusion, "cohort_seed": 3 + c, "seed": seed,
@@ -84,7 +88,7 @@ def main() -> None:
                     summary[f"{fusion}/{name}/{baseline}"] = {
                         "mean": float(np.mean(shares)), "min": float(np.min(shares)),
                         "max": float(np.max(shares)), "n": len(shares)}
-    record = {"what": __doc__.split("\n\n")[0], "train": TRAIN, "recipes": {k: v[0] | {
+    record = {"what": __doc__.split("\n\n")[0], "train": TRAIN | {"epochs": args.epochs}, "n_subjects": args.subjects, "recipes": {k: v[0] | {
               "null_slot": v[1], "ultrasound": "noise" if v[2] else "as rendered"} for k, v in RECIPES.items()},
               "summary_ultrasound_share_percent": summary, "runs": rows,
               "runtime_s": round(time.perf_counter() - started, 1), "threads": torch.get_num_threads()}

@@ -163,15 +163,17 @@ def noise_shares(tmp_path_factory) -> dict[str, dict]:
     from breastfusion.explain.noise_check import noise_cohort, noise_modality_shares
 
     training = {"epochs": NOISE_EPOCHS, "lr": 0.01, "weight_decay": 0.05, "modality_dropout": 0.5}
-    return {name: noise_modality_shares(noise_cohort(tmp_path_factory.mktemp(name), noise=name == "noise"),
+    return {name: noise_modality_shares(noise_cohort(tmp_path_factory.mktemp(name), noise=name == "noise",
+                                                     n_subjects=NOISE_SUBJECTS),
                                         fusion="gated", training=training, seed=0)
             for name in ("noise", "control")}
 
 
-NOISE_EPOCHS = 16
+NOISE_SUBJECTS, NOISE_EPOCHS = 800, 40  # 600 training subjects: enough that the network learns to ignore noise
 # bench/explain_noise_share.py, this recipe ("dropout", prior baseline, gated), 3 cohorts x 2 seeds: the noise got
-# 4.9-10.1% (this test's cohort and seed: 8.4%), 13.1-34.4% without modality dropout; real ultrasound 22.3-39.1%.
-NOISE_BOUND = 12.0  # percent
+# 1.9% on average (0.8-3.5%; this test's cohort and seed: 2.1%), 25.4% without modality dropout; the real
+# ultrasound of the control 28.2% (27.0-30.0%). At 200 subjects and 16 epochs the noise got 7.2% (4.9-10.1%).
+NOISE_BOUND = 5.0  # percent: "near zero"
 CONTROL_FLOOR = 20.0  # percent
 
 
@@ -190,4 +192,4 @@ def test_the_same_recipe_gives_real_ultrasound_a_large_share(noise_shares):
     """Control: the recipe does not silence the image branch whatever it sees. With the frames as rendered
     (lesion shape, margin, shadowing), ultrasound takes a several times larger share."""
     noise, control = noise_shares["noise"]["share"]["ultrasound"], noise_shares["control"]["share"]["ultrasound"]
-    assert control > CONTROL_FLOOR and control > 2.5 * noise, (noise, control)
+    assert control > CONTROL_FLOOR and control > 6 * noise, (noise, control)
