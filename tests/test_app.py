@@ -86,7 +86,7 @@ def test_write_case_makes_an_unlabelled_cohort_and_refuses_bad_files(tmp_path):
 
 def test_page_posts_a_case_to_the_bundle_and_shows_the_call():
     bundle = StubBundle()
-    client = TestClient(create_app(bundle))
+    client = TestClient(create_app(bundle, explainer=None))
     page = client.get("/")
     assert page.status_code == 200
     for name in ("mammography_cc", "mammography_mlo", "ultrasound", "clinical__age", "clinical__density"):
@@ -108,7 +108,7 @@ def test_page_posts_a_case_to_the_bundle_and_shows_the_call():
 
 
 def test_bad_input_is_a_400_that_names_the_field():
-    client = TestClient(create_app(StubBundle()))
+    client = TestClient(create_app(StubBundle(), explainer=None))
     reply = client.post("/api/predict", data={"clinical__age": "old"})
     assert reply.status_code == 400 and "age: 'old' is not a number" in reply.json()["detail"]
     page = client.post("/predict", data={})

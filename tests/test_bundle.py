@@ -281,3 +281,54 @@ def test_web_page_gives_one_case_the_prediction_predict_gives(bundle_dir, small_
     assert body["used"] == ["mammography", "ultrasound", "clinical"]
     assert body["prob"] == pytest.approx(float(expected["prob"]), abs=1e-5)
     assert body["call"] == expected["call"] and body["fold_votes_malignant"] == expected["fold_votes_malignant"]
+
+
+def test_case_explanation_sums_to_the_fold_mean_prediction(bundle_dir, small_cohort_dir, lesions):
+    """explain_case: the fold-averaged Shapley values sum to the mean fold prediction minus the no-information
+    value, that mean is what predict_lesions gives, each fold's empty value is its calibration prevalence, and
+    every image of the lesion gets a heatmap in [0, 1] of the network's input size."""
+    from breastfusion.explain.case import explain_case
+
+    bundle = load_bundle(bundle_dir)
+    cohort = load_cohort(small_cohort_dir)
+    lesion = cohort.lesions["lesion_id"].iloc[3]
+    explanation = explain_case(bundle, cohort, lesion_id=lesion, method="gradcam")
+    assert sum(explanation.phi.values()) == pytest.approx(explanation.full - explanation.empty, abs=1e-9)
+    assert explanation.full == pytest.approx(lesions.loc[lesions["lesion_id"] == lesion, "prob"].mean(), abs=1e-5)
+    prevalence = [bundle.calibration.loc[bundle.calibration["fold"] == k, "y"].mean() for k in range(bundle.n_folds)]
+    assert explanation.empty == pytest.approx(np.mean(prevalence), abs=1e-9)
+    assert sum(explanation.shares.values()) == pytest.approx(100.0)
+    rows = cohort.manifest[cohort.manifest["lesion_id"] == lesion]
+    assert sorted((h.modality, h.view) for h in explanation.heatmaps) == sorted(zip(rows["modality"], rows["view"]))
+    for h in explanation.heatmaps:
+        size = bundle.preprocessing[h.modality].size
+        assert h.heatmap.shape == h.image.shape == (size, size)
+        assert 0.0 <= h.heatmap.min() and h.heatmap.max() <= 1.0 and np.isfinite(h.heatmap).all()
+    with pytest.raises(ValueError, match="not in"):
+        explain_case(bundle, cohort, lesion_id="no-such-lesion")
+    with pytest.raises(ValueError, match="unknown heatmap method"):
+        explain_case(bundle, cohort, method="lime")
+
+
+def test_web_page_explains_the_case_it_predicts(bundle_dir, small_cohort_dir):
+    """With the real explainer, the JSON reply carries the contributions (summing to full - empty) and the HTML
+    page one inline heatmap per uploaded image."""
+    pytest.importorskip("httpx")
+    from fastapi.testclient import TestClient
+
+    from breastfusion.app import create_app
+
+    cohort = load_cohort(small_cohort_dir)
+    rows = cohort.manifest[cohort.manifest["subject_id"] == cohort.manifest["subject_id"].iloc[0]]
+    names = {("mammography", "CC"): "mammography_cc", ("mammography", "MLO"): "mammography_mlo"}
+    files = [(names.get((r.modality, r.view), "ultrasound"), (Path(r.path).name, Path(r.path).read_bytes(), "image/png"))
+             for r in rows.itertuples()]
+    client = TestClient(create_app(load_bundle(bundle_dir)))
+    body = client.post("/api/predict", files=files, data={"method": "gradcam"}).json()
+    contributions = body["contributions"]
+    assert contributions["phi"]["clinical"] == 0.0  # no clinical value was given
+    assert sum(contributions["phi"].values()) == pytest.approx(contributions["full"] - contributions["empty"])
+    assert contributions["full"] != pytest.approx(body["prob"], abs=1e-3)  # Platt: Shapley values are of the raw output
+    page = client.post("/predict", files=files, data={"method": "gradcam"})
+    assert page.status_code == 200 and page.text.count('src="data:image/png;base64,') == len(rows)
+    assert client.post("/api/predict", files=files, data={"method": "lime"}).status_code == 400

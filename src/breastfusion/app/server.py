@@ -7,7 +7,10 @@
   was fitted on (numbers, or the categories seen in training; blank means missing, which the fold
   preprocessors impute as they did in cross-validation);
 * ``POST /predict``: the same case as a result page (probability, the operating threshold, the call,
-  how many fold networks agree, and the cross-validated performance the bundle recorded);
+  how many fold networks agree, and the cross-validated performance the bundle recorded), with the
+  case's explanation (:func:`~breastfusion.explain.case.explain_case`): each modality's exact Shapley
+  contribution and a heatmap over every image, averaged over the fold networks (form field
+  ``method``: scorecam, the default, gradcam, gradcam++, or none);
 * ``POST /api/predict``: the same as JSON;
 * ``GET /api/model``: what the bundle is (variant, modalities, metrics).
 
@@ -18,24 +21,33 @@ and uploaded file names never become paths. :func:`serve` binds to 127.0.0.1 unl
 
 from __future__ import annotations
 
+import base64
+import io
 import logging
 import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+import numpy as np
 import pandas as pd
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from jinja2 import Environment, select_autoescape
 
 from breastfusion.data.manifest import CLINICAL_FILENAME, MANIFEST_FILENAME
+from breastfusion.explain.cams import CAM_METHODS
+from breastfusion.explain.case import explain_case
+from breastfusion.explain.gallery import overlay
 
 __all__ = ["IMAGE_SUFFIXES", "MAX_UPLOAD_BYTES", "CaseError", "ClinicalField", "clinical_fields", "write_case",
            "create_app", "serve"]
 
 log = logging.getLogger(__name__)
+
+#: Heatmap methods the page offers.
+METHODS = tuple(CAM_METHODS)
 
 #: Image file types the page accepts (the readers decode these).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom")
@@ -141,6 +153,17 @@ def write_case(folder: Path, images: list[tuple[str, str, str, bytes]], clinical
     return folder
 
 
+def _png_data_uri(rgb: np.ndarray, *, min_side: int = 256) -> str:
+    """An RGB uint8 image as an inline PNG, enlarged (nearest neighbour) to at least ``min_side`` px."""
+    from PIL import Image
+
+    scale = max(1, int(np.ceil(min_side / rgb.shape[0])))
+    image = Image.fromarray(rgb).resize((rgb.shape[1] * scale, rgb.shape[0] * scale), Image.Resampling.NEAREST)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
 def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
@@ -169,6 +192,23 @@ A research tool, not a medical device.</p>
 <tr><th>fold networks calling malignant</th><td>{{ result.fold_votes_malignant }} of {{ n_folds }}</td></tr>
 <tr><th>used</th><td>{{ used|join(", ") or "nothing" }}</td></tr>
 </table>
+{% if explanation %}
+<h2>Why</h2>
+<p class="note">Exact Shapley values over modalities, averaged over the fold networks: how much each modality moved
+P(malignant) away from the no-information value {{ "%.3f"|format(explanation.empty) }}
+{%- if recalibration != "none" %} (on the networks' output before {{ recalibration }} recalibration, mean
+{{ "%.3f"|format(explanation.full) }}){% endif %}.
+{%- if not dropout %} These networks were trained without modality dropout, so predictions from a subset of
+modalities are extrapolations: read the contributions with care.{% endif %}</p>
+<table>{% for m, v in explanation.phi.items() %}
+<tr><th>{{ m }}</th><td>{{ "%+.3f"|format(v) }}</td><td>{{ "%.0f"|format(explanation.shares[m]) }}% of the change</td></tr>
+{% endfor %}</table>
+{% if heatmaps %}<p class="note">{{ explanation.method }} heatmaps (the malignant logit as target), averaged over
+the fold networks, on the images as the networks saw them.</p>
+<div>{% for label, src in heatmaps %}<figure style="display:inline-block;margin:.5rem">
+<img src="{{ src }}" alt="{{ label }} heatmap" width="256"><figcaption>{{ label }}</figcaption></figure>{% endfor %}</div>
+{% endif %}{% endif %}
+{% if explain_error %}<p class="error">No explanation: {{ explain_error }}</p>{% endif %}
 <p><a href="/">another case</a></p>
 {% else %}
 <form method="post" action="/predict" enctype="multipart/form-data">
@@ -181,25 +221,36 @@ A research tool, not a medical device.</p>
 {% else %}<select name="clinical__{{ f.name }}"><option value="">unknown</option>
 {% for c in f.choices %}<option>{{ c }}</option>{% endfor %}</select>{% endif %}</label>
 {% endfor %}</fieldset>{% endif %}
+<label>Heatmaps <select name="method"><option>scorecam</option><option>gradcam</option>
+<option>gradcam++</option><option value="none">none</option></select></label>
 <button type="submit">Predict</button>
 </form>
 {% endif %}
 </body></html>""")
 
 
-def create_app(bundle: Any) -> FastAPI:
-    """The FastAPI application serving ``bundle`` (a :class:`~breastfusion.bundle.Bundle`)."""
+def create_app(bundle: Any, *, explainer: Callable[..., Any] | None = explain_case) -> FastAPI:
+    """The FastAPI application serving ``bundle`` (a :class:`~breastfusion.bundle.Bundle`).
+
+    Args:
+        bundle: the loaded bundle.
+        explainer: ``explainer(bundle, cohort_dir, method=...)`` → a
+            :class:`~breastfusion.explain.case.CaseExplanation`; ``None`` serves predictions only.
+    """
     modalities = tuple(bundle.modalities)
     image_inputs = [(name, label, multiple) for modality, _, name, label, multiple in IMAGE_INPUTS
                     if modality in modalities]
     fields = clinical_fields(bundle.clinical_preprocessors[0]) if "clinical" in modalities else []
     metrics = bundle.meta.get("metrics", {}) or {}
-    context = {"variant": bundle.variant, "modalities": modalities, "n_folds": bundle.n_folds,
+    dropout = getattr(getattr(getattr(bundle, "config", None), "training", None), "modality_dropout", 0.0)
+    evaluation = getattr(getattr(bundle, "config", None), "evaluation", None)
+    context = {"recalibration": getattr(evaluation, "recalibration", "none"), "dropout": dropout, "variant": bundle.variant, "modalities": modalities, "n_folds": bundle.n_folds,
                "auc": metrics.get("auc"), "auc_ci": metrics.get("auc_ci"), "image_inputs": image_inputs,
                "fields": fields, "accept": ",".join(IMAGE_SUFFIXES)}
     app = FastAPI(title=f"breastfusion · {bundle.variant}", docs_url=None, redoc_url=None)
 
-    async def predict_form(request: Request) -> tuple[dict[str, Any], list[str]]:
+    async def predict_form(request: Request, default_method: str) -> dict[str, Any]:
+        """Parse the form, predict the case and, unless ``method`` is none, explain it."""
         form = await request.form()
         images = []
         for modality, view, name, _, _ in IMAGE_INPUTS:
@@ -211,16 +262,27 @@ def create_app(bundle: Any) -> FastAPI:
                 images.append((modality, view if view != "frame" else f"frame{j + 1}", upload.filename,
                                await upload.read()))
         texts = {k: v for k, v in form.items() if isinstance(v, str)}
+        method = texts.get("method") or default_method
+        if method not in (*METHODS, "none"):
+            raise CaseError(f"method: {method!r} is not one of {[*METHODS, 'none']}")
         clinical = parse_clinical(fields, texts) if fields else None
         used = sorted({m for m, *_ in images})
         if clinical and any(not _missing(v) for v in clinical.values()):
             used.append("clinical")
+        out: dict[str, Any] = {"used": used, "explanation": None, "explain_error": None}
         with tempfile.TemporaryDirectory(prefix="breastfusion-case-") as tmp:
             write_case(Path(tmp), images, clinical)
-            table = bundle.predict(tmp)
-        row = table.iloc[0]
-        return {"prob": float(row["prob"]), "prob_sd": float(row["prob_sd"]), "threshold": float(row["threshold"]),
-                "call": str(row["call"]), "fold_votes_malignant": int(row["fold_votes_malignant"])}, used
+            row = bundle.predict(tmp).iloc[0]
+            if explainer is not None and method != "none":
+                try:
+                    out["explanation"] = explainer(bundle, tmp, method=method)
+                except Exception as exc:  # the prediction stands; say why the explanation is missing
+                    log.exception("explaining the case failed")
+                    out["explain_error"] = f"{type(exc).__name__}: {exc}"
+        out["result"] = {"prob": float(row["prob"]), "prob_sd": float(row["prob_sd"]),
+                         "threshold": float(row["threshold"]), "call": str(row["call"]),
+                         "fold_votes_malignant": int(row["fold_votes_malignant"])}
+        return out
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> str:
@@ -229,18 +291,29 @@ def create_app(bundle: Any) -> FastAPI:
     @app.post("/predict", response_class=HTMLResponse)
     async def predict_page(request: Request):
         try:
-            result, used = await predict_form(request)
+            out = await predict_form(request, "scorecam")
         except (CaseError, ValueError, KeyError, OSError) as exc:
             return HTMLResponse(_PAGE.render(**context, error=str(exc)), status_code=400)
-        return _PAGE.render(**context, result=result, used=used)
+        explanation = out["explanation"]
+        heatmaps = [(f"{h.modality} {h.view}", _png_data_uri(overlay(h.image, h.heatmap)))
+                    for h in explanation.heatmaps] if explanation is not None else []
+        return _PAGE.render(**context, **out, heatmaps=heatmaps)
 
     @app.post("/api/predict")
     async def predict_json(request: Request):
         try:
-            result, used = await predict_form(request)
+            out = await predict_form(request, "none")
         except (CaseError, ValueError, KeyError, OSError) as exc:
             raise HTTPException(status_code=400, detail=str(exc)) from None
-        return JSONResponse({**result, "used": used, "variant": bundle.variant})
+        body = {**out["result"], "used": out["used"], "variant": bundle.variant}
+        explanation = out["explanation"]
+        if explanation is not None:
+            body["contributions"] = {"phi": explanation.phi, "share_percent": explanation.shares,
+                                     "full": explanation.full, "empty": explanation.empty,
+                                     "method": explanation.method}
+        if out["explain_error"]:
+            body["explain_error"] = out["explain_error"]
+        return JSONResponse(body)
 
     @app.get("/api/model")
     def model() -> dict[str, Any]:
