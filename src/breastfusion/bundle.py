@@ -46,7 +46,6 @@ import shutil
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cached_property
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +56,7 @@ from breastfusion.config import ConfigError, ExperimentConfig, load_config, refe
 from breastfusion.data.clinical import ClinicalPreprocessor
 from breastfusion.data.manifest import IMAGE_MODALITIES, Cohort
 from breastfusion.data.preprocess import Params
+from breastfusion.versions import library_versions
 
 if TYPE_CHECKING:  # torch is imported when a bundle is loaded, not when this module is
     from breastfusion.models.network import MultimodalNet
@@ -162,18 +162,6 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _versions() -> dict[str, str]:
-    import platform
-
-    out = {"python": platform.python_version()}
-    for name in _VERSIONED:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "not installed"
-    return out
-
-
 def _anonymise_calibration(calibration: pd.DataFrame) -> pd.DataFrame:
     """Calibration rows with subject and lesion ids replaced by ``s0001`` / ``l0001`` (in order of appearance).
 
@@ -270,7 +258,7 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, variant: str | None =
             "evaluation": config.evaluation.model_dump(mode="json"),
             "preprocessing": {m: p.to_dict() for m, p in art.preprocessing.items() if m in modalities},
             "clinical_columns": columns if clinical else None,
-            "versions": _versions(), "run_versions": art.results.get("versions"),
+            "versions": library_versions(_VERSIONED), "run_versions": art.results.get("versions"),
             "files": {f.name: _sha256(f.read_bytes()) for f in sorted(partial.iterdir())},
         }
         (partial / BUNDLE_FILE).write_text(json.dumps(meta, indent=2))

@@ -21,10 +21,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import platform
 import time
 from datetime import datetime, timezone
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -45,21 +43,9 @@ from breastfusion.evaluation.summary import paired_delong, score_subjects, summa
 from breastfusion.report.cohort import cohort_summary
 from breastfusion.report.figures import write_figures
 from breastfusion.report.html import write_report
+from breastfusion.versions import library_versions
 
 __all__ = ["run_experiment", "library_versions", "evaluate_predictions", "write_outputs"]
-
-_LIBRARIES = ("breastfusion", "torch", "timm", "lightning", "scikit-learn", "numpy", "pandas")
-
-
-def library_versions() -> dict[str, str]:
-    """Installed versions of the libraries a result depends on, and Python's."""
-    out = {"python": platform.python_version()}
-    for name in _LIBRARIES:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "not installed"
-    return out
 
 
 def _stage2_importance(table: pd.DataFrame, variant: str) -> list[dict[str, Any]] | None:

@@ -59,3 +59,26 @@ def pytest_approx(value):
     import pytest
 
     return pytest.approx(value)
+
+
+def test_correct_and_misclassified_follow_the_runs_fold_thresholds(run_copy):
+    """explain's gallery sides use the run's subject scores and each subject's fold Youden threshold (what the
+    report's confusion matrices use), not a fixed 0.5; select_cases honours a per-subject threshold column."""
+    from breastfusion.evaluation.compare import load_run_scores
+    from breastfusion.explain.gallery import select_cases
+    from breastfusion.explain.runner import run_subject_scores
+
+    art = load_run(run_copy)
+    scores = run_subject_scores(art, "fused")
+    reference = load_run_scores(run_copy, "fused").scores
+    assert scores["threshold"].tolist() == reference["youden_threshold"].tolist()
+    assert scores["threshold"].nunique() > 1  # one per fold, fitted on its calibration scores
+    sides = select_cases(scores, 60)
+    called = scores.set_index("subject_id").eval("prob >= threshold")
+    truth = scores.set_index("subject_id")["y"] == 1
+    assert sides["misclassified"] and all(called[s] != truth[s] for s in sides["misclassified"])
+    assert all(called[s] == truth[s] for s in sides["correct"])
+    assert len(sides["correct"]) + len(sides["misclassified"]) == len(scores)
+    frame = pd.DataFrame({"subject_id": ["a", "b"], "y": [1, 0], "prob": [0.4, 0.4], "threshold": [0.3, 0.5]})
+    assert select_cases(frame, 2) == {"correct": ["a", "b"], "misclassified": []}
+    assert select_cases(frame.drop(columns="threshold"), 2) == {"correct": ["b"], "misclassified": ["a"]}

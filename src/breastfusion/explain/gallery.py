@@ -38,15 +38,17 @@ def select_cases(subjects, n_cases: int, *, threshold: float = 0.5) -> dict[str,
     """Pick the most confident correct and misclassified subjects, benign and malignant alternating.
 
     Args:
-        subjects: a frame with ``subject_id``, ``y`` and out-of-fold ``prob`` (one row per subject).
+        subjects: a frame with ``subject_id``, ``y`` and out-of-fold ``prob`` (one row per subject), and
+            optionally ``threshold``: each subject's own decision threshold (its fold's), used instead of
+            ``threshold``.
         n_cases: cases per side (correct, misclassified).
-        threshold: the decision threshold on ``prob``.
+        threshold: the decision threshold on ``prob`` when the frame has no ``threshold`` column.
 
     Returns:
         ``{"correct": [subject ids], "misclassified": [subject ids]}``.
     """
-    frame = subjects.assign(pred=(subjects["prob"] >= threshold).astype(int),
-                            confidence=(subjects["prob"] - threshold).abs())
+    cut = subjects["threshold"] if "threshold" in subjects else threshold
+    frame = subjects.assign(pred=(subjects["prob"] >= cut).astype(int), confidence=(subjects["prob"] - cut).abs())
     out = {}
     for side, correct in (("correct", True), ("misclassified", False)):
         part = frame[(frame["pred"] == frame["y"]) == correct].sort_values("confidence", ascending=False)

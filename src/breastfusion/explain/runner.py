@@ -19,6 +19,7 @@ import torch
 from rich.progress import Progress
 
 from breastfusion.data.manifest import IMAGE_MODALITIES
+from breastfusion.evaluation.compare import load_run_scores
 from breastfusion.evaluation.metrics import subject_level
 from breastfusion.explain.cams import (CAM_METHODS, OneImageModel, TargetLayer, compute_cams, encode_views,
                                        find_target_layer)
@@ -39,6 +40,18 @@ def default_variant(art: RunArtifacts) -> str:
     variants = art.config.variants
     return max(variants, key=lambda v: (any(m in IMAGE_MODALITIES for m in art.config.modalities(v)),
                                         len(art.config.modalities(v))))
+
+
+def run_subject_scores(art: RunArtifacts, variant: str) -> pd.DataFrame:
+    """The run's own subject scores of ``variant``: ``subject_id``, ``y``, ``prob`` (aggregated and recalibrated as
+    the run's ``evaluation`` says) and ``threshold`` (the Youden threshold of the fold that held the subject out,
+    fitted on that fold's calibration scores), so "misclassified" means what the report's confusion matrix means.
+    A run without ``calibration_predictions.csv`` falls back to mean-aggregated lesions and 0.5."""
+    calibration = art.root / "calibration_predictions.csv"
+    if calibration.is_file():
+        scores = load_run_scores(art.root, variant).scores
+        return scores.rename(columns={"youden_threshold": "threshold"})[["subject_id", "y", "prob", "threshold"]]
+    return subject_level(art.predictions[art.predictions["variant"] == variant]).assign(threshold=0.5)
 
 
 def parse_target_layers(spec: str | None) -> dict[str, str]:
@@ -167,14 +180,14 @@ def explain_run(
     if method not in faith_methods:
         faith_methods = (method, *faith_methods)
 
-    predictions = art.predictions[art.predictions["variant"] == variant]
-    per_subject = subject_level(predictions)
+    per_subject = run_subject_scores(art, variant)
     if subjects:
         unknown = sorted(set(map(str, subjects)) - set(art.lesions["subject_id"]))
         if unknown:
             raise ValueError(f"subject(s) {unknown[:10]} are not in the cohort at {art.cohort.root}")
         chosen = list(dict.fromkeys(map(str, subjects)))
-        mis = set(per_subject.loc[(per_subject["prob"] >= 0.5) != (per_subject["y"] == 1), "subject_id"])
+        called = per_subject["prob"] >= per_subject["threshold"]
+        mis = set(per_subject.loc[called != (per_subject["y"] == 1), "subject_id"])
         sides = {"correct": [s for s in chosen if s not in mis], "misclassified": [s for s in chosen if s in mis]}
     else:
         sides = select_cases(per_subject, n_cases)
