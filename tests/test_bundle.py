@@ -190,10 +190,29 @@ def test_labels_are_still_required_for_training_and_consistent_when_optional(sma
         load_cohort(cohort, require_labels=False)
 
 
-def test_stage2_variant_is_refused_listing_the_exportable_ones(run_dir, tmp_path):
-    """(f)"""
-    with pytest.raises(BundleError, match=r"'fused_logistic' is a stage-2 logistic.*\['fused', 'ultrasound'\]"):
-        export_bundle(run_dir, tmp_path / "b", variant="fused_logistic")
+def test_stage2_variant_exports_and_reproduces_the_runs_predictions(run_dir, small_cohort_dir, tmp_path):
+    """(f) A stage-2 variant's bundle carries each fold's fitted learner (skops, allowlisted like the
+    preprocessors): the fold that held a lesion out gives the run's out-of-fold prob for it, so the network's
+    deep features and the learner are applied as the run applied them. A run folder whose learner file is gone
+    is refused, naming the folds and the exportable network variants; an unknown variant is refused."""
+    bundle = load_bundle(export_bundle(run_dir, tmp_path / "stage2", variant="fused_logistic"))
+    assert bundle.meta["stage2"] == "logistic" and len(bundle.stage2_learners) == 2
+    assert sorted(p.name for p in bundle.root.glob("fold*.stage2.skops")) == ["fold0.stage2.skops",
+                                                                             "fold1.stage2.skops"]
+    lesions = bundle.predict_lesions(small_cohort_dir)
+    saved = pd.read_csv(run_dir / "predictions.csv", dtype={"subject_id": str, "lesion_id": str})
+    saved = saved[saved["variant"] == "fused_logistic"]
+    held = lesions.merge(saved[["lesion_id", "fold", "prob"]], on=["lesion_id", "fold"], suffixes=("", "_run"))
+    assert len(held) == 60
+    np.testing.assert_allclose(held["prob"], held["prob_run"], atol=1e-5)
+    network = load_bundle(export_bundle(run_dir, tmp_path / "fused", variant="fused")).predict_lesions(
+        small_cohort_dir)
+    assert not np.allclose(network["prob"], lesions["prob"], atol=1e-3)  # the learner, not the network, predicts
+
+    copy = Path(shutil.copytree(run_dir, tmp_path / "run"))
+    (copy / "checkpoints" / "fused_logistic" / "fold1.stage2.skops").unlink()
+    with pytest.raises(BundleError, match=r"fold\(s\) \[1\].*\['fused', 'ultrasound'\]"):
+        export_bundle(copy, tmp_path / "b", variant="fused_logistic")
     with pytest.raises(BundleError, match=r"unknown variant 'nope'"):
         export_bundle(run_dir, tmp_path / "b", variant="nope")
     assert not (tmp_path / "b").exists()

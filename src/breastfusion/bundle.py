@@ -20,12 +20,14 @@ Files:
 * ``config.yaml``: the run's resolved configuration (read with ``yaml.safe_load``);
 * ``fold{k}.safetensors``: fold ``k``'s network (weights only);
 * ``clinical_fold{k}.skops``: fold ``k``'s fitted clinical preprocessor, when the variant reads clinical data;
+* ``fold{k}.stage2.skops``: fold ``k``'s fitted stage-2 learner (MPM-MU's stacking ensemble, or one of its
+  learners) on the network's deep features, for a stage-2 variant;
 * ``calibration.csv``: each fold's calibration lesion scores (repeat 0) with
   anonymous ids (``s0001`` / ``l0001``): the grouping of lesions into subjects is
   kept, the identity of the run's subjects is not.
 
 Loading never unpickles. Networks are safetensors. The preprocessors are read
-with ``skops.io.load``, trusting only classes (never functions: a crafted file
+and stage-2 learners are read with ``skops.io.load``, trusting only classes (never functions: a crafted file
 could call a trusted callable, e.g. ``builtins.eval`` or ``numpy.load``) from
 scikit-learn, the array and dtype classes of NumPy, SciPy's sparse matrices,
 plain built-in data types and :class:`~breastfusion.data.clinical.ClinicalPreprocessor`;
@@ -92,6 +94,8 @@ class Bundle:
         networks: the K fold networks, in eval mode on the CPU.
         clinical_preprocessors: each fold's fitted preprocessor (``None`` when the variant reads no clinical data).
         calibration: each fold's calibration lesion scores (``fold, subject_id, lesion_id, y, prob, split``).
+        stage2_learners: each fold's fitted stage-2 learner on its network's deep features (``None`` for a
+            network variant, whose prediction is the network's output).
     """
 
     root: Path
@@ -100,6 +104,7 @@ class Bundle:
     networks: list[MultimodalNet] = field(repr=False)
     clinical_preprocessors: list[ClinicalPreprocessor] | None = field(repr=False)
     calibration: pd.DataFrame = field(repr=False)
+    stage2_learners: list[Any] | None = field(default=None, repr=False)
 
     @property
     def variant(self) -> str:
@@ -202,16 +207,18 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, variant: str | None =
     if problem:
         raise RunFolderError(problem)
     config = load_config(root / "config.yaml")
-    exportable = [v for v in config.variants if config.variant(v).stage2 == "none"]
     variant = variant or reference_variant(config)
     if variant not in config.variants:
-        raise BundleError(f"unknown variant {variant!r}; this run has {list(config.variants)} "
-                          f"(exportable: {exportable})")
+        raise BundleError(f"unknown variant {variant!r}; this run has {list(config.variants)}")
     learner = config.variant(variant).stage2
     if learner != "none":
-        raise BundleError(f"variant {variant!r} is a stage-2 {learner} learner on its network's deep features; "
-                          f"runs do not keep stage-2 learners, so it cannot be exported. Exportable variants of "
-                          f"this run: {exportable}")
+        lacking = [k for k in range(config.cv.n_splits)
+                   if not (root / "checkpoints" / variant / f"fold{k}.stage2.skops").is_file()]
+        if lacking:
+            raise BundleError(f"{root / 'checkpoints' / variant}: no fitted stage-2 learner for fold(s) {lacking} "
+                              f"(runs made before stage-2 learners were saved do not have them); run the "
+                              f"experiment again, or export one of the network variants "
+                              f"{[v for v in config.variants if config.variant(v).stage2 == 'none']}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise BundleError(f"{out} already exists and is not an empty folder; choose another --out or remove it")
 
@@ -237,6 +244,8 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, variant: str | None =
         for k in range(n_folds):
             art.network(variant, k)  # fails here, not at prediction time, when a checkpoint does not fit
             shutil.copyfile(art.checkpoint(variant, k), partial / f"fold{k}.safetensors")
+            if learner != "none":
+                shutil.copyfile(root / "checkpoints" / variant / f"fold{k}.stage2.skops", partial / f"fold{k}.stage2.skops")
             if clinical:
                 import skops.io
 
@@ -250,7 +259,7 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, variant: str | None =
             "format": FORMAT, "format_version": FORMAT_VERSION, "breastfusion_version": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "run_name": config.name, "run_created": art.results.get("created"),
-            "variant": variant, "modalities": list(modalities), "n_folds": n_folds,
+            "variant": variant, "modalities": list(modalities), "n_folds": n_folds, "stage2": learner,
             "manifest_sha256": art.results.get("manifest_sha256"),
             "metrics": {"level": "subject, out-of-fold", "auc": entry.get("auc"), "auc_ci": entry.get("auc_ci"),
                         "threshold_metrics": entry.get("threshold_metrics"),
@@ -311,7 +320,8 @@ def _allowed_type(name: str) -> bool:
     return issubclass(cls, (scipy.sparse.sparray, scipy.sparse.spmatrix))
 
 
-def _load_preprocessor(path: Path, data: bytes) -> ClinicalPreprocessor:
+def _load_skops(path: Path, data: bytes, expected: type, what: str) -> Any:
+    """A skops file's object, after checking every type it would construct against the allowlist."""
     import skops.io
 
     try:
@@ -320,12 +330,17 @@ def _load_preprocessor(path: Path, data: bytes) -> ClinicalPreprocessor:
         raise BundleError(f"{path}: not a readable skops file ({exc})") from None
     refused = [name for name in untrusted if not _allowed_type(name)]
     if refused:
-        raise BundleError(f"{path}: refusing to load type(s) {refused}; a clinical preprocessor file may hold "
+        raise BundleError(f"{path}: refusing to load type(s) {refused}; a {what} file may hold "
                           f"only {_CLINICAL_TYPE} and scikit-learn, NumPy, SciPy and built-in data classes")
     obj = skops.io.load(io.BytesIO(data), trusted=untrusted)
-    if not isinstance(obj, ClinicalPreprocessor):
-        raise BundleError(f"{path}: holds a {type(obj).__name__}, expected a {_CLINICAL_TYPE}")
+    if not isinstance(obj, expected):
+        raise BundleError(f"{path}: holds a {type(obj).__name__}, expected a {expected.__module__}."
+                          f"{expected.__qualname__}")
     return obj
+
+
+def _load_preprocessor(path: Path, data: bytes) -> ClinicalPreprocessor:
+    return _load_skops(path, data, ClinicalPreprocessor, "clinical preprocessor")
 
 
 def _read_meta(root: Path) -> dict[str, Any]:
@@ -391,9 +406,21 @@ def load_bundle(path: str | Path) -> Bundle:
     if config is None or variant not in config.variants:
         raise BundleError(f"{root / 'config.yaml'}: missing, or without the bundle's variant {variant!r}")
     clinical = "clinical" in config.modalities(variant)
+    stage2 = config.variant(variant).stage2 != "none"
     needed = (["config.yaml", "calibration.csv"] + [f"fold{k}.safetensors" for k in range(n_folds)]
-              + ([f"clinical_fold{k}.skops" for k in range(n_folds)] if clinical else []))
+              + ([f"clinical_fold{k}.skops" for k in range(n_folds)] if clinical else [])
+              + ([f"fold{k}.stage2.skops" for k in range(n_folds)] if stage2 else []))
     data = _verified(root, meta, needed)
+    if stage2:
+        from sklearn.base import BaseEstimator
+
+        learners = [_load_skops(root / f"fold{k}.stage2.skops", data[f"fold{k}.stage2.skops"], BaseEstimator,
+                                "stage-2 learner") for k in range(n_folds)]
+        unfit = [k for k, learner in enumerate(learners) if not hasattr(learner, "predict_proba")]
+        if unfit:
+            raise BundleError(f"{root}: the stage-2 learner of fold(s) {unfit} has no predict_proba")
+    else:
+        learners = None
     preprocessors = [_load_preprocessor(root / f"clinical_fold{k}.skops", data[f"clinical_fold{k}.skops"])
                      for k in range(n_folds)] if clinical else None
     networks = []
@@ -412,4 +439,4 @@ def load_bundle(path: str | Path) -> Bundle:
         logger.info("bundle %s was exported by breastfusion %s; this is %s", root, meta.get("breastfusion_version"),
                     __version__)
     return Bundle(root=root, meta=meta, config=config, networks=networks, clinical_preprocessors=preprocessors,
-                  calibration=calibration)
+                  calibration=calibration, stage2_learners=learners)

@@ -115,8 +115,7 @@ def predict_lesions(bundle: Bundle, cohort: Cohort | str | Path, *, batch_size: 
         data = LesionDataset(images, positions, lesions["y"].to_numpy(), bundle.modalities, *clinical)
         if used is None:
             used = _modalities_used(data, bundle.modalities)
-        loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
-        prob = torch.cat([torch.sigmoid(net(prepare_batch(b))) for b in loader]).numpy() if len(data) else []
+        prob = _fold_probs(bundle, k, net, data, batch_size)
         frames.append(pd.DataFrame({"fold": k, "subject_id": lesions["subject_id"].to_numpy(),
                                     "lesion_id": lesions["lesion_id"].to_numpy(), "prob": prob,
                                     "modalities_used": used}))
@@ -137,6 +136,22 @@ def predict_lesions(bundle: Bundle, cohort: Cohort | str | Path, *, batch_size: 
                       "they are left out", stacklevel=2)
         out = out[~blind].reset_index(drop=True)
     return out
+
+
+def _fold_probs(bundle: Bundle, k: int, net, data: LesionDataset, batch_size: int) -> np.ndarray:
+    """Fold ``k``'s P(malignant) per lesion: the network's output, or for a stage-2 bundle its learner's on the
+    network's deep features (the same feature table the run fitted it on)."""
+    if not len(data):
+        return np.zeros(0)
+    if bundle.stage2_learners is None:
+        loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
+        return torch.cat([torch.sigmoid(net(prepare_batch(b))) for b in loader]).numpy()
+    from breastfusion.models.stage2 import feature_table
+    from breastfusion.training.fit import extract_features
+
+    table = feature_table(extract_features(net, data, batch_size=batch_size),
+                          bundle.config.variant_model(bundle.variant).fusion, bundle.config.stage2.features)
+    return bundle.stage2_learners[k].predict_proba(table.values)[:, 1]
 
 
 def _modalities_used(data: LesionDataset, modalities: tuple[str, ...]) -> list[str]:

@@ -39,7 +39,7 @@ from breastfusion.data.preprocess import Params, params_for
 from breastfusion.data.tensors import LesionDataset, LesionImages, build_lesion_images, clinical_features_for
 from breastfusion.evaluation.splits import subject_folds
 from breastfusion.models.network import build_network
-from breastfusion.models.stage2 import FeatureTable, Stage2Ensemble, group_permutation_importance
+from breastfusion.models.stage2 import FeatureTable, Stage2Ensemble, feature_table, group_permutation_importance
 from breastfusion.training.fit import clear_work_dir, extract_features, fit_predict, predict_probs
 
 __all__ = ["CrossValidation", "MissingModalityError", "NetworkSpec", "network_spec", "check_modalities",
@@ -331,17 +331,8 @@ class _Runner:
             net = self.build(spec, fold, trained.state).eval()
             trained.features = {split: extract_features(net, self.dataset(fold, split, spec.modalities))
                                 for split in self._splits(fold)}
-        return {split: self._table(blocks, spec.model.fusion) for split, blocks in trained.features.items()}
-
-    def _table(self, blocks: dict[str, np.ndarray], spec_fusion: str) -> FeatureTable:
-        """The stage-2 feature table, its columns grouped by where they come from (a branch, or ``fused``)."""
-        branches = [b for b in blocks if b != "fused"]
-        if spec_fusion == "concat":
-            names = branches  # concat's head input is exactly the branch blocks side by side: name them by branch
-        else:
-            names = ["fused"] + (branches if self.config.stage2.features == "fused+branches" else [])
-        groups = [name for name in names for _ in range(blocks[name].shape[1])]
-        return FeatureTable(np.concatenate([blocks[n] for n in names], axis=1), groups)
+        return {split: feature_table(blocks, spec.model.fusion, self.config.stage2.features)
+                for split, blocks in trained.features.items()}
 
     def stage2(self, variant: str, spec: NetworkSpec, fold: _Fold, learner: str) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Fit a stage-2 learner on the fold's training features; its test rows, calibration rows and
@@ -429,6 +420,8 @@ def cross_validate(cohort: Cohort, config: ExperimentConfig, *, progress: Progre
                 else:
                     out, imp = runner.stage2(variant, spec, fold, learner)
                     importance.append(imp)
+                    if checkpoint_dir is not None and r == 0:
+                        _save_stage2(checkpoint_dir, variant, fold, runner.network(spec, fold).ensemble.model(learner))
                 rows.append(out.assign(variant=variant))
                 if checkpoint_dir is not None and r == 0:
                     _link_variant(checkpoint_dir, variant, spec, fold)
@@ -462,6 +455,15 @@ def _unique_networks(specs) -> list[NetworkSpec]:
     for spec in specs:
         visit(spec)
     return list(seen.values())
+
+
+def _save_stage2(checkpoint_dir: Path, variant: str, fold: _Fold, model) -> None:
+    """``{variant}/fold{k}.stage2.skops``: the variant's fitted stage-2 learner (skops, not pickle), for bundles."""
+    import skops.io
+
+    target = checkpoint_dir / variant / f"{fold.tag}.stage2.skops"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    skops.io.dump(model, target)
 
 
 def _link_variant(checkpoint_dir: Path, variant: str, spec: NetworkSpec, fold: _Fold) -> None:

@@ -76,7 +76,7 @@ def explain_case(bundle, cohort: Cohort | str | Path, *, lesion_id: str | None =
         method: ``gradcam``, ``gradcam++`` or ``scorecam``.
 
     Raises:
-        ValueError: unknown method or lesion.
+        ValueError: unknown method or lesion, or a stage-2 bundle.
         BundleError: the lesion has none of the bundle's modalities.
     """
     from breastfusion.bundle import BundleError
@@ -84,6 +84,9 @@ def explain_case(bundle, cohort: Cohort | str | Path, *, lesion_id: str | None =
 
     if method not in CAM_METHODS:
         raise ValueError(f"unknown heatmap method {method!r}; expected one of {list(CAM_METHODS)}")
+    if getattr(bundle, "stage2_learners", None) is not None:
+        raise ValueError(f"bundle {bundle.root} predicts with a stage-2 learner on the networks' deep features; "
+                         "case explanations cover network variants only (export one to explain it)")
     cohort = _fit_to_bundle(bundle, _as_cohort(cohort))
     lesions = cohort.lesions
     ids = lesions["lesion_id"].astype(str).tolist()

@@ -27,7 +27,7 @@ from sklearn.svm import SVC
 
 from breastfusion.config import STAGE2_LEARNERS, Stage2Config
 
-__all__ = ["STAGE2_LEARNERS", "FeatureTable", "make_learner", "grouped_splits", "fit_learner", "Stage2Ensemble",
+__all__ = ["STAGE2_LEARNERS", "FeatureTable", "feature_table", "make_learner", "grouped_splits", "fit_learner", "Stage2Ensemble",
            "group_permutation_importance"]
 
 
@@ -41,6 +41,22 @@ class FeatureTable:
     def __post_init__(self) -> None:
         if self.values.ndim != 2 or self.values.shape[1] != len(self.groups):
             raise ValueError(f"features of shape {self.values.shape} do not match {len(self.groups)} column groups")
+
+
+def feature_table(blocks: dict[str, np.ndarray], fusion: str, features: str) -> FeatureTable:
+    """The stage-2 feature table of a network's deep features, its columns grouped by where they come from.
+
+    Args:
+        blocks: ``MultimodalNet.features`` output (:func:`~breastfusion.training.fit.extract_features`):
+            ``fused`` and one block per branch.
+        fusion: the network's fusion (``concat``: its head input is exactly the branch blocks side by
+            side, so they are the table, named by branch).
+        features: ``stage2.features`` (``fused`` or ``fused+branches``) for the other fusions.
+    """
+    branches = [b for b in blocks if b != "fused"]
+    names = branches if fusion == "concat" else ["fused"] + (branches if features == "fused+branches" else [])
+    groups = [name for name in names for _ in range(blocks[name].shape[1])]
+    return FeatureTable(np.concatenate([blocks[n] for n in names], axis=1), groups)
 
 
 def _base_learners(cfg: Stage2Config) -> dict[str, Pipeline]:
