@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -38,6 +39,8 @@ class StubBundle:
     variant, n_folds = "fused", 5
     modalities = ("mammography", "ultrasound", "clinical")
     meta = {"metrics": {"auc": 0.8, "auc_ci": [0.7, 0.9]}}
+    config = SimpleNamespace(training=SimpleNamespace(modality_dropout=0.5),
+                             evaluation=SimpleNamespace(recalibration="none"))
 
     def __init__(self):
         self.clinical_preprocessors = [_preprocessor()]

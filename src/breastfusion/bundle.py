@@ -245,7 +245,8 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, variant: str | None =
             art.network(variant, k)  # fails here, not at prediction time, when a checkpoint does not fit
             shutil.copyfile(art.checkpoint(variant, k), partial / f"fold{k}.safetensors")
             if learner != "none":
-                shutil.copyfile(root / "checkpoints" / variant / f"fold{k}.stage2.skops", partial / f"fold{k}.stage2.skops")
+                name = f"fold{k}.stage2.skops"
+                shutil.copyfile(root / "checkpoints" / variant / name, partial / name)
             if clinical:
                 import skops.io
 

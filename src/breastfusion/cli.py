@@ -260,7 +260,7 @@ def export(
     variant: Annotated[Optional[str], typer.Option("--variant", help="Variant to export (default: the run's "
                                                    "reference variant).")] = None,
 ) -> None:
-    """Export a run's fitted variant as a bundle: its fold networks, clinical preprocessors and calibration.
+    """Export a run's fitted variant as a bundle: fold networks, clinical preprocessors, stage-2 learners, calibration.
 
     The bundle is safe to load (safetensors and skops, never pickle) and checked
     by sha256; `breastfusion predict BUNDLE COHORT_DIR` applies it to new cases.

@@ -242,9 +242,9 @@ def create_app(bundle: Any, *, explainer: Callable[..., Any] | None = explain_ca
                     if modality in modalities]
     fields = clinical_fields(bundle.clinical_preprocessors[0]) if "clinical" in modalities else []
     metrics = bundle.meta.get("metrics", {}) or {}
-    dropout = getattr(getattr(getattr(bundle, "config", None), "training", None), "modality_dropout", 0.0)
-    evaluation = getattr(getattr(bundle, "config", None), "evaluation", None)
-    context = {"recalibration": getattr(evaluation, "recalibration", "none"), "dropout": dropout, "variant": bundle.variant, "modalities": modalities, "n_folds": bundle.n_folds,
+    context = {"recalibration": bundle.config.evaluation.recalibration,
+               "dropout": bundle.config.training.modality_dropout,
+               "variant": bundle.variant, "modalities": modalities, "n_folds": bundle.n_folds,
                "auc": metrics.get("auc"), "auc_ci": metrics.get("auc_ci"), "image_inputs": image_inputs,
                "fields": fields, "accept": ",".join(IMAGE_SUFFIXES)}
     app = FastAPI(title=f"breastfusion · {bundle.variant}", docs_url=None, redoc_url=None)

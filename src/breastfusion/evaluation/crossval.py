@@ -458,12 +458,17 @@ def _unique_networks(specs) -> list[NetworkSpec]:
 
 
 def _save_stage2(checkpoint_dir: Path, variant: str, fold: _Fold, model) -> None:
-    """``{variant}/fold{k}.stage2.skops``: the variant's fitted stage-2 learner (skops, not pickle), for bundles."""
+    """``{variant}/fold{k}.stage2.skops``: the variant's fitted stage-2 learner (skops, not pickle), for bundles.
+
+    Deflate-compressed: the forests of MPM-MU's stacking shrink about tenfold (26.5 MB → 2.7 MB a fold at the
+    mpm_mu config's settings)."""
+    import zipfile
+
     import skops.io
 
     target = checkpoint_dir / variant / f"{fold.tag}.stage2.skops"
     target.parent.mkdir(parents=True, exist_ok=True)
-    skops.io.dump(model, target)
+    skops.io.dump(model, target, compression=zipfile.ZIP_DEFLATED)
 
 
 def _link_variant(checkpoint_dir: Path, variant: str, spec: NetworkSpec, fold: _Fold) -> None:
