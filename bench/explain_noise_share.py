@@ -69,7 +69,8 @@ def main() -> None:
                     if null_slot and fusion != "gated":
                         continue
                     for seed in range(args.seeds):
-                        r = noise_modality_shares(cohorts[noise], fusion=fusion, training={**TRAIN, "epochs": args.epochs, **training},
+                        recipe = {**TRAIN, "epochs": args.epochs, **training}
+                        r = noise_modality_shares(cohorts[noise], fusion=fusion, training=recipe,
                                                   baseline="network", null_slot=null_slot, seed=seed)
                         shares = {b: r["share_by_baseline"][b]["ultrasound"] for b in BASELINES}
                         rows.append({"recipe": name, "fusion": fusion, "cohort_seed": 3 + c, "seed": seed,
@@ -88,8 +89,10 @@ def main() -> None:
                     summary[f"{fusion}/{name}/{baseline}"] = {
                         "mean": float(np.mean(shares)), "min": float(np.min(shares)),
                         "max": float(np.max(shares)), "n": len(shares)}
-    record = {"what": __doc__.split("\n\n")[0], "train": TRAIN | {"epochs": args.epochs}, "n_subjects": args.subjects, "recipes": {k: v[0] | {
-              "null_slot": v[1], "ultrasound": "noise" if v[2] else "as rendered"} for k, v in RECIPES.items()},
+    recipes = {k: v[0] | {"null_slot": v[1], "ultrasound": "noise" if v[2] else "as rendered"}
+               for k, v in RECIPES.items()}
+    record = {"what": __doc__.split("\n\n")[0], "train": TRAIN | {"epochs": args.epochs},
+              "n_subjects": args.subjects, "recipes": recipes,
               "summary_ultrasound_share_percent": summary, "runs": rows,
               "runtime_s": round(time.perf_counter() - started, 1), "threads": torch.get_num_threads()}
     out = Path(__file__).parent / "results" / "explain_noise_share.json"

@@ -17,7 +17,8 @@ pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from breastfusion.app.server import CaseError, ClinicalField, clinical_fields, create_app, parse_clinical, write_case  # noqa: E402
+from breastfusion.app.server import (CaseError, ClinicalField, clinical_fields, create_app,  # noqa: E402
+                                     parse_clinical, write_case)
 from breastfusion.data.clinical import ClinicalPreprocessor  # noqa: E402
 
 

@@ -269,6 +269,13 @@ def test_a_case_missing_a_modality_or_clinical_columns_is_still_predicted(bundle
     assert subjects.set_index("subject_id").loc["S05", "modalities_used"] == "mammography;clinical"
 
 
+def _uploads(rows: pd.DataFrame) -> list[tuple[str, tuple[str, bytes, str]]]:
+    """A lesion's manifest rows as the page's file inputs (CC, MLO, ultrasound frames)."""
+    names = {("mammography", "CC"): "mammography_cc", ("mammography", "MLO"): "mammography_mlo"}
+    return [(names.get((r.modality, r.view), "ultrasound"), (Path(r.path).name, Path(r.path).read_bytes(), "image/png"))
+            for r in rows.itertuples()]
+
+
 def test_web_page_gives_one_case_the_prediction_predict_gives(bundle_dir, small_cohort_dir, tmp_path):
     """The page writes an uploaded case (both mammography views, the ultrasound frame, the clinical row typed into
     the form) as a cohort the bundle reads exactly as `predict` reads the subject from its own folder."""
@@ -281,12 +288,10 @@ def test_web_page_gives_one_case_the_prediction_predict_gives(bundle_dir, small_
     cohort = load_cohort(small_cohort_dir)
     subject = cohort.manifest["subject_id"].iloc[0]
     rows = cohort.manifest[cohort.manifest["subject_id"] == subject]
-    names = {("mammography", "CC"): "mammography_cc", ("mammography", "MLO"): "mammography_mlo"}
-    files = [(names.get((r.modality, r.view), "ultrasound"), (Path(r.path).name, Path(r.path).read_bytes(), "image/png"))
-             for r in rows.itertuples()]
+    files = _uploads(rows)
     clinical = cohort.clinical.set_index("subject_id").loc[subject]
-    form = {f"clinical__{c}": ("" if pd.isna(v) else str(int(v) if c in bundle.clinical_preprocessors[0].types_["binary"]
-                                                           else v)) for c, v in clinical.items()}
+    binary = bundle.clinical_preprocessors[0].types_["binary"]
+    form = {f"clinical__{c}": "" if pd.isna(v) else str(int(v) if c in binary else v) for c, v in clinical.items()}
     reply = TestClient(create_app(bundle)).post("/api/predict", files=files, data=form)
     assert reply.status_code == 200, reply.text
 
@@ -339,9 +344,7 @@ def test_web_page_explains_the_case_it_predicts(bundle_dir, small_cohort_dir):
 
     cohort = load_cohort(small_cohort_dir)
     rows = cohort.manifest[cohort.manifest["subject_id"] == cohort.manifest["subject_id"].iloc[0]]
-    names = {("mammography", "CC"): "mammography_cc", ("mammography", "MLO"): "mammography_mlo"}
-    files = [(names.get((r.modality, r.view), "ultrasound"), (Path(r.path).name, Path(r.path).read_bytes(), "image/png"))
-             for r in rows.itertuples()]
+    files = _uploads(rows)
     client = TestClient(create_app(load_bundle(bundle_dir)))
     body = client.post("/api/predict", files=files, data={"method": "gradcam"}).json()
     contributions = body["contributions"]
