@@ -8,7 +8,7 @@ intermediate tables:
    clinical preprocessor);
 2. :func:`score_folds`: each fold's lesion outputs become subject scores
    exactly as the run scored its held-out subjects
-   (:func:`~breastfusion.evaluation.summary._score_fold`: aggregation,
+   (:func:`~breastfusion.evaluation.summary.score_fold`: aggregation,
    recalibration, Youden and rule-out thresholds and conformal sets, all
    fitted on the fold's calibration subjects);
 3. :func:`combine_folds`: the folds' subject scores are averaged, and each
@@ -35,10 +35,10 @@ from breastfusion.bundle import Bundle, BundleError
 from breastfusion.data.cache import ArrayCache
 from breastfusion.data.manifest import LABELS, Cohort, load_cohort
 from breastfusion.data.tensors import LesionDataset, build_lesion_images, clinical_features_for
-from breastfusion.evaluation.summary import _score_fold
+from breastfusion.evaluation.summary import score_fold
 from breastfusion.run_artifacts import prepare_batch
 
-__all__ = ["PREDICTION_COLUMNS", "predict_lesions", "score_folds", "combine_folds"]
+__all__ = ["PREDICTION_COLUMNS", "as_cohort", "fit_to_bundle", "predict_lesions", "score_folds", "combine_folds"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,11 +47,12 @@ PREDICTION_COLUMNS = ("subject_id", "n_lesions", "modalities_used", "prob", "pro
                       "fold_votes_malignant")
 
 
-def _as_cohort(cohort: Cohort | str | Path) -> Cohort:
+def as_cohort(cohort: Cohort | str | Path) -> Cohort:
+    """A loaded cohort as is; a folder or manifest path loaded with labels optional."""
     return cohort if isinstance(cohort, Cohort) else load_cohort(cohort, require_labels=False)
 
 
-def _fit_to_bundle(bundle: Bundle, cohort: Cohort) -> Cohort:
+def fit_to_bundle(bundle: Bundle, cohort: Cohort) -> Cohort:
     """The cohort with what the bundle does not read left out, and missing clinical columns added empty."""
     manifest, clinical = cohort.manifest, cohort.clinical
     unused = sorted(set(manifest["modality"]) - set(bundle.modalities))
@@ -101,7 +102,7 @@ def predict_lesions(bundle: Bundle, cohort: Cohort | str | Path, *, batch_size: 
         ImageReadError: unreadable images (unless the run's config excludes them).
         BundleError: no lesion has any modality the bundle reads.
     """
-    cohort = _fit_to_bundle(bundle, _as_cohort(cohort))
+    cohort = fit_to_bundle(bundle, as_cohort(cohort))
     lesions = cohort.lesions
     images = build_lesion_images(cohort, bundle.preprocessing, cache=ArrayCache(enabled=cache),
                                  exclude_unreadable=bundle.config.exclude_unreadable)
@@ -179,7 +180,7 @@ def score_folds(bundle: Bundle, lesions: pd.DataFrame) -> pd.DataFrame:
     frames = []
     for k, fold in lesions.groupby("fold", sort=True):
         test = fold[["subject_id", "lesion_id", "prob"]].assign(y=fold["y"] if labelled else 0)
-        scored = _score_fold(test, bundle.calibration[bundle.calibration["fold"] == k], bundle.config.evaluation)
+        scored = score_fold(test, bundle.calibration[bundle.calibration["fold"] == k], bundle.config.evaluation)
         per_subject = fold.groupby("subject_id").agg(
             n_lesions=("lesion_id", "size"),
             modalities_used=("modalities_used", lambda s: _union(s, bundle.modalities)))

@@ -49,7 +49,7 @@ from breastfusion.evaluation.metrics import (
 )
 from breastfusion.evaluation.repeats import REPEAT, first_repeat, mean_sd_across_repeats, with_repeat
 
-__all__ = ["summarise_variant", "score_subjects", "summarise_scores", "paired_delong", "repeat_metrics",
+__all__ = ["summarise_variant", "score_fold", "score_subjects", "summarise_scores", "paired_delong", "repeat_metrics",
            "NET_BENEFIT_THRESHOLDS", "DECISION_CURVE_THRESHOLDS", "CohortMismatchError"]
 
 #: Threshold probabilities of the net-benefit table in results.json.
@@ -65,7 +65,7 @@ class CohortMismatchError(MetricInputError):
     """Two sets of predictions to be compared do not describe the same subjects with the same labels."""
 
 
-def _score_fold(test: pd.DataFrame, calibration: pd.DataFrame, evaluation: EvaluationConfig) -> pd.DataFrame:
+def score_fold(test: pd.DataFrame, calibration: pd.DataFrame, evaluation: EvaluationConfig) -> pd.DataFrame:
     """Subject scores, thresholds and conformal sets of one fold's test subjects (see module docstring)."""
     if calibration.empty:
         raise MetricInputError("a fold has test predictions but no calibration predictions; thresholds, "
@@ -113,7 +113,7 @@ def score_subjects(test: pd.DataFrame, calibration: pd.DataFrame,
     rows = []
     for (repeat, fold), fold_test in test.groupby([REPEAT, "fold"], sort=True):
         fold_calib = calib_groups.get((repeat, fold), calibration.iloc[:0])
-        rows.append(_score_fold(fold_test, fold_calib, evaluation).assign(repeat=int(repeat), fold=int(fold)))
+        rows.append(score_fold(fold_test, fold_calib, evaluation).assign(repeat=int(repeat), fold=int(fold)))
     return pd.concat(rows, ignore_index=True)[_SCORED_COLUMNS]
 
 

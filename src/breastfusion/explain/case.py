@@ -80,14 +80,14 @@ def explain_case(bundle, cohort: Cohort | str | Path, *, lesion_id: str | None =
         BundleError: the lesion has none of the bundle's modalities.
     """
     from breastfusion.bundle import BundleError
-    from breastfusion.predict import _as_cohort, _fit_to_bundle
+    from breastfusion.predict import as_cohort, fit_to_bundle
 
     if method not in CAM_METHODS:
         raise ValueError(f"unknown heatmap method {method!r}; expected one of {list(CAM_METHODS)}")
     if getattr(bundle, "stage2_learners", None) is not None:
         raise ValueError(f"bundle {bundle.root} predicts with a stage-2 learner on the networks' deep features; "
                          "case explanations cover network variants only (export one to explain it)")
-    cohort = _fit_to_bundle(bundle, _as_cohort(cohort))
+    cohort = fit_to_bundle(bundle, as_cohort(cohort))
     lesions = cohort.lesions
     ids = lesions["lesion_id"].astype(str).tolist()
     lesion_id = ids[0] if lesion_id is None else str(lesion_id)
