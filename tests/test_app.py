@@ -117,3 +117,27 @@ def test_bad_input_is_a_400_that_names_the_field():
     assert reply.status_code == 400 and "age: 'old' is not a number" in reply.json()["detail"]
     page = client.post("/predict", data={})
     assert page.status_code == 400 and "nothing to predict from" in page.text
+
+
+def test_serve_binds_to_loopback_by_default_and_warns_otherwise(monkeypatch, caplog):
+    """The page is reachable from this machine only unless the user names another interface (then a warning)."""
+    import uvicorn
+
+    from breastfusion.app import server
+
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.append(kwargs))
+    server.serve(StubBundle())
+    assert calls[-1]["host"] == "127.0.0.1" and calls[-1]["port"] == 8765
+    with caplog.at_level("WARNING", logger="breastfusion.app.server"):
+        server.serve(StubBundle(), host="0.0.0.0", port=9000)
+    assert calls[-1]["host"] == "0.0.0.0" and "reachable from other machines" in caplog.text
+
+
+def test_serve_cli_refuses_a_folder_that_is_not_a_bundle(tmp_path):
+    from typer.testing import CliRunner
+
+    from breastfusion.cli import app
+
+    result = CliRunner().invoke(app, ["serve", str(tmp_path)])
+    assert result.exit_code == 2 and "bundle.json is missing" in " ".join(result.output.split())
