@@ -34,7 +34,7 @@ import torch
 from breastfusion.bundle import Bundle, BundleError
 from breastfusion.data.cache import ArrayCache
 from breastfusion.data.manifest import LABELS, Cohort, load_cohort
-from breastfusion.data.tensors import LesionDataset, build_lesion_images, clinical_features_for
+from breastfusion.data.tensors import LesionDataset, build_lesion_images, clinical_features_for, modalities_used
 from breastfusion.evaluation.summary import score_fold
 from breastfusion.run_artifacts import prepare_batch
 
@@ -115,7 +115,7 @@ def predict_lesions(bundle: Bundle, cohort: Cohort | str | Path, *, batch_size: 
                     if bundle.clinical_preprocessors is not None else (None, None))
         data = LesionDataset(images, positions, lesions["y"].to_numpy(), bundle.modalities, *clinical)
         if used is None:
-            used = _modalities_used(data, bundle.modalities)
+            used = modalities_used(data.tensors, bundle.modalities)
         prob = _fold_probs(bundle, k, net, data, batch_size)
         frames.append(pd.DataFrame({"fold": k, "subject_id": lesions["subject_id"].to_numpy(),
                                     "lesion_id": lesions["lesion_id"].to_numpy(), "prob": prob,
@@ -153,12 +153,6 @@ def _fold_probs(bundle: Bundle, k: int, net, data: LesionDataset, batch_size: in
     table = feature_table(extract_features(net, data, batch_size=batch_size),
                           bundle.config.variant_model(bundle.variant).fusion, bundle.config.stage2.features)
     return bundle.stage2_learners[k].predict_proba(table.values)[:, 1]
-
-
-def _modalities_used(data: LesionDataset, modalities: tuple[str, ...]) -> list[str]:
-    present = {m: (data.tensors["clinical_present"] if m == "clinical" else data.tensors[f"{m}_views"].any(dim=1))
-               .numpy() for m in modalities}
-    return [";".join(m for m in modalities if present[m][i]) for i in range(len(data))]
 
 
 def score_folds(bundle: Bundle, lesions: pd.DataFrame) -> pd.DataFrame:

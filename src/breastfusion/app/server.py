@@ -39,7 +39,7 @@ from jinja2 import Environment, select_autoescape
 from breastfusion.data.manifest import CLINICAL_FILENAME, MANIFEST_FILENAME
 from breastfusion.explain.cams import CAM_METHODS
 from breastfusion.explain.case import explain_case
-from breastfusion.explain.gallery import overlay
+from breastfusion.explain.gallery import enlarged, overlay
 
 __all__ = ["IMAGE_SUFFIXES", "MAX_UPLOAD_BYTES", "CaseError", "ClinicalField", "clinical_fields", "write_case",
            "create_app", "serve"]
@@ -155,12 +155,8 @@ def write_case(folder: Path, images: list[tuple[str, str, str, bytes]], clinical
 
 def _png_data_uri(rgb: np.ndarray, *, min_side: int = 256) -> str:
     """An RGB uint8 image as an inline PNG, enlarged (nearest neighbour) to at least ``min_side`` px."""
-    from PIL import Image
-
-    scale = max(1, int(np.ceil(min_side / rgb.shape[0])))
-    image = Image.fromarray(rgb).resize((rgb.shape[1] * scale, rgb.shape[0] * scale), Image.Resampling.NEAREST)
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    enlarged(rgb, min_side=min_side).save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 

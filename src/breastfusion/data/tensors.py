@@ -24,7 +24,22 @@ from breastfusion.data.cache import ArrayCache, preprocess_cohort
 from breastfusion.data.manifest import Cohort
 from breastfusion.data.preprocess import Params
 
-__all__ = ["LesionImages", "build_lesion_images", "LesionDataset", "clinical_features_for"]
+__all__ = ["LesionImages", "build_lesion_images", "LesionDataset", "clinical_features_for", "modality_present",
+           "modalities_used"]
+
+
+def modality_present(tensors: dict[str, torch.Tensor], modality: str) -> torch.Tensor:
+    """(N,) bool: which samples of a batch (or of :attr:`LesionDataset.tensors`) have ``modality``."""
+    if modality == "clinical":
+        return tensors["clinical_present"].bool()
+    return tensors[f"{modality}_views"].any(dim=1)
+
+
+def modalities_used(tensors: dict[str, torch.Tensor], modalities: tuple[str, ...]) -> list[str]:
+    """Per sample, the modalities it has, ``;``-joined in ``modalities`` order."""
+    present = {m: modality_present(tensors, m).cpu().numpy() for m in modalities}
+    n = len(next(iter(present.values()))) if present else 0
+    return [";".join(m for m in modalities if present[m][i]) for i in range(n)]
 
 
 class LesionImages:

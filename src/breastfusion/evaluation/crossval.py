@@ -36,7 +36,8 @@ from breastfusion.data.cache import ArrayCache
 from breastfusion.data.clinical import ClinicalPreprocessor
 from breastfusion.data.manifest import IMAGE_MODALITIES, Cohort
 from breastfusion.data.preprocess import Params, params_for
-from breastfusion.data.tensors import LesionDataset, LesionImages, build_lesion_images, clinical_features_for
+from breastfusion.data.tensors import (LesionDataset, LesionImages, build_lesion_images, clinical_features_for,
+                                       modalities_used)
 from breastfusion.evaluation.splits import subject_folds
 from breastfusion.models.network import build_network
 from breastfusion.models.stage2 import FeatureTable, Stage2Ensemble, feature_table, group_permutation_importance
@@ -316,9 +317,7 @@ class _Runner:
     def _rows(self, fold: _Fold, split: str, dataset: LesionDataset, probs: np.ndarray, modalities, *,
               idx: np.ndarray | None = None) -> pd.DataFrame:
         frame = self.lesions.iloc[fold.test_idx if idx is None else idx]
-        used = [";".join(m for m in modalities if bool(
-            dataset.tensors["clinical_present"][i] if m == "clinical" else dataset.tensors[f"{m}_views"][i].any()))
-            for i in range(len(dataset))]
+        used = modalities_used(dataset.tensors, modalities)
         return pd.DataFrame({"repeat": fold.repeat, "fold": fold.k, "split": split,
                              "subject_id": frame["subject_id"].to_numpy(), "lesion_id": frame["lesion_id"].to_numpy(),
                              "y": frame["y"].to_numpy(), "prob": probs, "modalities_used": used})

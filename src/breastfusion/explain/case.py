@@ -24,7 +24,7 @@ import torch
 
 from breastfusion.data.cache import ArrayCache
 from breastfusion.data.manifest import IMAGE_MODALITIES, Cohort
-from breastfusion.data.tensors import LesionDataset, build_lesion_images, clinical_features_for
+from breastfusion.data.tensors import LesionDataset, build_lesion_images, clinical_features_for, modality_present
 from breastfusion.explain.cams import CAM_METHODS, OneImageModel, compute_cams, find_target_layer
 from breastfusion.explain.shapley import modality_shapley, no_information_prob, shapley_shares
 from breastfusion.run_artifacts import prepare_batch
@@ -105,7 +105,7 @@ def explain_case(bundle, cohort: Cohort | str | Path, *, lesion_id: str | None =
                     if bundle.clinical_preprocessors is not None else (None, None))
         data = LesionDataset(images, np.array([pos]), np.zeros(1, dtype=int), bundle.modalities, *clinical)
         batch = prepare_batch(data.tensors)
-        if not _has_any(batch, bundle.modalities):
+        if not any(bool(modality_present(batch, m).any()) for m in bundle.modalities):
             raise BundleError(f"lesion {lesion_id!r} has none of the bundle's modalities {list(bundle.modalities)}")
         calibration = bundle.calibration[bundle.calibration["fold"] == k]
         empty = no_information_prob(calibration["y"].to_numpy(), sampler=training.sampler,
@@ -129,14 +129,6 @@ def explain_case(bundle, cohort: Cohort | str | Path, *, lesion_id: str | None =
                 for (modality, slot), stack in maps.items()]
     return CaseExplanation(lesion_id, method, phi_mean, shares, float(np.mean(fulls)), float(np.mean(empties)),
                            heatmaps)
-
-
-def _has_any(batch: dict[str, torch.Tensor], modalities: tuple[str, ...]) -> bool:
-    for m in modalities:
-        key = "clinical_present" if m == "clinical" else f"{m}_views"
-        if key in batch and bool(batch[key].any()):
-            return True
-    return False
 
 
 def _view_names(cohort: Cohort, lesion_id: str) -> dict[str, list[str]]:

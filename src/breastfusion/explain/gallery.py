@@ -9,7 +9,7 @@ from PIL import Image
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from scipy.ndimage import binary_erosion
 
-__all__ = ["overlay", "save_overlay", "select_cases", "plot_gallery"]
+__all__ = ["overlay", "enlarged", "save_overlay", "select_cases", "plot_gallery"]
 
 
 def overlay(image: np.ndarray, heatmap: np.ndarray, *, weight: float = 0.45,
@@ -25,12 +25,16 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, *, weight: float = 0.45,
     return out
 
 
+def enlarged(rgb: np.ndarray, *, min_side: int = 192) -> Image.Image:
+    """An RGB uint8 image enlarged (nearest neighbour, whole-pixel factor) to at least ``min_side`` px tall."""
+    scale = max(1, int(np.ceil(min_side / rgb.shape[0])))
+    return Image.fromarray(rgb).resize((rgb.shape[1] * scale, rgb.shape[0] * scale), Image.Resampling.NEAREST)
+
+
 def save_overlay(image: np.ndarray, heatmap: np.ndarray, path: Path, *, min_side: int = 192,
                  mask: np.ndarray | None = None) -> Path:
     """Write the overlay as a PNG, enlarged (nearest neighbour) to at least ``min_side`` px so it can be read."""
-    rgb = overlay(image, heatmap, mask=mask)
-    scale = max(1, int(np.ceil(min_side / rgb.shape[0])))
-    Image.fromarray(rgb).resize((rgb.shape[1] * scale, rgb.shape[0] * scale), Image.Resampling.NEAREST).save(path)
+    enlarged(overlay(image, heatmap, mask=mask), min_side=min_side).save(path)
     return path
 
 

@@ -45,6 +45,7 @@ import pandas as pd
 import torch
 
 from breastfusion.data.manifest import IMAGE_MODALITIES
+from breastfusion.data.tensors import modality_present
 from breastfusion.models.network import MultimodalNet
 
 __all__ = ["SCALES", "mask_modalities", "no_information_prob", "coalition_values", "modality_shapley",
@@ -122,7 +123,7 @@ def coalition_values(net: MultimodalNet, batch: dict[str, torch.Tensor], *, scal
         raise ValueError(f"empty should be a probability in (0, 1), got {empty!r}")
     players = net.modalities
     outputs = {m: branch(batch) for m, branch in net.branches.items()} if reuse_branches else None
-    present = {m: _present(batch, m) for m in players}
+    present = {m: modality_present(batch, m) for m in players}
     values = {}
     for r in range(len(players) + 1):
         for coalition in itertools.combinations(players, r):
@@ -143,13 +144,6 @@ def coalition_values(net: MultimodalNet, batch: dict[str, torch.Tensor], *, scal
                 nothing &= ~present[m].to(v.device)
             values[coalition] = torch.where(nothing, torch.full_like(v, value), v)
     return values
-
-
-def _present(batch: dict[str, torch.Tensor], modality: str) -> torch.Tensor:
-    """(B,) bool: which lesions of ``batch`` have ``modality``."""
-    if modality in IMAGE_MODALITIES:
-        return batch[f"{modality}_views"].any(dim=1)
-    return batch["clinical_present"].bool()
 
 
 def modality_shapley(net: MultimodalNet, batch: dict[str, torch.Tensor], *,
