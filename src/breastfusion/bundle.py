@@ -210,9 +210,13 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, variant: str | None =
     variant = variant or reference_variant(config)
     if variant not in config.variants:
         raise BundleError(f"unknown variant {variant!r}; this run has {list(config.variants)}")
+    if config.variant_model(variant).fusion == "score":
+        raise BundleError(f"variant {variant!r} uses fusion 'score', which bundles do not hold yet; export one of "
+                          f"{[v for v in config.variants if config.variant_model(v).fusion != 'score']}")
     learner = config.variant(variant).stage2
+    n_folds = 1 if config.cv.split_column is not None else config.cv.n_splits
     if learner != "none":
-        lacking = [k for k in range(config.cv.n_splits)
+        lacking = [k for k in range(n_folds)
                    if not (root / "checkpoints" / variant / f"fold{k}.stage2.skops").is_file()]
         if lacking:
             raise BundleError(f"{root / 'checkpoints' / variant}: no fitted stage-2 learner for fold(s) {lacking} "
@@ -223,7 +227,6 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, variant: str | None =
         raise BundleError(f"{out} already exists and is not an empty folder; choose another --out or remove it")
 
     art = load_run(root)
-    n_folds = config.cv.n_splits
     calibration = pd.read_csv(root / "calibration_predictions.csv", dtype={"subject_id": str, "lesion_id": str})
     calibration = calibration[(calibration["variant"] == variant)
                               & (calibration.get("repeat", 0) == 0)].reset_index(drop=True)

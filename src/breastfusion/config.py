@@ -70,13 +70,18 @@ class ClinicalBranchConfig(_Strict):
     binary: list[str] | None = None
     hidden: int = Field(32, ge=1)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    score_model: Literal["logistic", "gradient_boosting"] = Field(
+        "logistic", description="the clinical learner of `fusion: score` (regularisation tuned by an inner CV of "
+        "the training subjects)")
 
 
 class ModelConfig(_Strict):
     mammography: ImageBranchConfig = ImageBranchConfig()
     ultrasound: ImageBranchConfig = ImageBranchConfig()
     clinical: ClinicalBranchConfig = ClinicalBranchConfig()
-    fusion: Literal["concat", "gated", "late"] = "concat"
+    fusion: Literal["concat", "gated", "late", "score"] = Field(
+        "concat", description="concat / gated / late: one network trained jointly; score: the image network's "
+        "probability averaged with a cross-validated clinical learner's (breastfusion.models.score_fusion)")
     fusion_hidden: int = Field(64, ge=1, description="common feature size of gated fusion")
     late_weights: Literal["learned", "mean"] = "learned"
     fusion_null_slot: bool = Field(False, description="gated fusion: add a learned, always-present 'no "
@@ -92,6 +97,10 @@ class TrainingConfig(_Strict):
     batch_size: int = Field(32, ge=1)
     lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
+    warmup_epochs: int = Field(0, ge=0, description="epochs of linear learning-rate warm-up before the cosine decay")
+    tta: Literal["none", "hflip"] = Field("none", description="test-time augmentation: hflip averages the logits "
+                                          "of each image and its mirror image (validation, calibration, test, "
+                                          "bundles)")
     seed: int = 0
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     augment: bool = True
@@ -113,6 +122,10 @@ class TrainingConfig(_Strict):
 
 
 class CVConfig(_Strict):
+    split_column: str | None = Field(None, description="train on the dataset's own split instead of "
+                                     "cross-validating: the manifest column whose values are train / val / test "
+                                     "(e.g. BreastMNIST's `split`); val (if any) serves early stopping and "
+                                     "thresholds, test gives the figures")
     n_splits: int = Field(5, ge=2)
     seed: int = 0
     repeats: int = Field(1, ge=1, description="repeated cross-validation: each repeat reshuffles the folds "
@@ -199,7 +212,7 @@ class AblationConfig(_Strict):
     modalities: list[list[str]] = Field(default_factory=list, description="modality subsets to run alone")
     attention: dict[Literal["mammography", "ultrasound"], list[Literal["none", "eca", "cbam"]]] = Field(
         default_factory=dict, description="attention values to try per image branch")
-    fusion: list[Literal["concat", "gated", "late"]] = Field(default_factory=list)
+    fusion: list[Literal["concat", "gated", "late", "score"]] = Field(default_factory=list)
     encoder: dict[Literal["mammography", "ultrasound"], list[str]] = Field(
         default_factory=dict, description="encoders to try per image branch")
     stage2: list[Literal["none", "stacking", "logistic", "svm", "random_forest", "extra_trees"]] = Field(

@@ -37,6 +37,7 @@ from breastfusion.data.manifest import LABELS, Cohort, load_cohort
 from breastfusion.data.tensors import LesionDataset, build_lesion_images, clinical_features_for, modalities_used
 from breastfusion.evaluation.summary import score_fold
 from breastfusion.run_artifacts import prepare_batch
+from breastfusion.training.module import tta_logits
 
 __all__ = ["PREDICTION_COLUMNS", "as_cohort", "fit_to_bundle", "predict_lesions", "score_folds", "combine_folds"]
 
@@ -146,7 +147,8 @@ def _fold_probs(bundle: Bundle, k: int, net, data: LesionDataset, batch_size: in
         return np.zeros(0)
     if bundle.stage2_learners is None:
         loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
-        return torch.cat([torch.sigmoid(net(prepare_batch(b))) for b in loader]).numpy()
+        tta = bundle.config.training.tta
+        return torch.cat([torch.sigmoid(tta_logits(net, prepare_batch(b), tta)) for b in loader]).numpy()
     from breastfusion.models.stage2 import feature_table
     from breastfusion.training.fit import extract_features
 

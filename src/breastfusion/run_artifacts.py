@@ -4,8 +4,8 @@ Everything that explains, audits or re-uses a finished run reads it through
 :func:`load_run`, so the folds, the in-fold clinical preprocessing and the
 image normalisation are rebuilt exactly as the run made them:
 
-* the folds come from :func:`~breastfusion.evaluation.splits.subject_folds`
-  with the run's ``cv.n_splits`` and ``cv.seed``;
+* the folds come from :func:`~breastfusion.evaluation.crossval.fold_positions`, the function the run
+  used (``cv.n_splits`` and ``cv.seed``, or the dataset's own ``cv.split_column``);
 * fold ``k``'s clinical preprocessor is fitted on the subjects fold ``k``'s
   network was fitted on (its training subjects, less the inner validation
   subjects when early stopping held some out), as
@@ -44,10 +44,10 @@ from breastfusion.data.preprocess import Params, preprocess, resize_pad
 from breastfusion.data.readers import read_image
 from breastfusion.data.synthetic.cohort import MASK_COLUMN
 from breastfusion.data.tensors import LesionDataset, LesionImages, build_lesion_images, clinical_features_for
-from breastfusion.evaluation.crossval import inner_split, preprocessing_params
-from breastfusion.evaluation.splits import subject_folds
+from breastfusion.evaluation.crossval import FoldPositions, fold_positions, preprocessing_params
 from breastfusion.run_folder import missing_run_file
 from breastfusion.models.network import MultimodalNet, build_network
+from breastfusion.training.module import tta_logits
 
 __all__ = ["RunFolderError", "RunArtifacts", "load_run", "load_network", "prepare_batch", "MASK_COLUMN"]
 
@@ -79,6 +79,7 @@ class RunArtifacts:
         predictions: ``predictions.csv`` (out-of-fold).
         lesions: one row per lesion, in the order the folds index.
         folds: (train positions, test positions) per fold, into ``lesions``.
+        positions: per fold, the (fit, validation, test) positions the run used (:func:`fold_positions`).
     """
 
     root: Path
@@ -88,7 +89,12 @@ class RunArtifacts:
     predictions: pd.DataFrame
     lesions: pd.DataFrame
     folds: list[tuple[np.ndarray, np.ndarray]]
+    positions: list[FoldPositions] | None = None
     _preprocessors: dict[int, ClinicalPreprocessor] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.positions is None:  # built by hand from (train, test) pairs: no inner validation split
+            self.positions = [FoldPositions(train, test) for train, test in self.folds]
 
     @property
     def n_folds(self) -> int:
@@ -149,12 +155,7 @@ class RunArtifacts:
     def fit_positions(self, fold: int) -> np.ndarray:
         """Positions of the lesions fold ``fold``'s network was fitted on: its training lesions, less the
         inner validation subjects when the run held some out for early stopping (``training.val_fraction``)."""
-        train = self.folds[fold][0]
-        training = self.config.training
-        if training.val_fraction > 0:
-            train, _ = inner_split(self.lesions, train, fraction=training.val_fraction,
-                                   seed=training.seed + 1000 * fold)
-        return train
+        return self.positions[fold].fit
 
     def clinical_preprocessor(self, fold: int) -> ClinicalPreprocessor:
         """The clinical preprocessor of fold ``fold``, fitted on the subjects its network was fitted on."""
@@ -239,7 +240,8 @@ class RunArtifacts:
         for k in range(self.n_folds):
             net, data = self.network(variant, k), self.dataset(variant, k)
             loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
-            prob[self.folds[k][1]] = torch.cat([torch.sigmoid(net(prepare_batch(b))) for b in loader]).numpy()
+            prob[self.folds[k][1]] = torch.cat([torch.sigmoid(tta_logits(net, prepare_batch(b), self.config.training.tta))
+                                                for b in loader]).numpy()
         out = self.lesions[["subject_id", "lesion_id", "y"]].copy()
         out.insert(0, "fold", self.test_fold)
         out["prob"] = prob
@@ -328,7 +330,7 @@ def load_run(path: str | Path, *, allow_outside_root: bool = False) -> RunArtifa
     results = json.loads((root / "results.json").read_text())
     cohort = _find_cohort(root, config, results, allow_outside_root)
     lesions = cohort.lesions
-    folds = subject_folds(lesions, n_splits=config.cv.n_splits, seed=config.cv.seed)
+    positions = fold_positions(cohort, config)[0]
     predictions = pd.read_csv(root / "predictions.csv", dtype={"subject_id": str, "lesion_id": str})
     return RunArtifacts(root=root, config=config, cohort=cohort, results=results, predictions=predictions,
-                        lesions=lesions, folds=folds)
+                        lesions=lesions, folds=[(p.train, p.test) for p in positions], positions=positions)

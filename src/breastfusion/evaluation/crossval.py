@@ -38,13 +38,14 @@ from breastfusion.data.manifest import IMAGE_MODALITIES, Cohort
 from breastfusion.data.preprocess import Params, params_for
 from breastfusion.data.tensors import (LesionDataset, LesionImages, build_lesion_images, clinical_features_for,
                                        modalities_used)
-from breastfusion.evaluation.splits import subject_folds
+from breastfusion.evaluation.splits import official_split, subject_folds
 from breastfusion.models.network import build_network
+from breastfusion.models.score_fusion import average_scores, fit_clinical_model
 from breastfusion.models.stage2 import FeatureTable, Stage2Ensemble, feature_table, group_permutation_importance
 from breastfusion.training.fit import clear_work_dir, extract_features, fit_predict, predict_probs
 
 __all__ = ["CrossValidation", "MissingModalityError", "NetworkSpec", "network_spec", "check_modalities",
-           "cross_validate", "inner_split", "preprocessing_params", "fold_seed"]
+           "cross_validate", "inner_split", "preprocessing_params", "fold_seed", "FoldPositions", "fold_positions"]
 
 _RUNTIME_KEYS = {"accelerator", "devices", "num_nodes", "strategy"}  # where it runs, not what it learns
 
@@ -130,6 +131,14 @@ def network_spec(config: ExperimentConfig, variant: str) -> NetworkSpec:
     modalities = config.modalities(variant)
     model = config.variant_model(variant)
     training = config.training
+    if model.fusion == "score":
+        # Score-level fusion trains no network of its own: its image part is the image modalities' network.
+        images = tuple(m for m in modalities if m != "clinical")
+        if not images or "clinical" not in modalities:
+            raise ValueError(f"variant {variant!r}: fusion 'score' averages an image network with a clinical "
+                             f"learner, so it needs clinical and an image modality; got {list(modalities)}")
+        model = model.model_copy(update={"fusion": "concat"})
+        modalities = images
     if len(modalities) > 1 and model.init_from_single:
         single_model = model.model_copy(update={"fusion": "concat"})
         init = tuple(NetworkSpec((m,), single_model, training) for m in modalities)
@@ -178,6 +187,51 @@ def inner_split(lesions: pd.DataFrame, train_idx: np.ndarray, *, fraction: float
     return train_idx[fit], train_idx[val]
 
 
+@dataclass(frozen=True)
+class FoldPositions:
+    """Positions into ``cohort.lesions`` of one fold: what its networks fit on, validate on and predict."""
+
+    fit: np.ndarray
+    test: np.ndarray
+    validation: np.ndarray | None = None
+
+    @property
+    def train(self) -> np.ndarray:
+        """Every training-side position (fit + validation)."""
+        return self.fit if self.validation is None else np.sort(np.concatenate([self.fit, self.validation]))
+
+
+def fold_positions(cohort: Cohort, config: ExperimentConfig,
+                   folds: list[tuple[np.ndarray, np.ndarray]] | None = None) -> list[list[FoldPositions]]:
+    """Every repeat's folds: the one place that turns the config into (fit, validation, test) positions.
+
+    ``cv.split_column`` gives one fold, the dataset's own split (its validation part, if any, is the
+    validation split); otherwise the seeded subject-grouped folds of each repeat (or the explicit ``folds``),
+    each with an inner validation split of ``training.val_fraction`` of its training subjects.
+    """
+    lesions = cohort.lesions
+    if config.cv.split_column is not None:
+        if folds is not None:
+            raise ValueError("explicit folds and cv.split_column both choose the test set; give one")
+        train, val, test = official_split(cohort.manifest, lesions, config.cv.split_column)
+        return [[FoldPositions(train, test, val)]]
+    if folds is not None and config.cv.repeats != 1:
+        raise ValueError("explicit folds are one cross-validation; set cv.repeats to 1")
+    repeats = [folds] if folds is not None else [
+        subject_folds(lesions, n_splits=config.cv.n_splits, seed=config.cv.seed + r) for r in range(config.cv.repeats)]
+    out = []
+    for r, split in enumerate(repeats):
+        row = []
+        for k, (train, test) in enumerate(split):
+            val = None
+            if config.training.val_fraction > 0:
+                train, val = inner_split(lesions, train, fraction=config.training.val_fraction,
+                                         seed=fold_seed(config, k, r))
+            row.append(FoldPositions(train, test, val))
+        out.append(row)
+    return out
+
+
 def fold_seed(config: ExperimentConfig, fold: int, repeat: int = 0) -> int:
     """The training seed of one fold of one repeat (repeat 0 keeps the seeds of a single cross-validation)."""
     return config.training.seed + 1000 * fold + 100_000 * repeat
@@ -220,12 +274,9 @@ class _Runner:
         self.trained: dict[tuple[str, int, int], _Trained] = {}
 
     # -- data -------------------------------------------------------------------------------------------------
-    def fold(self, repeat: int, k: int, train_idx: np.ndarray, test_idx: np.ndarray) -> _Fold:
-        val_idx = None
-        if self.config.training.val_fraction > 0:
-            train_idx, val_idx = inner_split(self.lesions, train_idx, fraction=self.config.training.val_fraction,
-                                             seed=fold_seed(self.config, k, repeat))
-        fold = _Fold(repeat, k, train_idx, test_idx, val_idx)
+    def fold(self, repeat: int, k: int, positions: FoldPositions) -> _Fold:
+        train_idx = positions.fit
+        fold = _Fold(repeat, k, positions.fit, positions.test, positions.validation)
         if "clinical" in self.cohort.modalities and any("clinical" in self.config.modalities(v)
                                                         for v in self.config.variants):
             cfg = self.config.model.clinical
@@ -298,7 +349,8 @@ class _Runner:
         calib_split = "validation" if "validation" in datasets else "fit"
         frames = [self._rows(fold, "test", datasets["test"], probs, spec.modalities),
                   self._rows(fold, "validation" if calib_split == "validation" else "training",
-                             datasets[calib_split], predict_probs(net, datasets[calib_split]), spec.modalities,
+                             datasets[calib_split], predict_probs(net, datasets[calib_split], tta=spec.training.tta),
+                             spec.modalities,
                              idx=self._splits(fold)[calib_split])]
         rows = pd.concat(frames, ignore_index=True)
         state = {n: t.detach().cpu().contiguous() for n, t in net.state_dict().items()}
@@ -322,6 +374,43 @@ class _Runner:
                              "subject_id": frame["subject_id"].to_numpy(), "lesion_id": frame["lesion_id"].to_numpy(),
                              "y": frame["y"].to_numpy(), "prob": probs, "modalities_used": used})
 
+    def groups(self, idx: np.ndarray) -> np.ndarray:
+        """The outer folds' grouping of these lesions (``group``: duplicate groups, else ``subject_id``); every
+        inner split (stage 2, score fusion) groups by the same key, so no group straddles one."""
+        column = "group" if "group" in self.lesions else "subject_id"
+        return self.lesions[column].to_numpy()[idx]
+
+    # -- score-level fusion -------------------------------------------------------------------------------
+    def score_fusion(self, spec: NetworkSpec, fold: _Fold) -> pd.DataFrame:
+        """The image network's rows with each probability averaged with the fold's clinical learner's
+        (:mod:`breastfusion.models.score_fusion`); calibration rows get out-of-inner-fold clinical scores."""
+        head = self.network(spec, fold).rows
+        fit_idx = fold.fit_idx
+        features, present = fold.clinical["fit"]
+        y = self.lesions["y"].to_numpy()
+        cfg = self.config.model.clinical
+        model, oof = fit_clinical_model(cfg.score_model, features[present], y[fit_idx][present],
+                                        self.groups(fit_idx)[present], seed=fold_seed(self.config, fold.k,
+                                                                                        fold.repeat))
+        out = []
+        for split, rows in head.groupby("split", sort=False):
+            rows = rows.copy()
+            source = {"test": "test", "validation": "validation", "training": "fit"}[split]
+            feats, have = fold.clinical[source]
+            clinical = np.full(len(rows), np.nan)
+            if split == "training":
+                clinical[present] = oof
+            elif have.any():
+                clinical[have] = model.predict_proba(feats[have])[:, 1]
+            image_present = rows["modalities_used"].astype(str) != ""
+            rows["prob"] = average_scores(rows["prob"].to_numpy(), clinical, image_present=image_present.to_numpy(),
+                                          clinical_present=have)
+            used = rows["modalities_used"].fillna("").astype(str)
+            rows["modalities_used"] = [(";".join(filter(None, [u, "clinical"])) if h else u)
+                                       for u, h in zip(used, have)]
+            out.append(rows)
+        return pd.concat(out, ignore_index=True)
+
     # -- stage 2 ----------------------------------------------------------------------------------------------
     def features(self, spec: NetworkSpec, fold: _Fold) -> dict[str, FeatureTable]:
         """Deep features of the fold's fit / test (/ validation) lesions, extracted once per (network, fold)."""
@@ -342,7 +431,7 @@ class _Runner:
         if trained.ensemble is None:
             fit = self.lesions.iloc[fold.fit_idx]
             trained.ensemble = Stage2Ensemble(cfg, tables["fit"].values, fit["y"].to_numpy(),
-                                              fit["subject_id"].to_numpy())
+                                              self.groups(fold.fit_idx))
         ensemble, head = trained.ensemble, trained.rows
         model = ensemble.model(learner)
         test = head[head["split"] == "test"].copy()
@@ -385,11 +474,7 @@ def cross_validate(cohort: Cohort, config: ExperimentConfig, *, progress: Progre
         The out-of-fold predictions, each fold's calibration scores, and how images were prepared.
     """
     check_modalities(cohort, config)
-    lesions = cohort.lesions
-    if folds is not None and config.cv.repeats != 1:
-        raise ValueError("explicit folds are one cross-validation; set cv.repeats to 1")
-    repeats = [folds] if folds is not None else [
-        subject_folds(lesions, n_splits=config.cv.n_splits, seed=config.cv.seed + r) for r in range(config.cv.repeats)]
+    repeats = fold_positions(cohort, config, folds)
     used = {m for name in config.variants for m in config.modalities(name)}
     params = preprocessing_params(config, [m for m in IMAGE_MODALITIES if m in used])
     n_images = int(cohort.manifest["modality"].isin(list(params)).sum())
@@ -406,15 +491,17 @@ def cross_validate(cohort: Cohort, config: ExperimentConfig, *, progress: Progre
 
     rows, importance = [], []
     for r, split in enumerate(repeats):
-        for k, (train_idx, test_idx) in enumerate(split):
-            fold = runner.fold(r, k, train_idx, test_idx)
+        for k, positions in enumerate(split):
+            fold = runner.fold(r, k, positions)
             for variant in order:
                 if progress:
                     step = f" · repeat {r + 1}/{len(repeats)}" if len(repeats) > 1 else ""
                     progress.update(train_task, description=f"{variant} · fold {k + 1}/{len(split)}{step}")
                 spec, learner = specs[variant], config.variant(variant).stage2
                 trained = runner.network(spec, fold)
-                if learner == "none":
+                if config.variant_model(variant).fusion == "score":
+                    out = runner.score_fusion(spec, fold)
+                elif learner == "none":
                     out = trained.rows
                 else:
                     out, imp = runner.stage2(variant, spec, fold, learner)

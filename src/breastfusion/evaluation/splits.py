@@ -6,11 +6,22 @@ subject land in the same fold, so no subject is ever on both sides of a split.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
-__all__ = ["subject_folds"]
+__all__ = ["subject_folds", "official_split", "SplitError", "TRAIN_VALUES", "VALIDATION_VALUES", "TEST_VALUES"]
+
+#: Values of a split column that mean train / validation / test (case-insensitive).
+TRAIN_VALUES = ("train", "training")
+VALIDATION_VALUES = ("val", "valid", "validation", "tune")
+TEST_VALUES = ("test", "testing")
+
+
+class SplitError(ValueError):
+    """A dataset's own split column is missing, inconsistent or lacks a part; the message names it."""
 
 
 def subject_folds(lesions: pd.DataFrame, *, n_splits: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -39,3 +50,55 @@ def subject_folds(lesions: pd.DataFrame, *, n_splits: int, seed: int) -> list[tu
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     groups = lesions["group"] if "group" in lesions else lesions["subject_id"]
     return [(train, test) for train, test in splitter.split(lesions, lesions["y"], groups=groups)]
+
+
+def official_split(manifest: pd.DataFrame, lesions: pd.DataFrame, column: str
+                   ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """A dataset's own train / validation / test split, as positions into ``lesions``.
+
+    Args:
+        manifest: the cohort's manifest (one row per image) holding ``column``.
+        lesions: one row per lesion (``Cohort.lesions``), in the order positions index.
+        column: the manifest column with values from :data:`TRAIN_VALUES`, :data:`VALIDATION_VALUES` and
+            :data:`TEST_VALUES` (case-insensitive), e.g. BreastMNIST's ``split``.
+
+    Returns:
+        (train positions, validation positions or ``None`` when there is no validation part, test positions).
+
+    Raises:
+        SplitError: no such column, a value outside those lists, a lesion or a subject (or duplicate group)
+            whose images sit in two parts, or no train or no test lesion.
+    """
+    if column not in manifest:
+        raise SplitError(f"cv.split_column: the manifest has no column {column!r}; it has {list(manifest.columns)}")
+    values = manifest[column].astype(str).str.strip().str.lower()
+    known = TRAIN_VALUES + VALIDATION_VALUES + TEST_VALUES
+    bad = manifest.loc[~values.isin(known), column]
+    if len(bad):
+        raise SplitError(f"manifest column {column!r}, line {int(bad.index[0]) + 2}: {bad.iloc[0]!r}; expected one "
+                         f"of {list(known)}")
+    part = values.map(lambda v: "train" if v in TRAIN_VALUES else "val" if v in VALIDATION_VALUES else "test")
+    per_lesion = part.groupby(manifest["lesion_id"].astype(str)).agg(set)
+    mixed = per_lesion[per_lesion.map(len) > 1]
+    if len(mixed):
+        raise SplitError(f"lesion {mixed.index[0]!r} has images in {sorted(mixed.iloc[0])} of {column!r}; a lesion "
+                         "belongs to one part")
+    lesion_part = per_lesion.map(lambda s: next(iter(s))).reindex(lesions["lesion_id"].astype(str)).to_numpy()
+    for key in ("subject_id", "group"):
+        if key not in lesions:
+            continue
+        spread = pd.Series(lesion_part).groupby(lesions[key].to_numpy()).nunique()
+        if not (spread > 1).any():
+            continue
+        message = (f"{key} {spread[spread > 1].index[0]!r} ({int((spread > 1).sum())} in all) has lesions in two "
+                   f"parts of {column!r}")
+        if key == "subject_id":
+            raise SplitError(message + ": that leaks a subject across the split")
+        # A published split is what a benchmark reports on; duplicate groups straddling it are its defect.
+        warnings.warn(message + ": the published split leaks these near-duplicate groups; figures on it are "
+                      "optimistic", stacklevel=2)
+    train, val, test = (np.flatnonzero(lesion_part == p) for p in ("train", "val", "test"))
+    if not len(train) or not len(test):
+        raise SplitError(f"manifest column {column!r} has {len(train)} train and {len(test)} test lesions; "
+                         "both are needed")
+    return train, (val if len(val) else None), test

@@ -94,7 +94,8 @@ def fit_predict(
     pos_weight = (labels == 0).sum() / max((labels == 1).sum(), 1) if config.class_weights else 1.0
     module = LesionClassifier(net, lr=config.lr, weight_decay=config.weight_decay, epochs=config.epochs,
                               augment=config.augment, pos_weight=pos_weight,
-                              modality_dropout=config.modality_dropout, seed=seed)
+                              modality_dropout=config.modality_dropout, seed=seed,
+                              warmup_epochs=config.warmup_epochs, tta=config.tta)
     sampler = EpochSampler(labels, seed=seed, balanced=config.sampler == "balanced")
     # drop_last keeps BatchNorm away from a final batch of one sample.
     train_loader = DataLoader(train, batch_size=config.batch_size, sampler=sampler,
@@ -129,9 +130,11 @@ def fit_predict(
 
 
 @torch.no_grad()
-def predict_probs(net: torch.nn.Module, dataset: LesionDataset, *, batch_size: int = 64) -> np.ndarray:
-    """P(malignant) of every sample of ``dataset`` with ``net`` in eval mode (no training randomness)."""
-    module = LesionClassifier(net, lr=1.0, weight_decay=0.0, epochs=1).eval()
+def predict_probs(net: torch.nn.Module, dataset: LesionDataset, *, batch_size: int = 64,
+                  tta: str = "none") -> np.ndarray:
+    """P(malignant) of every sample of ``dataset`` with ``net`` in eval mode (no training randomness), with the
+    test-time augmentation ``tta`` (:data:`~breastfusion.training.module.TTA_MODES`)."""
+    module = LesionClassifier(net, lr=1.0, weight_decay=0.0, epochs=1, tta=tta).eval()
     device = next(net.parameters()).device
     out = [torch.sigmoid(module({k: v.to(device) for k, v in batch.items()}).float()).cpu()
            for batch in DataLoader(dataset, batch_size=batch_size)]

@@ -11,7 +11,10 @@ from torch import nn
 
 from breastfusion.data.manifest import IMAGE_MODALITIES
 
-__all__ = ["LesionClassifier", "augment_images", "drop_modalities"]
+__all__ = ["LesionClassifier", "augment_images", "drop_modalities", "flip_images", "tta_logits", "TTA_MODES"]
+
+#: Test-time augmentation: ``none``, or ``hflip`` (the logits of each image and its left-right mirror averaged).
+TTA_MODES = ("none", "hflip")
 
 _MEAN, _STD = 0.5, 0.25  # intensity normalisation of [0, 1] images
 
@@ -45,6 +48,30 @@ def augment_images(x: torch.Tensor, *, modality: str) -> torch.Tensor:
     if modality == "ultrasound":
         flat = flat * (1 + 0.1 * torch.randn_like(flat)).clamp(min=0)
     return flat.reshape(x.shape)
+
+
+def flip_images(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch with every image modality mirrored left-right (the other keys untouched)."""
+    return {k: (v.flip(-1) if k in IMAGE_MODALITIES else v) for k, v in batch.items()}
+
+
+def tta_logits(net: nn.Module, batch: dict[str, torch.Tensor], tta: str = "none") -> torch.Tensor:
+    """The network's logits on a prepared batch, averaged over test-time flips.
+
+    ``hflip`` averages the logits of the images and of their mirror images: a lesion seen from the
+    other side is the same lesion (in ultrasound and mammography alike), and the average is a
+    cheap ensemble of two views that lowers the variance of a network trained on a few hundred
+    images (measured in ``bench/real_data.py``).
+
+    Raises:
+        ValueError: an unknown ``tta`` (the message lists :data:`TTA_MODES`).
+    """
+    if tta not in TTA_MODES:
+        raise ValueError(f"tta should be one of {list(TTA_MODES)}, got {tta!r}")
+    logits = net(batch)
+    if tta == "hflip" and any(k in batch for k in IMAGE_MODALITIES):
+        logits = (logits + net(flip_images(batch))) / 2
+    return logits
 
 
 def drop_modalities(batch: dict[str, torch.Tensor], modalities: tuple[str, ...], p: float) -> dict[str, torch.Tensor]:
@@ -83,11 +110,17 @@ class LesionClassifier(L.LightningModule):
         pos_weight: weight of the malignant class in the loss (1 = none).
         modality_dropout: chance to hide each present modality of a training sample.
         seed: base seed of the per-batch randomness.
+        warmup_epochs: epochs of linear warm-up (from lr / 10) before the cosine decay.
+        tta: test-time augmentation of validation and prediction (:data:`TTA_MODES`).
     """
 
     def __init__(self, net: nn.Module, *, lr: float, weight_decay: float, epochs: int, augment: bool = True,
-                 pos_weight: float = 1.0, modality_dropout: float = 0.0, seed: int = 0):
+                 pos_weight: float = 1.0, modality_dropout: float = 0.0, seed: int = 0, warmup_epochs: int = 0,
+                 tta: str = "none"):
         super().__init__()
+        if tta not in TTA_MODES:
+            raise ValueError(f"tta should be one of {list(TTA_MODES)}, got {tta!r}")
+        self.warmup_epochs, self.tta = warmup_epochs, tta
         self.net = net
         self.lr, self.weight_decay, self.epochs, self.augment = lr, weight_decay, epochs, augment
         self.modality_dropout, self.seed = modality_dropout, seed
@@ -108,7 +141,7 @@ class LesionClassifier(L.LightningModule):
         return batch
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.net(self._prepare(batch, train=False))
+        return tta_logits(self.net, self._prepare(batch, train=False), self.tta)
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         torch.manual_seed(hash((self.seed, self.current_epoch, batch_idx)) % (2**63))
@@ -128,5 +161,10 @@ class LesionClassifier(L.LightningModule):
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.epochs)
+        sched = torch.optim.lr_scheduler
+        warmup = min(self.warmup_epochs, self.epochs - 1)
+        scheduler = sched.CosineAnnealingLR(optimizer, T_max=self.epochs - warmup)
+        if warmup > 0:
+            scheduler = sched.SequentialLR(optimizer, [sched.LinearLR(optimizer, 0.1, 1.0, total_iters=warmup),
+                                                       scheduler], milestones=[warmup])
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
