@@ -249,8 +249,17 @@ def normalise(image: np.ndarray, how: str, percentiles: tuple[float, float] = (0
     return np.clip((image - low) / (high - low), 0.0, 1.0)
 
 
+#: A colour mask covering more of the scan than this is a tinted image, not an overlay (overlays are marks).
+MAX_OVERLAY_COLOUR_FRACTION = 0.2
+
+
 def _overlay_mask(image: np.ndarray, colour: np.ndarray | None, background: np.ndarray) -> np.ndarray:
-    """Pixels of burned-in marks: chromatic ones, and saturated ones far above the grey opening (thin bright marks)."""
+    """Pixels of burned-in marks: chromatic ones, and saturated ones far above the grey opening (thin bright marks).
+
+    Chromatic pixels count only while they are a small part of the image: a tinted export is chromatic
+    everywhere, and replacing all of it by a 15 x 15 opening would erase the scan."""
+    if colour is not None and colour.mean() > MAX_OVERLAY_COLOUR_FRACTION:
+        colour = None
     marks = np.zeros(image.shape, bool) if colour is None else colour.copy()
     marks |= (image >= 0.9) & (image - background > 0.35)
     return ndimage.binary_dilation(marks, iterations=1) if marks.any() else marks
@@ -307,7 +316,8 @@ def preprocess(image: ImageData, params: Params, *, roi_mask: np.ndarray | None 
         marks = _overlay_mask(crop, colour, background)
         if marks.any():
             crop = crop.copy()
-            crop[marks] = ndimage.grey_opening(crop, size=(15, 15))[marks] if colour is not None else background[marks]
+            chromatic = colour is not None and colour.mean() <= MAX_OVERLAY_COLOUR_FRACTION
+            crop[marks] = ndimage.grey_opening(crop, size=(15, 15))[marks] if chromatic else background[marks]
             result.overlay_pixels = int(marks.sum())
 
     anchor = "center"
