@@ -74,7 +74,8 @@ from breastfusion.versions import library_versions
 if TYPE_CHECKING:  # torch is imported when a bundle is loaded, not when this module is
     from breastfusion.models.network import MultimodalNet
 
-__all__ = ["BUNDLE_FILE", "PARTIAL_META", "FORMAT", "FORMAT_VERSION", "Bundle", "BundleError", "export_bundle", "load_bundle"]
+__all__ = ["BUNDLE_FILE", "PARTIAL_META", "FORMAT", "FORMAT_VERSION", "Bundle", "BundleError", "export_bundle",
+           "load_bundle"]
 
 logger = logging.getLogger(__name__)
 

@@ -52,8 +52,8 @@ from breastfusion.explain.cams import CAM_METHODS
 from breastfusion.explain.case import explain_case
 from breastfusion.explain.gallery import enlarged, overlay
 
-__all__ = ["IMAGE_SUFFIXES", "MAX_FORM_FILES", "MAX_UPLOAD_BYTES", "CaseError", "ClinicalField", "clinical_fields", "write_case",
-           "create_app", "serve"]
+__all__ = ["IMAGE_SUFFIXES", "MAX_FORM_FILES", "MAX_UPLOAD_BYTES", "BodyLimit", "CaseError", "ClinicalField",
+           "clinical_fields", "write_case", "create_app", "serve"]
 
 log = logging.getLogger(__name__)
 
