@@ -31,7 +31,7 @@ __all__ = ["PIPELINE_VERSION", "ArrayCache", "CacheInfo", "CohortImages", "defau
            "load_prepared", "preprocess_cohort"]
 
 #: Bump when decoding or preprocessing code changes what it outputs for the same parameters.
-PIPELINE_VERSION = "1"
+PIPELINE_VERSION = "2"  # 2: DICOM colour, palette, multi-frame and no-window range rules (data.dicom)
 _CHUNK = 1 << 20
 _digests: dict[tuple[str, int, int], str] = {}
 
