@@ -141,3 +141,96 @@ def test_serve_cli_refuses_a_folder_that_is_not_a_bundle(tmp_path):
 
     result = CliRunner().invoke(app, ["serve", str(tmp_path)])
     assert result.exit_code == 2 and "bundle.json is missing" in " ".join(result.output.split())
+
+
+# -- abuse and load ------------------------------------------------------------------------------------------------
+
+def test_a_body_over_the_upload_limit_is_a_413_naming_the_limit():
+    client = TestClient(create_app(StubBundle(), explainer=None, max_upload_bytes=20_000))
+    small = client.post("/api/predict", files=[("ultrasound", ("a.png", _png(), "image/png"))])
+    assert small.status_code == 200, small.text
+    over = client.post("/api/predict", files=[("ultrasound", ("a.png", b"\x89PNG" + b"0" * 20_000, "image/png"))])
+    assert over.status_code == 413 and "the limit is 20000 bytes" in over.json()["detail"]
+    assert "max_upload_bytes" in over.json()["detail"]
+    streamed = client.post("/api/predict", content=iter([b"-" * 15_000, b"-" * 15_000]),
+                           headers={"content-type": "multipart/form-data; boundary=xyz"})  # chunked: no length
+    assert streamed.status_code == 413 and "more than" in streamed.json()["detail"]
+    assert client.get("/").status_code == 200  # still up
+    with pytest.raises(ValueError, match="max_upload_bytes should be a positive number"):
+        create_app(StubBundle(), explainer=None, max_upload_bytes=0)
+
+
+@pytest.mark.parametrize("name", ["../../../../../tmp/evil.png", "..\\..\\evil.png", "/etc/cron.d/evil.png",
+                                  "evil\x00.png", "a" * 5000 + ".png"],
+                         ids=["dotdot", "backslash", "absolute", "nul", "long"])
+def test_uploaded_file_names_never_become_paths(tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    bundle = StubBundle()
+    reply = TestClient(create_app(bundle, explainer=None)).post(
+        "/api/predict", files=[("ultrasound", (name, _png(), "image/png"))])
+    assert reply.status_code in (200, 400), reply.text
+    if reply.status_code == 200:
+        assert bundle.seen["files"] == ["manifest.csv", "ultrasound_0.png"]
+    else:  # a part header too long for Starlette's parser is refused before any field is read
+        assert "field 'ultrasound'" in reply.json()["detail"] or reply.json()["detail"] == "Invalid multipart data."
+    assert not list(tmp_path.rglob("evil*")) and not Path("/tmp/evil.png").exists()
+
+
+@pytest.mark.parametrize("name, content, pattern", [
+    ("scan.png", b"this is not an image" * 10, r"field 'ultrasound': file 'scan.png' cannot be read as an image: "
+                                               r"not a recognised image format"),
+    ("scan.dcm", b"\x00" * 128 + b"DICM" + b"\x01" * 50, r"field 'ultrasound': file 'scan.dcm' cannot be read"),
+    ("scan.png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, r"field 'ultrasound': file 'scan.png' cannot be read"),
+], ids=["text-as-png", "broken-dicom", "png-header-only"])
+def test_non_image_bytes_are_a_400_naming_the_field_and_the_file(name, content, pattern):
+    bundle = StubBundle()
+    reply = TestClient(create_app(bundle, explainer=None)).post(
+        "/api/predict", files=[("ultrasound", (name, content, "image/png"))])
+    assert reply.status_code == 400
+    import re
+
+    assert re.search(pattern, reply.json()["detail"]), reply.json()["detail"]
+    assert "breastfusion-case-" not in reply.json()["detail"]  # the temporary path is not shown
+    assert "manifest" not in bundle.seen  # the bundle never saw it
+
+
+def test_fifty_concurrent_requests_all_answered_and_no_temporary_file_left(tmp_path, monkeypatch):
+    """50 requests at once (good cases, bad files, bad values, one 1.5 MB upload that the form spools to disk):
+    each gets its own answer, the page stays up, and the temporary folder is empty afterwards."""
+    import asyncio
+    import tempfile
+
+    import httpx
+
+    spool = tmp_path / "tmp"
+    spool.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spool))
+    app = create_app(StubBundle(), explainer=None, max_upload_bytes=4 * 2**20)
+    cases = []
+    for i in range(50):
+        kind = ("good", "not-image", "bad-value", "big", "too-big")[i % 5]
+        files = {"good": [("ultrasound", ("a.png", _png(10 + i), "image/png"))],
+                 "not-image": [("mammography_cc", ("cc.png", b"garbage" * 30, "image/png"))],
+                 "bad-value": [("ultrasound", ("a.png", _png(), "image/png"))],
+                 "big": [("ultrasound", ("big.png", b"x" * (3 * 2**19), "image/png"))],
+                 "too-big": [("ultrasound", ("huge.png", b"x" * (5 * 2**20), "image/png"))]}[kind]
+        data = {"clinical__age": "old"} if kind == "bad-value" else {}
+        cases.append((kind, files, data))
+    expected = {"good": 200, "not-image": 400, "bad-value": 400, "big": 400, "too-big": 413}
+    field = {"not-image": "field 'mammography_cc'", "bad-value": "age: 'old'", "big": "field 'ultrasound'",
+             "too-big": "limit is"}
+
+    async def hammer():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            replies = await asyncio.gather(*(client.post("/api/predict", files=f, data=d) for _, f, d in cases))
+            alive = await client.get("/api/model")
+        return replies, alive
+
+    replies, alive = asyncio.run(hammer())
+    for (kind, _, _), reply in zip(cases, replies):
+        assert reply.status_code == expected[kind], (kind, reply.text)
+        if kind != "good":
+            assert field[kind] in reply.json()["detail"]
+    assert alive.status_code == 200
+    assert not list(spool.iterdir())

@@ -354,3 +354,122 @@ def test_web_page_explains_the_case_it_predicts(bundle_dir, small_cohort_dir):
     page = client.post("/predict", files=files, data={"method": "gradcam"})
     assert page.status_code == 200 and page.text.count('src="data:image/png;base64,') == len(rows)
     assert client.post("/api/predict", files=files, data={"method": "lime"}).status_code == 400
+
+
+# -- strict loading: bundle.json values, the folder's contents, half-written files, interrupted exports ----------
+
+def _edit_meta(bundle: Path, edit) -> None:
+    meta = json.loads((bundle / "bundle.json").read_text())
+    edit(meta)
+    (bundle / "bundle.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("edit, pattern", [
+    (lambda m: m.update(n_folds="abc"), r"key 'n_folds': got 'abc'; expected a valid integer"),
+    (lambda m: m.update(variant=["x"]), r"key 'variant': got \['x'\]; expected a valid string"),
+    (lambda m: m.update(n_folds=True), r"key 'n_folds': got True"),
+    (lambda m: m["metrics"].update(auc=2.5), r"key 'metrics.auc': got 2.5; expected .*less than or equal to 1"),
+    (lambda m: m["files"].update({"../escape.safetensors": "0" * 64}), r"key 'files.\.\./escape.safetensors"),
+    (lambda m: m.pop("modalities"), r"key 'modalities' is missing"),
+    (lambda m: m.update(pickle="x.pkl"), r"key 'pickle' is not a bundle.json key"),
+    (lambda m: m.update(n_folds=3), r"disagrees with config.yaml on n_folds 3 \(config.yaml gives 2\)"),
+    (lambda m: m.update(modalities=["ultrasound"]), r"disagrees with config.yaml on modalities \['ultrasound'\]"),
+], ids=["n_folds-str", "variant-list", "n_folds-bool", "auc-range", "file-name", "missing-key", "unknown-key",
+        "n_folds-config", "modalities-config"])
+def test_malformed_bundle_json_values_are_a_bundle_error_naming_the_key(bundle_copy, edit, pattern):
+    _edit_meta(bundle_copy, edit)
+    with pytest.raises(BundleError, match=pattern) as info:
+        load_bundle(bundle_copy)
+    assert str(bundle_copy / "bundle.json") in str(info.value)
+
+
+def test_symlinks_unlisted_files_and_folders_are_refused(bundle_copy, tmp_path):
+    weights = bundle_copy / "fold0.safetensors"
+    outside = tmp_path / "elsewhere.safetensors"
+    shutil.copyfile(weights, outside)  # same bytes: the sha256 alone would accept it
+    weights.unlink()
+    weights.symlink_to(outside)
+    with pytest.raises(BundleError, match=r"fold0\.safetensors is a symbolic link \(to .*elsewhere"):
+        load_bundle(bundle_copy)
+    weights.unlink()
+    shutil.copyfile(outside, weights)
+    load_bundle(bundle_copy)  # restored: loads
+
+    (bundle_copy / "extra.pkl").write_bytes(b"\x80\x04K\x01.")
+    with pytest.raises(BundleError, match=r"extra\.pkl: file not listed in bundle\.json"):
+        load_bundle(bundle_copy)
+    (bundle_copy / "extra.pkl").unlink()
+    (bundle_copy / "sub").mkdir()
+    with pytest.raises(BundleError, match=r"sub: folder not listed in bundle\.json"):
+        load_bundle(bundle_copy)
+    (bundle_copy / "sub").rmdir()
+    (bundle_copy / "bundle.json").rename(tmp_path / "meta.json")
+    (bundle_copy / "bundle.json").symlink_to(tmp_path / "meta.json")
+    with pytest.raises(BundleError, match=r"bundle\.json is a symbolic link"):
+        load_bundle(bundle_copy)
+
+
+def test_a_truncated_network_file_is_refused_even_when_its_sha256_was_recorded(bundle_copy):
+    """A half-written bundle (the file cut short, bundle.json written after it) is named, not a raw error."""
+    path = bundle_copy / "fold1.safetensors"
+    path.write_bytes(path.read_bytes()[:2000])
+    _write_files_sha(bundle_copy, "fold1.safetensors")
+    with pytest.raises(BundleError, match=r"fold1\.safetensors: not a readable safetensors file .* truncated"):
+        load_bundle(bundle_copy)
+    (bundle_copy / "bundle.json").write_text((bundle_copy / "bundle.json").read_text()[:300])
+    with pytest.raises(BundleError, match=r"bundle\.json: not valid JSON .* half-written"):
+        load_bundle(bundle_copy)
+
+
+_KILLED_EXPORT = """
+import os, signal, sys
+from pathlib import Path
+from breastfusion import bundle
+def die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+if sys.argv[3] == "folder":
+    Path.rename = die  # the folder rename that publishes the bundle
+else:
+    bundle.os.replace = die  # the rename of bundle.json.partial, after the folder is in place
+bundle.export_bundle(sys.argv[1], sys.argv[2], variant="ultrasound")
+"""
+
+
+@pytest.mark.parametrize("step", ["folder", "meta"])
+def test_an_export_killed_at_publication_leaves_nothing_that_loads(run_dir, tmp_path, step):
+    """kill -9 during export (at each of the two renames): ``out`` is absent or refused as interrupted, the hidden
+    work folder is not a bundle, and the next export to a fresh folder works and removes the dead one's leftovers."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", _KILLED_EXPORT, str(run_dir), str(out), step], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == -9, done.stderr  # killed, not failed
+    partials = list(tmp_path.glob(".killed.partial-*"))
+    if step == "folder":
+        assert not out.exists() and len(partials) == 1
+        assert {"fold0.safetensors", "fold1.safetensors", "bundle.json.partial"} <= {p.name for p in
+                                                                                   partials[0].iterdir()}
+        with pytest.raises(BundleError, match="interrupted"):
+            load_bundle(partials[0])
+    else:
+        assert not partials and (out / "bundle.json.partial").is_file()
+        with pytest.raises(BundleError, match=r"export that wrote this folder was interrupted"):
+            load_bundle(out)
+    with pytest.raises(BundleError, match="already exists") if out.exists() else _no_error():
+        export_bundle(run_dir, out, variant="ultrasound")
+    fresh = export_bundle(run_dir, tmp_path / "fresh", variant="ultrasound")
+    load_bundle(fresh)
+    shutil.rmtree(fresh)
+    export_bundle(run_dir, out if not out.exists() else tmp_path / "again", variant="ultrasound")
+    assert not list(tmp_path.glob(".killed.partial-*"))  # the dead export's work folder is gone
+
+
+def _no_error():
+    import contextlib
+
+    return contextlib.nullcontext()

@@ -26,6 +26,15 @@ Files:
   anonymous ids (``s0001`` / ``l0001``): the grouping of lesions into subjects is
   kept, the identity of the run's subjects is not.
 
+Loading is strict: every key and value of ``bundle.json`` is validated (:mod:`breastfusion.bundle_meta`) and must
+agree with ``config.yaml``; the folder must hold exactly the listed files plus ``bundle.json`` (an unlisted file,
+e.g. a ``.pkl``, a sub-folder or a symbolic link is refused, naming it); each file's bytes are read once, without
+following links, checked against their sha256 and parsed from those bytes (a truncated safetensors file is
+refused, naming it). :func:`export_bundle` is atomic: it writes into a hidden sibling folder, writes
+``bundle.json`` last (as ``bundle.json.partial``), renames the folder into place, then renames the metadata file;
+a process killed at any point leaves either nothing at ``out`` or a folder that :func:`load_bundle` refuses as
+an interrupted export.
+
 Loading never unpickles. Networks are safetensors. The preprocessors are read
 and stage-2 learners are read with ``skops.io.load``, trusting only classes (never functions: a crafted file
 could call a trusted callable, e.g. ``builtins.eval`` or ``numpy.load``) from
@@ -45,6 +54,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cached_property
@@ -54,6 +64,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from breastfusion import __version__
+from breastfusion.bundle_meta import BundleMetaError, validate_meta
 from breastfusion.config import ConfigError, ExperimentConfig, load_config, reference_variant
 from breastfusion.data.clinical import ClinicalPreprocessor
 from breastfusion.data.manifest import IMAGE_MODALITIES, Cohort
@@ -63,7 +74,8 @@ from breastfusion.versions import library_versions
 if TYPE_CHECKING:  # torch is imported when a bundle is loaded, not when this module is
     from breastfusion.models.network import MultimodalNet
 
-__all__ = ["BUNDLE_FILE", "FORMAT", "FORMAT_VERSION", "Bundle", "BundleError", "export_bundle", "load_bundle"]
+__all__ = ["BUNDLE_FILE", "PARTIAL_META", "FORMAT", "FORMAT_VERSION", "Bundle", "BundleError", "export_bundle",
+           "load_bundle"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +83,8 @@ FORMAT = "breastfusion-bundle"
 #: Bumped when a bundle written by this version cannot be read by an older one.
 FORMAT_VERSION = 1
 BUNDLE_FILE = "bundle.json"
+#: ``bundle.json`` while an export is being published (its presence means the export was interrupted).
+PARTIAL_META = BUNDLE_FILE + ".partial"
 _CLINICAL_TYPE = f"{ClinicalPreprocessor.__module__}.{ClinicalPreprocessor.__qualname__}"
 _SAFE_BUILTINS = frozenset(f"builtins.{name}" for name in (
     "bool", "int", "float", "complex", "str", "bytes", "bytearray", "list", "tuple", "dict", "set", "frozenset",
@@ -238,6 +252,8 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, variant: str | None =
     clinical = "clinical" in modalities
 
     partial = out.parent / f".{out.name}.partial-{os.getpid()}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_partials(out)
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     try:
@@ -274,14 +290,50 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, variant: str | None =
             "versions": library_versions(_VERSIONED), "run_versions": art.results.get("versions"),
             "files": {f.name: _sha256(f.read_bytes()) for f in sorted(partial.iterdir())},
         }
-        (partial / BUNDLE_FILE).write_text(json.dumps(meta, indent=2))
+        _write_synced(partial / PARTIAL_META, json.dumps(meta, indent=2).encode())
         if out.exists():
             out.rmdir()
-        partial.rename(out)
+        _publish(partial, out)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return out
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    """Write ``data`` and flush it to disk (so a rename after it never publishes a half-written file)."""
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _publish(partial: Path, out: Path) -> None:
+    """Move a complete export into place: the folder first, then its ``bundle.json`` (the bundle exists only then).
+
+    A kill before the first rename leaves only the hidden ``partial`` folder (no ``bundle.json``: not a bundle);
+    between the two, ``out`` holds ``bundle.json.partial`` and no ``bundle.json``, which :func:`load_bundle`
+    refuses as an interrupted export.
+    """
+    for file in partial.iterdir():
+        with open(file, "rb") as handle:
+            os.fsync(handle.fileno())
+    partial.rename(out)
+    os.replace(out / PARTIAL_META, out / BUNDLE_FILE)
+
+
+def _remove_stale_partials(out: Path) -> None:
+    """Remove hidden ``.{out}.partial-{pid}`` folders left by exports whose process is gone (killed)."""
+    for stale in out.parent.glob(f".{out.name}.partial-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(stale, ignore_errors=True)
+        except OSError:
+            pass  # alive, or not ours to judge
 
 
 # -- load --------------------------------------------------------------------------------------------------------
@@ -348,40 +400,78 @@ def _load_preprocessor(path: Path, data: bytes) -> ClinicalPreprocessor:
 
 
 def _read_meta(root: Path) -> dict[str, Any]:
+    """``bundle.json``, parsed and validated against :class:`~breastfusion.bundle_meta.BundleMeta`."""
     file = root / BUNDLE_FILE
-    if not file.is_file():
+    if not file.exists() and not file.is_symlink():
+        if (root / PARTIAL_META).exists():
+            raise BundleError(f"{root}: the export that wrote this folder was interrupted ({PARTIAL_META} is there, "
+                              f"{BUNDLE_FILE} is not); remove the folder and export the bundle again")
         raise BundleError(f"{root} is not a bundle: {BUNDLE_FILE} is missing "
                           "(make one with `breastfusion export RUN --out DIR`)")
     try:
-        meta = json.loads(file.read_text())
+        meta = json.loads(_read_plain(root, BUNDLE_FILE))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{file}: not valid JSON ({exc})") from None
+        raise BundleError(f"{file}: not valid JSON ({exc}); the file is damaged or half-written: export the "
+                          "bundle again") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else None
         raise BundleError(f"{file}: not a breastfusion bundle (format {found!r}, expected {FORMAT!r})")
-    if not isinstance(meta.get("format_version"), int) or meta["format_version"] > FORMAT_VERSION:
-        raise BundleError(f"{file}: format version {meta.get('format_version')!r}; this breastfusion "
+    version = meta.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version > FORMAT_VERSION:
+        raise BundleError(f"{file}: format version {version!r}; this breastfusion "
                           f"({__version__}) reads up to {FORMAT_VERSION}: upgrade breastfusion")
-    missing = [key for key in ("variant", "n_folds", "files") if key not in meta]
-    if missing:
-        raise BundleError(f"{file}: missing key(s) {missing}")
+    try:
+        validate_meta(meta)
+    except BundleMetaError as exc:
+        listed = "\n".join(f"  - {p}" for p in exc.problems)
+        raise BundleError(f"{file}: {len(exc.problems)} invalid value(s)\n{listed}") from None
     return meta
 
 
+def _read_plain(root: Path, name: str) -> bytes:
+    """The bytes of ``root / name``, refusing a symbolic link (``O_NOFOLLOW``: checked and read in one step)."""
+    path = root / name
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        raise BundleError(f"{path} is missing; the bundle is incomplete: export it again") from None
+    except OSError as exc:
+        if path.is_symlink():
+            raise BundleError(f"{path} is a symbolic link (to {os.readlink(path)}); a bundle holds its own files "
+                              "only: replace the link with the exported file or export the bundle again") from None
+        raise BundleError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise BundleError(f"{path} is not a regular file")
+        return handle.read()
+
+
 def _verified(root: Path, meta: dict[str, Any], needed: list[str]) -> dict[str, bytes]:
-    """The bytes of every listed file, each checked against its sha256 in ``bundle.json``."""
+    """The bytes of every listed file, each checked against its sha256 in ``bundle.json``.
+
+    The folder must hold exactly ``bundle.json`` and the ``needed`` files, each listed: anything else (an
+    unlisted file, a sub-folder, a symbolic link) is refused, naming it.
+    """
     files = meta["files"]
     unlisted = [name for name in needed if name not in files]
     if unlisted:
         raise BundleError(f"{root / BUNDLE_FILE}: lists no sha256 for {unlisted}; export the bundle again")
+    unexpected = sorted(set(files) - set(needed))
+    if unexpected:
+        raise BundleError(f"{root / BUNDLE_FILE}: lists file(s) {unexpected} that a bundle of this variant does not "
+                          f"hold (expected {sorted(needed)}); export the bundle again")
+    for entry in sorted(root.iterdir()):
+        if entry.is_symlink():
+            raise BundleError(f"{entry} is a symbolic link (to {os.readlink(entry)}); a bundle holds its own files "
+                              "only: replace the link with the exported file or export the bundle again")
+        if entry.name != BUNDLE_FILE and entry.name not in files:
+            kind = "folder" if entry.is_dir() else "file"
+            raise BundleError(f"{entry}: {kind} not listed in {BUNDLE_FILE}; a bundle holds only the files it lists "
+                              f"({sorted(files)}): remove it, or export the bundle again")
     out = {}
     for name, expected in files.items():
         path = root / name
-        if Path(name).name != name or name in ("", ".", ".."):
-            raise BundleError(f"{root / BUNDLE_FILE}: file name {name!r} is not a plain name inside the bundle")
-        if not path.is_file():
-            raise BundleError(f"{path} is missing; the bundle is incomplete: export it again")
-        data = path.read_bytes()
+        data = _read_plain(root, name)
         actual = _sha256(data)
         if actual != expected:
             raise BundleError(f"{path}: sha256 {actual[:12]}… differs from the {str(expected)[:12]}… recorded in "
@@ -390,31 +480,61 @@ def _verified(root: Path, meta: dict[str, Any], needed: list[str]) -> dict[str, 
     return out
 
 
+def _check_safetensors(path: Path, data: bytes) -> None:
+    """Parse a network file from its verified bytes (a truncated or foreign file is refused here, named)."""
+    from safetensors.torch import load
+
+    try:
+        load(data)
+    except Exception as exc:  # safetensors raises SafetensorError, or a torch error for a corrupt payload
+        raise BundleError(f"{path}: not a readable safetensors file ({type(exc).__name__}: {exc}); it is truncated "
+                          "or damaged: export the bundle again") from None
+
+
+def _check_against_config(root: Path, meta: dict[str, Any], config: ExperimentConfig) -> None:
+    """``bundle.json``'s description of the variant must be the one ``config.yaml`` gives."""
+    variant = meta["variant"]
+    expected = {"modalities": list(config.modalities(variant)), "n_folds": config.cv.n_splits,
+                "stage2": config.variant(variant).stage2}
+    differ = [f"{key} {meta[key]!r} (config.yaml gives {value!r})" for key, value in expected.items()
+              if meta[key] != value]
+    if differ:
+        raise BundleError(f"{root / BUNDLE_FILE}: disagrees with config.yaml on " + "; ".join(differ)
+                          + ": export the bundle again")
+
+
 def load_bundle(path: str | Path) -> Bundle:
     """Read a bundle folder written by :func:`export_bundle`, verifying every file first.
 
     Raises:
-        BundleError: not a bundle, a newer format, a missing file, a sha256 mismatch (naming the file), a
-            preprocessor file holding a type outside the allowlist (naming the file and the type), or
-            networks that do not fit the configuration.
+        BundleError: not a bundle, a newer format, an invalid bundle.json value (naming the key), a
+            bundle.json that disagrees with config.yaml, a missing, unlisted or symlinked file, a sha256
+            mismatch, a truncated network file (naming the file), an interrupted export, a preprocessor
+            file holding a type outside the allowlist (naming the file and the type), or networks that do
+            not fit the configuration.
     """
     from breastfusion.run_artifacts import RunFolderError, load_network
 
     root = Path(path)
+    if not root.is_dir():
+        raise BundleError(f"{root} is not a bundle folder" + (" (it does not exist)" if not root.exists() else ""))
     meta = _read_meta(root)
-    n_folds, variant = int(meta["n_folds"]), meta["variant"]
+    n_folds, variant = meta["n_folds"], meta["variant"]
     try:
         config = load_config(root / "config.yaml") if (root / "config.yaml").is_file() else None
     except ConfigError as exc:
         raise BundleError(str(exc)) from None
     if config is None or variant not in config.variants:
         raise BundleError(f"{root / 'config.yaml'}: missing, or without the bundle's variant {variant!r}")
+    _check_against_config(root, meta, config)
     clinical = "clinical" in config.modalities(variant)
     stage2 = config.variant(variant).stage2 != "none"
     needed = (["config.yaml", "calibration.csv"] + [f"fold{k}.safetensors" for k in range(n_folds)]
               + ([f"clinical_fold{k}.skops" for k in range(n_folds)] if clinical else [])
               + ([f"fold{k}.stage2.skops" for k in range(n_folds)] if stage2 else []))
     data = _verified(root, meta, needed)
+    for k in range(n_folds):
+        _check_safetensors(root / f"fold{k}.safetensors", data[f"fold{k}.safetensors"])
     if stage2:
         from sklearn.base import BaseEstimator
 
@@ -434,7 +554,10 @@ def load_bundle(path: str | Path) -> Bundle:
                                          preprocessors[k] if preprocessors else None, label=f"fold {k}"))
         except RunFolderError as exc:
             raise BundleError(str(exc)) from None
-    calibration = pd.read_csv(io.BytesIO(data["calibration.csv"]), dtype={"subject_id": str, "lesion_id": str})
+    try:
+        calibration = pd.read_csv(io.BytesIO(data["calibration.csv"]), dtype={"subject_id": str, "lesion_id": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
+        raise BundleError(f"{root / 'calibration.csv'}: not a readable CSV ({exc}); export the bundle again") from None
     missing = [c for c in _CALIBRATION_COLUMNS if c not in calibration.columns]
     lacking = sorted(set(range(n_folds)) - set(calibration.get("fold", pd.Series(dtype=int))))
     if missing or lacking:

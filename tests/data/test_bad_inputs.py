@@ -90,3 +90,24 @@ def test_unreadable_images_are_all_listed_and_excluding_them_is_explicit_and_rec
     assert record["params"]["ultrasound"]["size"] == 16
     assert "1 arrays" in cli.invoke(app, ["cache", "info", "--dir", str(tmp_path / "c")]).output
     assert "removed 1 arrays" in cli.invoke(app, ["cache", "clear", "--dir", str(tmp_path / "c")]).output
+
+
+def test_a_decompression_bomb_is_an_unreadable_file_that_exclude_unreadable_leaves_out(tmp_path):
+    """A 20000 x 20000 PNG of a few hundred KB was a raw DecompressionBombError; it is now one more unreadable file."""
+    from breastfusion.data.check import check_cohort
+
+    from .test_reader_corpus import _bomb_png
+
+    root = _folder(tmp_path / "m", GOOD)
+    _bomb_png(root / "bomb.png")
+    rows = [*GOOD, ("P3", "L3", "ultrasound", "", "bomb.png", "benign")]
+    pd.DataFrame(rows, columns=["subject_id", "lesion_id", "modality", "view", "path", "label"]).to_csv(
+        root / "manifest.csv", index=False)
+    cohort = load_cohort(root)
+    params = {"ultrasound": params_for("ultrasound", size=16)}
+    with pytest.raises(ImageReadError, match=r"bomb\.png: refused as a possible decompression bomb"):
+        preprocess_cohort(cohort, params, cache=ArrayCache(tmp_path / "c"))
+    result = preprocess_cohort(cohort, params, cache=ArrayCache(tmp_path / "c"), exclude_unreadable=True)
+    assert any("bomb.png" in str(path) for path in result.excluded)
+    assert any(u["path"].endswith("bomb.png") and "decompression bomb" in u["error"]
+               for u in check_cohort(cohort).unreadable)

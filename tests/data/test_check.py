@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -83,3 +84,41 @@ def test_busi_known_duplicates_are_found(busi_report):
     assert busi_report.n_images == 780 and not busi_report.unreadable
     assert len(busi_report.leaking_groups) == len(busi_report.duplicate_groups) > 50
     assert len(found) < 4 * len(expected)  # the extra pairs are the list's admitted incompleteness, not noise
+
+
+def test_one_bad_file_never_stops_the_check_and_blank_images_are_suspicious(tmp_path, monkeypatch):
+    """A multi-frame colour DICOM (pydicom's own) decodes; a file whose hashing fails (simulated: a reader that
+    returns a 4-D array, as colour cine loops once did) and a garbage file are listed with their reason; a
+    constant image is listed as suspicious; the rest of the cohort is still checked."""
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    from breastfusion.data import check as check_module
+
+    root = _cohort(tmp_path / "c")
+    shutil.copyfile(get_testdata_file("SC_rgb_rle_2frame.dcm"), root / "cine.dcm")
+    Image.fromarray(np.full((40, 40), 3, np.uint8)).save(root / "flat.png")
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(root / "weird.png")
+    (root / "junk.png").write_bytes(b"\x89PNG not really" * 20)
+    manifest = pd.read_csv(root / "manifest.csv", dtype=str)
+    extra = [("P5", "P5-L", "ultrasound", name, "benign", "") for name in ("cine.dcm", "flat.png", "weird.png",
+                                                                           "junk.png")]
+    pd.concat([manifest, pd.DataFrame(extra, columns=manifest.columns)]).to_csv(root / "manifest.csv", index=False)
+
+    real = check_module.read_image
+
+    def flaky(path):
+        image = real(path)
+        if str(path).endswith("weird.png"):
+            image.pixels = np.zeros((1, 1, 40, 3), np.float32)
+        return image
+
+    monkeypatch.setattr(check_module, "read_image", flaky)
+    report = check_cohort(load_cohort(root))
+    errors = {Path(u["path"]).name: u["error"] for u in report.unreadable}
+    assert set(errors) == {"d.png", "junk.png", "weird.png"}
+    assert errors["weird.png"].startswith(str(root / "weird.png")) and "TypeError" in errors["weird.png"]
+    assert [Path(s["path"]).name for s in report.suspicious] == ["flat.png"]
+    assert "nearly constant" in report.suspicious[0]["problem"]
+    assert report.n_images == 9 and report.bit_depths["ultrasound"]["8"] == 5  # cine.dcm, flat.png among them

@@ -42,11 +42,31 @@ def test_jpeg_and_16_bit_png(tmp_path):
 
 def test_rgba_with_colour_overlay_is_flagged(tmp_path):
     rgba = np.stack([RAMP, RAMP, RAMP, np.full_like(RAMP, 255)], -1)
-    rgba[5:10, 5:10, 0] = 255  # a red mark
+    rgba[5:10, 5:10, :3] = (255, 0, 0)  # a red mark
     Image.fromarray(rgba, "RGBA").save(tmp_path / "c.png")
     image = read_image(tmp_path / "c.png")
     assert image.pixels.shape == RAMP.shape
     assert image.colour is not None and image.colour.sum() == 25
+
+
+def test_a_faint_tint_is_not_an_overlay_and_survives_preprocessing(tmp_path):
+    """BrEaST-Lesions exports are tinted (R != G on nearly every pixel, |R-G|+|G-B| < 32): before the
+    fix every pixel was flagged chromatic and replaced by a 15 x 15 opening, erasing the scan."""
+    from breastfusion.data.preprocess import params_for, preprocess
+
+    rng = np.random.default_rng(0)
+    grey = rng.integers(20, 200, size=(64, 64)).astype(np.int16)
+    tinted = np.stack([grey + 12, grey + 4, grey, np.full_like(grey, 255)], -1).clip(0, 255).astype(np.uint8)
+    Image.fromarray(tinted, "RGBA").save(tmp_path / "tint.png")
+    image = read_image(tmp_path / "tint.png")
+    assert image.colour is None
+    prepared = preprocess(image, params_for("ultrasound", size=64, crop=False, normalise="none"))
+    assert prepared.overlay_pixels == 0
+    expected = np.asarray(Image.open(tmp_path / "tint.png").convert("L"), dtype=float)
+    assert np.abs(prepared.pixels.astype(float) - expected).mean() < 2  # texture kept, not median-filtered
+    # A colour mask that covers most of a scan is a tint, not marks: preprocess ignores it as overlay.
+    image.colour = np.ones((64, 64), bool)
+    assert preprocess(image, params_for("ultrasound", size=64, crop=False, normalise="none")).overlay_pixels == 0
 
 
 def test_dicom_12_bit_scaled_by_stored_range_and_identifying_tags_not_kept(tmp_path):

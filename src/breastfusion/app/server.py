@@ -14,9 +14,17 @@
 * ``POST /api/predict``: the same as JSON;
 * ``GET /api/model``: what the bundle is (variant, modalities, metrics).
 
-The case is written into a temporary cohort folder (manifest + clinical table, no label), handed to
-:meth:`~breastfusion.bundle.Bundle.predict`, and deleted afterwards; nothing the user uploads is kept,
-and uploaded file names never become paths. :func:`serve` binds to 127.0.0.1 unless told otherwise.
+The case is written into a temporary cohort folder (manifest + clinical table, no label), each image
+decoded once to check it (an undecodable upload is a 400 naming the form field and the file), handed to
+:meth:`~breastfusion.bundle.Bundle.predict`, and deleted afterwards; nothing the user uploads is kept
+(the form's spooled upload files are closed, and so deleted, before the reply), and uploaded file names
+never become paths (only their suffix is read).
+
+Abuse and load: a request body over ``max_upload_bytes`` (:data:`MAX_UPLOAD_BYTES`, 50 MB, by default)
+is answered 413 before it is read (from its Content-Length) or as soon as it passes the limit (a
+streamed body); a form holds at most :data:`MAX_FORM_FILES` files. Predictions and explanations run one
+at a time in a worker thread (the networks and the CAM hooks are shared), so the page keeps answering
+while a queue of requests waits. :func:`serve` binds to 127.0.0.1 unless told otherwise.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import io
 import logging
 import math
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -34,15 +43,17 @@ import numpy as np
 import pandas as pd
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
 from jinja2 import Environment, select_autoescape
 
 from breastfusion.data.manifest import CLINICAL_FILENAME, MANIFEST_FILENAME
+from breastfusion.data.readers import ImageReadError, read_image
 from breastfusion.explain.cams import CAM_METHODS
 from breastfusion.explain.case import explain_case
 from breastfusion.explain.gallery import enlarged, overlay
 
-__all__ = ["IMAGE_SUFFIXES", "MAX_UPLOAD_BYTES", "CaseError", "ClinicalField", "clinical_fields", "write_case",
-           "create_app", "serve"]
+__all__ = ["IMAGE_SUFFIXES", "MAX_FORM_FILES", "MAX_UPLOAD_BYTES", "BodyLimit", "CaseError", "ClinicalField",
+           "clinical_fields", "write_case", "create_app", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +62,11 @@ METHODS = tuple(CAM_METHODS)
 
 #: Image file types the page accepts (the readers decode these).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom")
-#: Largest accepted upload per file (a full-field DICOM mammogram is about 30–60 MB).
-MAX_UPLOAD_BYTES = 100 * 2**20
+#: Default largest request body, so largest upload (a full-field DICOM mammogram is about 30–60 MB
+#: uncompressed, most are compressed well under it); ``create_app(max_upload_bytes=...)`` changes it.
+MAX_UPLOAD_BYTES = 50 * 2**20
+#: Most files one form may carry (CC, MLO and ultrasound frames).
+MAX_FORM_FILES = 16
 #: The image inputs of the form: (modality, view, field name, label, several files allowed).
 IMAGE_INPUTS = (("mammography", "CC", "mammography_cc", "Mammogram, CC view", False),
                 ("mammography", "MLO", "mammography_mlo", "Mammogram, MLO view", False),
@@ -115,8 +129,16 @@ def parse_clinical(fields: list[ClinicalField], form: dict[str, str]) -> dict[st
     return row
 
 
+def _field(modality: str, view: str) -> str:
+    """The form field an image of ``modality`` / ``view`` came from (for messages)."""
+    for m, v, name, _, _ in IMAGE_INPUTS:
+        if m == modality and (v == view or (v == "frame" and view.startswith("frame"))):
+            return name
+    return modality
+
+
 def write_case(folder: Path, images: list[tuple[str, str, str, bytes]], clinical: dict[str, Any] | None,
-               *, case_id: str = "case") -> Path:
+               *, case_id: str = "case", max_bytes: int = MAX_UPLOAD_BYTES) -> Path:
     """Write one unlabelled case as a cohort folder (``manifest.csv``, images, ``clinical.csv``).
 
     Args:
@@ -124,23 +146,29 @@ def write_case(folder: Path, images: list[tuple[str, str, str, bytes]], clinical
         images: ``(modality, view, uploaded file name, content)``; the name only gives the file type.
         clinical: one clinical row (``None`` or all missing: the case has no clinical data).
         case_id: subject and lesion id of the case.
+        max_bytes: largest accepted file.
 
     Raises:
-        CaseError: no image and no clinical value, an empty or oversized file, or an unknown file type.
+        CaseError: no image and no clinical value, an empty, oversized or undecodable file, or an unknown
+            file type; the message names the form field and the uploaded file name.
     """
     rows = []
     for i, (modality, view, name, content) in enumerate(images):
+        where = f"field '{_field(modality, view)}': file {str(name)[:80]!r}"
         suffix = Path(name or "").suffix.lower()
         if suffix not in IMAGE_SUFFIXES:
-            raise CaseError(f"{modality} {view}: file {name!r} has type {suffix or 'none'}; expected one of "
-                            f"{list(IMAGE_SUFFIXES)}")
+            raise CaseError(f"{where} has type {suffix or 'none'}; expected one of {list(IMAGE_SUFFIXES)}")
         if not content:
-            raise CaseError(f"{modality} {view}: file {name!r} is empty")
-        if len(content) > MAX_UPLOAD_BYTES:
-            raise CaseError(f"{modality} {view}: file {name!r} is {len(content) / 2**20:.0f} MB; the limit is "
-                            f"{MAX_UPLOAD_BYTES // 2**20} MB")
+            raise CaseError(f"{where} is empty")
+        if len(content) > max_bytes:
+            raise CaseError(f"{where} is {len(content) / 2**20:.1f} MB; the limit is {max_bytes / 2**20:.1f} MB")
         path = folder / f"{modality}_{i}{suffix}"
         path.write_bytes(content)
+        try:
+            read_image(path)
+        except ImageReadError as exc:  # say which upload, not which temporary file
+            reason = str(exc).removeprefix(str(path)).lstrip(": ")
+            raise CaseError(f"{where} cannot be read as an image: {reason}") from None
         rows.append({"subject_id": case_id, "lesion_id": case_id, "modality": modality, "view": view,
                      "path": path.name, "label": ""})
     has_clinical = clinical is not None and any(not _missing(v) for v in clinical.values())
@@ -225,14 +253,75 @@ the fold networks, on the images as the networks saw them.</p>
 </body></html>""")
 
 
-def create_app(bundle: Any, *, explainer: Callable[..., Any] | None = explain_case) -> FastAPI:
+class _TooLarge(Exception):
+    """Raised inside the application when a streamed body passes the limit (answered 413 by :class:`BodyLimit`)."""
+
+    def __init__(self, seen: int):
+        self.seen = seen
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``limit`` bytes is answered 413, naming the limit.
+
+    A declared Content-Length over the limit is refused before any byte is read; a body without one
+    (chunked) is counted as it arrives and refused once it passes the limit.
+    """
+
+    def __init__(self, app: Any, limit: int):
+        self.app, self.limit = app, int(limit)
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(send, int(declared))
+            return
+        seen, started = 0, False
+
+        async def limited_receive() -> dict:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge(seen)
+            return message
+
+        async def tracking_send(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _TooLarge as exc:
+            if started:
+                raise
+            await self._refuse(send, exc.seen, streamed=True)
+
+    async def _refuse(self, send: Callable, size: int, *, streamed: bool = False) -> None:
+        what = f"more than {size} bytes" if streamed else f"{size} bytes"
+        body = JSONResponse({"detail": f"upload: the request body is {what}; the limit is {self.limit} bytes "
+                                       f"({self.limit / 2**20:.1f} MB, max_upload_bytes): send smaller files"},
+                            status_code=413)
+        await body({"type": "http"}, None, send)
+
+
+def create_app(bundle: Any, *, explainer: Callable[..., Any] | None = explain_case,
+               max_upload_bytes: int = MAX_UPLOAD_BYTES) -> FastAPI:
     """The FastAPI application serving ``bundle`` (a :class:`~breastfusion.bundle.Bundle`).
 
     Args:
         bundle: the loaded bundle.
         explainer: ``explainer(bundle, cohort_dir, method=...)`` → a
             :class:`~breastfusion.explain.case.CaseExplanation`; ``None`` serves predictions only.
+        max_upload_bytes: largest request body (413 above it), so largest upload.
     """
+    if not isinstance(max_upload_bytes, int) or max_upload_bytes <= 0:
+        raise ValueError(f"max_upload_bytes should be a positive number of bytes, got {max_upload_bytes!r}")
+    busy = threading.Lock()  # one prediction at a time: the fold networks and CAM hooks are shared
     modalities = tuple(bundle.modalities)
     image_inputs = [(name, label, multiple) for modality, _, name, label, multiple in IMAGE_INPUTS
                     if modality in modalities]
@@ -244,20 +333,28 @@ def create_app(bundle: Any, *, explainer: Callable[..., Any] | None = explain_ca
                "auc": metrics.get("auc"), "auc_ci": metrics.get("auc_ci"), "image_inputs": image_inputs,
                "fields": fields, "accept": ",".join(IMAGE_SUFFIXES)}
     app = FastAPI(title=f"breastfusion · {bundle.variant}", docs_url=None, redoc_url=None)
+    app.add_middleware(BodyLimit, limit=max_upload_bytes)
 
     async def predict_form(request: Request, default_method: str) -> dict[str, Any]:
         """Parse the form, predict the case and, unless ``method`` is none, explain it."""
-        form = await request.form()
         images = []
-        for modality, view, name, _, _ in IMAGE_INPUTS:
-            if modality not in modalities:
-                continue
-            for j, upload in enumerate(form.getlist(name)):
-                if isinstance(upload, str) or not upload.filename:
-                    continue  # an empty file input
-                images.append((modality, view if view != "frame" else f"frame{j + 1}", upload.filename,
-                               await upload.read()))
-        texts = {k: v for k, v in form.items() if isinstance(v, str)}
+        async with request.form(max_files=MAX_FORM_FILES, max_fields=200) as form:  # closing deletes spooled files
+            for modality, view, name, _, _ in IMAGE_INPUTS:
+                if modality not in modalities:
+                    continue
+                for j, upload in enumerate(form.getlist(name)):
+                    if isinstance(upload, str) or not upload.filename:
+                        continue  # an empty file input
+                    images.append((modality, view if view != "frame" else f"frame{j + 1}", upload.filename,
+                                   await upload.read()))
+            texts = {k: v for k, v in form.items() if isinstance(v, str)}
+        return await run_in_threadpool(_predict_case, images, texts, default_method)
+
+    def _predict_case(images: list, texts: dict[str, str], default_method: str) -> dict[str, Any]:
+        with busy:
+            return _predict_locked(images, texts, default_method)
+
+    def _predict_locked(images: list, texts: dict[str, str], default_method: str) -> dict[str, Any]:
         method = texts.get("method") or default_method
         if method not in (*METHODS, "none"):
             raise CaseError(f"method: {method!r} is not one of {[*METHODS, 'none']}")
@@ -267,7 +364,7 @@ def create_app(bundle: Any, *, explainer: Callable[..., Any] | None = explain_ca
             used.append("clinical")
         out: dict[str, Any] = {"used": used, "explanation": None, "explain_error": None}
         with tempfile.TemporaryDirectory(prefix="breastfusion-case-") as tmp:
-            write_case(Path(tmp), images, clinical)
+            write_case(Path(tmp), images, clinical, max_bytes=max_upload_bytes)
             row = bundle.predict(tmp).iloc[0]
             if explainer is not None and method != "none":
                 try:
@@ -319,11 +416,14 @@ def create_app(bundle: Any, *, explainer: Callable[..., Any] | None = explain_ca
     return app
 
 
-def serve(bundle: Any, *, host: str = "127.0.0.1", port: int = 8765) -> None:
+def serve(bundle: Any, *, host: str = "127.0.0.1", port: int = 8765, max_upload_bytes: int = MAX_UPLOAD_BYTES
+          ) -> None:
     """Serve a bundle's page with uvicorn (blocks). Binds to the loopback interface by default.
 
     Args:
         bundle: a loaded :class:`~breastfusion.bundle.Bundle`, or a bundle folder.
+        host, port: where to listen (127.0.0.1: this machine only).
+        max_upload_bytes: largest request body (413 above it).
     """
     import uvicorn
 
@@ -333,4 +433,4 @@ def serve(bundle: Any, *, host: str = "127.0.0.1", port: int = 8765) -> None:
         bundle = load_bundle(bundle)
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s: the page is reachable from other machines and has no authentication", host)
-    uvicorn.run(create_app(bundle), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(bundle, max_upload_bytes=max_upload_bytes), host=host, port=port, log_level="info")

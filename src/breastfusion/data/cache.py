@@ -31,7 +31,9 @@ __all__ = ["PIPELINE_VERSION", "ArrayCache", "CacheInfo", "CohortImages", "defau
            "load_prepared", "preprocess_cohort"]
 
 #: Bump when decoding or preprocessing code changes what it outputs for the same parameters.
-PIPELINE_VERSION = "2"  # 2: faint colour tints are no longer overlays (readers.CHROMA_MIN, preprocess)
+# 2: DICOM colour, palette, multi-frame and no-window rules (data.dicom);
+# 3: faint colour tints are not overlays (readers.CHROMA_MIN, preprocess.MAX_OVERLAY_COLOUR_FRACTION).
+PIPELINE_VERSION = "3"
 _CHUNK = 1 << 20
 _digests: dict[tuple[str, int, int], str] = {}
 

@@ -1,7 +1,8 @@
 """``breastfusion data check``: what a manifest folder holds, and what would bias a result.
 
 It reports class balance per modality, subjects missing a modality, unreadable
-files (each with its reason), the spread of image sizes and bit depths, and
+files (each with its reason), suspicious files (decoded, but nearly constant or
+nearly black: most likely a wrong intensity range), the spread of image sizes and bit depths, and
 near-duplicate images found by perceptual hash (imagehash's pHash, Hamming
 distance at most ``max_distance`` of 64 bits), grouped by connected
 components. Groups spanning several subjects would put one scene on both
@@ -23,7 +24,8 @@ import numpy as np
 import pandas as pd
 
 from breastfusion.data.manifest import IMAGE_MODALITIES, MANIFEST_FILENAME, Cohort
-from breastfusion.data.readers import ImageReadError, read_image
+from breastfusion.data.tables import read_table
+from breastfusion.data.readers import quality_problems, read_image
 
 __all__ = ["CheckReport", "check_cohort", "duplicate_pairs", "perceptual_hash", "group_duplicates"]
 
@@ -36,7 +38,10 @@ class CheckReport:
         n_images, n_subjects, n_lesions: counts over the manifest.
         class_balance: ``{modality: {label: images}}``.
         subjects_missing: ``{modality: [subject_id, ...]}`` subjects without that modality.
-        unreadable: ``[{"path", "error"}]``.
+        unreadable: ``[{"path", "error"}]``: every file that could not be read or hashed, with the reason (one
+            bad file never stops the check).
+        suspicious: ``[{"path", "problem"}]``: decoded, but nearly constant or nearly black
+            (:func:`~breastfusion.data.readers.quality_problems`).
         sizes: ``{modality: {"height": [min, median, max], "width": [...]}}``.
         bit_depths: ``{modality: {bits: images}}``.
         duplicate_pairs: ``[{"a", "b", "distance", "cross_subject", "cross_label"}]``.
@@ -50,6 +55,7 @@ class CheckReport:
     class_balance: dict = field(default_factory=dict)
     subjects_missing: dict = field(default_factory=dict)
     unreadable: list = field(default_factory=list)
+    suspicious: list = field(default_factory=list)
     sizes: dict = field(default_factory=dict)
     bit_depths: dict = field(default_factory=dict)
     duplicate_pairs: list = field(default_factory=list)
@@ -126,13 +132,16 @@ def check_cohort(cohort: Cohort, *, max_distance: int = 6, on_image: Callable[[]
     for i, path in enumerate(manifest["path"]):
         try:
             image = read_image(path)
-        except ImageReadError as exc:
-            report.unreadable.append({"path": str(path), "error": str(exc)})
+            digest = perceptual_hash(image.pixels)
+        except Exception as exc:  # noqa: BLE001 - one file's failure is a finding, never the end of the check
+            error = str(exc) if str(exc).startswith(str(path)) else f"{path}: {type(exc).__name__}: {exc}"
+            report.unreadable.append({"path": str(path), "error": error})
         else:
-            hashes.append(perceptual_hash(image.pixels))
+            hashes.append(digest)
             hashed.append(i)
             shapes.append(image.pixels.shape)
             bits.append(image.bits)
+            report.suspicious += [{"path": str(path), "problem": p} for p in quality_problems(image.pixels)]
         if on_image is not None:
             on_image()
 
@@ -168,7 +177,7 @@ def group_duplicates(cohort: Cohort, report: CheckReport, out: str | Path | None
         the written manifest path.
     """
     out = Path(out) if out is not None else cohort.root / "manifest.grouped.csv"
-    source = pd.read_csv(cohort.root / MANIFEST_FILENAME, dtype=str, keep_default_na=False, na_values=[""])
+    source = read_table(cohort.root / MANIFEST_FILENAME, dtype=str, keep_default_na=False, na_values=[""])
     subject_of = dict(zip(cohort.manifest["path"], cohort.manifest["subject_id"]))
     parent = {s: s for s in cohort.manifest["subject_id"]}
 

@@ -110,6 +110,11 @@ def check(
         console.print(f"[red]{len(report.unreadable)} unreadable file(s):[/red]")
         for item in report.unreadable[:20]:
             console.print(f"  - {item['error']}", soft_wrap=True)
+    if report.suspicious:
+        console.print(f"[yellow]{len(report.suspicious)} suspicious image(s) (decoded, but check them by eye):"
+                      "[/yellow]")
+        for item in report.suspicious[:20]:
+            console.print(f"  - {item['path']}: {item['problem']}", soft_wrap=True)
     if json_file is not None:
         json_file.parent.mkdir(parents=True, exist_ok=True)
         json_file.write_text(json.dumps(report.to_json(), indent=2))

@@ -21,7 +21,9 @@ checked as for training. ``clinical.csv`` has a ``subject_id`` column, unique,
 and one column per clinical variable; a subject absent from it has no clinical
 data (the clinical modality is then missing for that subject).
 
-Validation collects every problem before raising, and each message names the
+Both files are read as UTF-8, or as cp1252 with a warning (:mod:`breastfusion.data.tables`).
+Clinical numbers must be finite: ``inf`` / ``-inf`` are refused (an empty cell is a missing
+value, which training imputes). Validation collects every problem before raising, and each message names the
 file, the line (as a spreadsheet shows it: the header is line 1), the column,
 what was found and what was expected.
 """
@@ -31,7 +33,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+
+from breastfusion.data.tables import read_table
 
 __all__ = [
     "MANIFEST_FILENAME",
@@ -189,7 +194,7 @@ def validate_manifest(
 
 
 def validate_clinical(frame: pd.DataFrame, *, file: Path) -> pd.DataFrame:
-    """Check a clinical table: a unique, non-empty ``subject_id`` column.
+    """Check a clinical table: a unique, non-empty ``subject_id`` column and finite numbers.
 
     Raises:
         ManifestError: listing every problem found.
@@ -201,6 +206,13 @@ def validate_clinical(frame: pd.DataFrame, *, file: Path) -> pd.DataFrame:
     for sid, group in frame[frame["subject_id"].duplicated(keep=False)].groupby("subject_id"):
         problems.append(f"lines {[_line(i) for i in group.index]}, column 'subject_id': {sid!r} appears more "
                         "than once; expected one row per subject")
+    for column in frame.columns.drop("subject_id"):
+        if not pd.api.types.is_float_dtype(frame[column]):
+            continue
+        for i in frame.index[np.isinf(frame[column].to_numpy())]:
+            problems.append(f"line {_line(i)} (subject {frame.at[i, 'subject_id']!r}), column {column!r}: "
+                            f"{frame.at[i, column]} is not a finite number; expected a number, or an empty cell "
+                            "for a missing value")
     if problems:
         raise ManifestError(file, problems)
     return frame
@@ -220,7 +232,7 @@ def load_cohort(root: str | Path, *, check_files: bool = True, allow_outside_roo
 
     Raises:
         FileNotFoundError: no manifest at ``root``.
-        ManifestError: the manifest or clinical table breaks the contract.
+        ManifestError: the manifest or clinical table breaks the contract, or is not a readable text CSV.
     """
     root = Path(root)
     manifest_file = root if root.suffix.lower() == ".csv" else root / MANIFEST_FILENAME
@@ -228,12 +240,12 @@ def load_cohort(root: str | Path, *, check_files: bool = True, allow_outside_roo
     if not manifest_file.is_file():
         raise FileNotFoundError(f"no manifest at {manifest_file}; expected a folder with {MANIFEST_FILENAME} "
                                 "(see `breastfusion demo` for an example) or the path of a manifest CSV")
-    frame = pd.read_csv(manifest_file, dtype=str, keep_default_na=False, na_values=[""])
+    frame = read_table(manifest_file, dtype=str, keep_default_na=False, na_values=[""])
     manifest = validate_manifest(frame, root=root, file=manifest_file, check_files=check_files,
                                  allow_outside_root=allow_outside_root, require_labels=require_labels)
     clinical_file = root / CLINICAL_FILENAME
     if clinical_file.is_file():
-        clinical = pd.read_csv(clinical_file, dtype={"subject_id": str})
+        clinical = read_table(clinical_file, dtype={"subject_id": str})
         clinical = validate_clinical(clinical, file=clinical_file)
         unknown = sorted(set(clinical["subject_id"]) - set(manifest["subject_id"]))
         if unknown:

@@ -1,23 +1,29 @@
 """Decode one image file of any supported format into a greyscale float array.
 
+The contract: :func:`read_image` returns a 2-D greyscale float image in [0, 1], or raises
+:class:`ImageReadError` whose message starts with the file's path and says why. Nothing else
+escapes it (a decoder's own exception, Pillow's ``DecompressionBombError``, ...): an unexpected
+decoder error is wrapped, naming the file and the decoder's message.
+
 Formats (chosen by the file's first bytes, so a wrong extension does not matter):
 
-* DICOM (``DICM`` at byte 128, or a ``.dcm`` name): pydicom, with the
-  pylibjpeg plugins for RLE, JPEG, JPEG-LS and JPEG 2000 transfer syntaxes;
-  the modality LUT (rescale) then the VOI LUT or window is applied, and
-  ``MONOCHROME1`` is inverted so that high always means bright.
-* NPZ / NPY: one 2-D array (an ``.npz`` must hold exactly one array, or an
-  array named ``image``).
-* Everything Pillow opens: PNG (8/16 bit, grey, RGB, RGBA), JPEG, PGM, TIFF.
+* DICOM (``DICM`` at byte 128, or a ``.dcm`` name): see :mod:`breastfusion.data.dicom` for the
+  rules (first frame of a multi-frame file, colour to luminance, windowing and its fallbacks).
+* NPZ / NPY: one 2-D array (an ``.npz`` must hold exactly one array, or an array named ``image``).
+* Everything Pillow opens: PNG (8/16 bit, grey, RGB, RGBA, palette), JPEG, PGM, TIFF; colour is
+  converted to luminance (ITU-R 601, as Pillow's ``convert("L")``) and flagged in ``colour``.
 
-Every failure raises :class:`ImageReadError` whose message starts with the
-file's path and says what was wrong. Only non-identifying metadata (bit depth,
-laterality, view, photometric interpretation, transfer syntax) leaves this
-module: patient tags are never copied.
+Images larger than :data:`MAX_IMAGE_PIXELS` are refused before they are decoded (a 400 KB PNG can
+claim 20000 x 20000 pixels: a decompression bomb). :func:`quality_problems` says when a decoded
+image is nearly constant or nearly black, which ``data check`` reports as suspicious.
+
+Only non-identifying metadata (bit depth, laterality, view, photometric interpretation, transfer
+syntax) leaves this module: patient tags are never copied.
 """
 
 from __future__ import annotations
 
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +31,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["ImageReadError", "ImageData", "read_image", "sniff_format"]
+__all__ = ["MAX_IMAGE_PIXELS", "ImageReadError", "ImageData", "check_size", "colour_to_grey", "display_range",
+           "quality_problems", "read_image", "scale", "sniff_format"]
+
+#: Largest image (rows x columns x frames read) decoded; bigger files are refused as possible decompression
+#: bombs. 2**27 (134 M pixels) is 6x a full-field digital mammogram (about 4000 x 5600).
+MAX_IMAGE_PIXELS = 2**27
+#: ``quality_problems`` calls an image nearly constant when its 0.5-99.5 percentile spread is under this.
+NEAR_CONSTANT_SPREAD = 4 / 255
 
 
 class ImageReadError(OSError):
@@ -81,35 +94,80 @@ def sniff_format(path: Path) -> str:
     return "pillow"
 
 
-def read_image(path: str | Path, *, window: bool = True) -> ImageData:
+def read_image(path: str | Path, *, window: bool = True, frame: int = 0) -> ImageData:
     """Decode ``path`` to a greyscale float image in [0, 1].
 
     Args:
         path: the image file.
         window: apply a DICOM's VOI LUT / window (when it has one); without it
             (or without a window in the file) the stored range is used.
+        frame: which frame of a multi-frame DICOM to read (0, the first, by default; a
+            multi-frame file's other frames are never mixed in). Ignored for other formats.
 
     Returns:
-        The decoded :class:`ImageData`, ``pixels`` float32 (H, W).
+        The decoded :class:`ImageData`, ``pixels`` float32 (H, W), finite, in [0, 1].
 
     Raises:
-        ImageReadError: missing, truncated, not an image, no pixel data, a
-            compressed DICOM without a decoder, or not 2-D.
+        ImageReadError: missing, truncated, not an image, no pixel data, a compressed DICOM
+            without a decoder, too large (:data:`MAX_IMAGE_PIXELS`), not 2-D, a frame out of
+            range, or any other decoder failure; the message starts with the path.
     """
     path = Path(path)
     kind = sniff_format(path)
-    if kind == "dicom":
-        return _read_dicom(path, window=window)
-    if kind in ("npy", "npz"):
-        return _read_array(path, kind)
-    return _read_pillow(path)
+    try:
+        if kind == "dicom":
+            from breastfusion.data.dicom import read_dicom
+
+            image = read_dicom(path, window=window, frame=frame)
+        elif kind in ("npy", "npz"):
+            image = _read_array(path, kind)
+        else:
+            image = _read_pillow(path)
+    except ImageReadError:
+        raise
+    except Exception as exc:  # the contract: a decoder's own failure still names the file
+        raise ImageReadError(f"{path}: cannot decode {kind} image ({type(exc).__name__}: {exc})") from exc
+    return _checked(path, image)
 
 
-def _scale(values: np.ndarray, low: float, high: float) -> np.ndarray:
-    span = high - low
-    if not np.isfinite(span) or span <= 0:
-        return np.zeros(values.shape, dtype=np.float32)
-    return np.clip((values.astype(np.float32) - low) / span, 0.0, 1.0)
+def _checked(path: Path, image: ImageData) -> ImageData:
+    """Enforce the output contract on a decoded image (a reader bug must not pass silently)."""
+    pixels = image.pixels
+    if pixels.ndim != 2 or 0 in pixels.shape:
+        raise ImageReadError(f"{path}: decoded to shape {pixels.shape}; expected a 2-D greyscale image (H, W)")
+    if not np.isfinite(pixels).all():
+        raise ImageReadError(f"{path}: decoded image holds NaN/inf values; expected finite values")
+    image.pixels = pixels.astype(np.float32, copy=False)
+    return image
+
+
+def quality_problems(pixels: np.ndarray) -> list[str]:
+    """Why a decoded image looks wrong: nearly constant, or nearly black; empty when it looks fine.
+
+    A real mammogram or ultrasound frame has structure; a decoded image whose 0.5-99.5 percentile
+    spread is under :data:`NEAR_CONSTANT_SPREAD`, or whose 99.5th percentile is under 2 %, was most
+    likely decoded with the wrong range (``data check`` lists such files as suspicious).
+
+    Args:
+        pixels: float (H, W) in [0, 1].
+    """
+    low, high = (float(v) for v in np.percentile(pixels, [0.5, 99.5]))
+    problems = []
+    if high - low < NEAR_CONSTANT_SPREAD:
+        problems.append(f"nearly constant (0.5-99.5 percentile spread {high - low:.4f} of the range [0, 1])")
+    elif high < 0.02:
+        problems.append(f"nearly black (99.5th percentile {high:.4f})")
+    return problems
+
+
+def check_size(path: Path, rows: int, columns: int, frames: int = 1) -> None:
+    """Refuse an image whose declared size exceeds :data:`MAX_IMAGE_PIXELS`, before decoding it."""
+    pixels = int(rows) * int(columns) * max(int(frames), 1)
+    if pixels > MAX_IMAGE_PIXELS:
+        raise ImageReadError(f"{path}: declares {rows} x {columns} pixels"
+                             f"{f' x {frames} frames' if frames > 1 else ''} ({pixels / 1e6:.0f} M), over the "
+                             f"limit of {MAX_IMAGE_PIXELS / 1e6:.0f} M (readers.MAX_IMAGE_PIXELS): refused as a "
+                             "possible decompression bomb")
 
 
 #: Least |R - G| + |G - B| (of 255) that makes a pixel chromatic: colour overlays and Doppler are far above
@@ -118,33 +176,77 @@ def _scale(values: np.ndarray, low: float, high: float) -> np.ndarray:
 CHROMA_MIN = 32
 
 
+def colour_to_grey(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """(H, W, 3) RGB → float64 luminance (ITU-R 601) and the chromatic-pixel mask (``None`` if all grey)."""
+    rgb = rgb[..., :3].astype(np.float64)
+    grey = rgb @ np.array([0.299, 0.587, 0.114])
+    chroma = (np.abs(rgb[..., 0] - rgb[..., 1]) + np.abs(rgb[..., 1] - rgb[..., 2])) >= CHROMA_MIN
+    return grey, (chroma if chroma.any() else None)
+
+
+def scale(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """``values`` mapped linearly from [low, high] to float32 [0, 1], clipped (zeros when the range is empty)."""
+    span = high - low
+    if not np.isfinite(span) or span <= 0:
+        return np.zeros(values.shape, dtype=np.float32)
+    return np.clip((values.astype(np.float32) - low) / span, 0.0, 1.0)
+
+
+def display_range(values: np.ndarray, low: float, high: float) -> tuple[float, float, str]:
+    """The range to scale an image without a window by: its stored range, unless the data fill little of it.
+
+    The rule (documented in :mod:`breastfusion.data.dicom`): values are shown on their stored range
+    ``[low, high]`` (e.g. 0..4095 for 12 bits) when they span at least a quarter of it; otherwise
+    (a 32-bit dose grid, 12-bit data in 16 bits, a signed image near zero) the stored range would
+    give a nearly black or grey image, so the 0.5-99.5 percentiles of the values are used instead.
+
+    Returns:
+        ``(low, high, source)`` with ``source`` ``"stored"`` or ``"percentile"``.
+    """
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return low, high, "stored"
+    span = float(finite.max() - finite.min())
+    if span >= (high - low) / 4:
+        return low, high, "stored"
+    p_low, p_high = (float(v) for v in np.percentile(finite, [0.5, 99.5]))
+    if p_high <= p_low:  # a few outliers on a constant background: their full range
+        p_low, p_high = float(finite.min()), float(finite.max())
+    return p_low, p_high, "percentile"
+
+
 def _read_pillow(path: Path) -> ImageData:
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings(), Image.open(path) as image:
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # check_size enforces our limit
+            check_size(path, image.height, image.width)
             image.load()
             fmt = image.format or "image"
             mode = image.mode
             if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
                 raw = np.asarray(image).astype(np.float64)
-                bits = 16 if mode.startswith("I;16") or raw.max(initial=0) > 255 else 8
-                return ImageData(_scale(raw, 0, 2 ** bits - 1), bits, fmt, info={"mode": mode})
+                top = raw.max(initial=0)
+                bits = 32 if top > 65535 or raw.min(initial=0) < 0 else (
+                    16 if mode.startswith("I;16") or top > 255 else 8)
+                low, high, source = display_range(raw, 0.0, 2.0 ** bits - 1)
+                return ImageData(scale(raw, low, high), bits, fmt, info={"mode": mode, "range": source})
             if mode == "F":
                 raw = np.asarray(image, dtype=np.float64)
-                return ImageData(_scale(raw, np.nanmin(raw), np.nanmax(raw)), 32, fmt, info={"mode": mode})
+                return ImageData(scale(raw, np.nanmin(raw), np.nanmax(raw)), 32, fmt, info={"mode": mode})
             colour = None
             if mode in ("RGB", "RGBA", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
-                rgb = np.asarray(image.convert("RGB")).astype(np.int16)
-                chroma = (np.abs(rgb[..., 0] - rgb[..., 1]) + np.abs(rgb[..., 1] - rgb[..., 2])) >= CHROMA_MIN
-                colour = chroma if chroma.any() else None
+                _, colour = colour_to_grey(np.asarray(image.convert("RGB")))
             grey = np.asarray(image.convert("L"))
     except FileNotFoundError as exc:
         raise ImageReadError(f"{path}: file not found") from exc
     except UnidentifiedImageError as exc:
         raise ImageReadError(f"{path}: not a recognised image format (expected DICOM, PNG, JPEG, PGM, TIFF, "
                              "NPY or NPZ)") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageReadError(f"{path}: refused as a possible decompression bomb ({exc})") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageReadError(f"{path}: cannot decode image, the file may be truncated or corrupt ({exc})") from exc
-    return ImageData(_scale(grey, 0, 255), 8, fmt, colour=colour, info={"mode": mode})
+    return ImageData(scale(grey, 0, 255), 8, fmt, colour=colour, info={"mode": mode})
 
 
 def _read_array(path: Path, kind: str) -> ImageData:
@@ -167,81 +269,14 @@ def _read_array(path: Path, kind: str) -> ImageData:
     if array.ndim != 2:
         raise ImageReadError(f"{path}: array of shape {array.shape}; expected a 2-D greyscale image (H, W)")
     if array.dtype == np.uint8:
-        return ImageData(_scale(array, 0, 255), 8, kind)
+        return ImageData(scale(array, 0, 255), 8, kind)
     if array.dtype == np.uint16:
-        return ImageData(_scale(array, 0, 65535), 16, kind)
+        return ImageData(scale(array, 0, 65535), 16, kind)
     if not np.issubdtype(array.dtype, np.number):
         raise ImageReadError(f"{path}: array dtype {array.dtype}; expected a numeric array")
     finite = np.isfinite(array)
     if not finite.all():
         raise ImageReadError(f"{path}: array holds {int((~finite).sum())} NaN/inf value(s); expected finite values")
-    return ImageData(_scale(array, float(array.min()), float(array.max())), 8 * array.dtype.itemsize, kind)
+    return ImageData(scale(array, float(array.min()), float(array.max())), 8 * array.dtype.itemsize, kind)
 
 
-def _read_dicom(path: Path, *, window: bool) -> ImageData:
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
-
-    try:
-        ds = pydicom.dcmread(path)
-    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError) as exc:
-        raise ImageReadError(f"{path}: not a readable DICOM file ({exc})") from exc
-    if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        raise ImageReadError(f"{path}: DICOM without pixel data (no tag (7FE0,0010)); it may be a structured "
-                             "report or presentation state, not an image")
-    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    syntax_name = getattr(syntax, "name", str(syntax))
-    try:
-        raw = ds.pixel_array
-    except (RuntimeError, NotImplementedError) as exc:
-        raise ImageReadError(f"{path}: no decoder for transfer syntax {syntax_name!r} ({exc}); install the "
-                             "pylibjpeg plugins (pylibjpeg-libjpeg, pylibjpeg-openjpeg, pylibjpeg-rle)") from exc
-    except (ValueError, AttributeError, EOFError, OSError) as exc:
-        raise ImageReadError(f"{path}: cannot decode DICOM pixel data ({syntax_name}): {exc}") from exc
-    if raw.ndim == 3 and ds.get("SamplesPerPixel", 1) == 1:
-        raw = raw[0]  # multi-frame: the first frame
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
-    if raw.ndim == 3:
-        raise ImageReadError(f"{path}: {photometric} colour DICOM of shape {raw.shape}; expected greyscale "
-                             "(MONOCHROME1/2)")
-    bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)))
-    values = apply_modality_lut(raw, ds).astype(np.float64)
-    windowed = False
-    if window and ("WindowCenter" in ds or "VOILUTSequence" in ds):
-        values = apply_voi_lut(values, ds).astype(np.float64)
-        windowed = True
-    if windowed:
-        low, high = _voi_range(ds)
-    else:
-        signed = int(ds.get("PixelRepresentation", 0)) == 1
-        low = -(2.0 ** (bits - 1)) if signed else 0.0
-        high = (2.0 ** (bits - 1) - 1) if signed else 2.0 ** bits - 1
-        if "RescaleSlope" in ds or "RescaleIntercept" in ds:
-            low, high = float(values.min()), float(values.max())
-    pixels = _scale(values, low, high)
-    if photometric == "MONOCHROME1":
-        pixels = 1.0 - pixels
-    laterality = str(ds.get("ImageLaterality", "") or ds.get("Laterality", "") or "").upper() or None
-    if laterality not in ("L", "R"):
-        laterality = None
-    view = str(ds.get("ViewPosition", "") or "").upper() or None
-    return ImageData(pixels, bits, "dicom", laterality=laterality, view=view,
-                     info={"photometric": photometric, "transfer_syntax": syntax_name, "windowed": windowed})
-
-
-def _voi_range(ds) -> tuple[float, float]:
-    """Output range of pydicom's VOI transform: the LUT's bit depth, else the window's y range (PS3.3 C.11.2)."""
-    if "VOILUTSequence" in ds:  # apply_voi_lut prefers the LUT over a window
-        return 0.0, 2.0 ** int(ds.VOILUTSequence[0].LUTDescriptor[2]) - 1
-    bits = int(ds.BitsStored)
-    if ds.get("ModalityLUTSequence"):
-        y_min, y_max = 0.0, 2.0 ** int(ds.ModalityLUTSequence[0].LUTDescriptor[2]) - 1
-    elif int(ds.get("PixelRepresentation", 0)) == 0:
-        y_min, y_max = 0.0, 2.0 ** bits - 1
-    else:
-        y_min, y_max = -(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1
-    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
-    if slope is not None and intercept is not None:
-        y_min, y_max = y_min * float(slope) + float(intercept), y_max * float(slope) + float(intercept)
-    return y_min, y_max
