@@ -44,6 +44,7 @@ class ZooEntry:
 
 
 _SLIM_CHANNELS = (16, 32, 64, 128)
+_HALF_CHANNELS = (32, 64, 128, 256)
 # A ViT that takes any image size (pos. embeddings resampled) and pools patch tokens, so that
 # attention on the patch-token map reaches the output (a class-token pool would ignore it).
 _VIT_ARGS = {"dynamic_img_size": True, "global_pool": "avg"}
@@ -54,6 +55,8 @@ _ENTRIES = (
     ZooEntry("resnet50", "resnet50", "resnet"),
     ZooEntry("resnet18_slim", "resnet18", "resnet", {"channels": _SLIM_CHANNELS},
              note="resnet18 with 16-32-64-128 channels (CPU default)"),
+    ZooEntry("resnet18_half", "resnet18", "resnet", {"channels": _HALF_CHANNELS},
+             note="resnet18 with 32-64-128-256 channels"),
     ZooEntry("resnet34_slim", "resnet34", "resnet", {"channels": _SLIM_CHANNELS},
              note="resnet34 with 16-32-64-128 channels"),
     ZooEntry("convnext_atto", "convnext_atto", "convnext", note="phyllodes study's family"),

@@ -1,0 +1,233 @@
+"""Real-data accuracy: the shipped configs against plain scripts, on identical folds, in one run.
+
+Usage:
+    python bench/real_data.py [--data ../shared/data] [--sections busi,busi_pretrained,busi_plain,breast,breastmnist]
+                              [--work DIR] [--epochs-scale 1.0]
+
+Sections (each prepares its dataset through the toolkit's adapters, read in place):
+
+* ``busi``: BUSI (normal cases left out, near-duplicates grouped by ``data check --group-duplicates``),
+  ``configs/bus_clinical.yaml --variants ultrasound``: the shipped default, from scratch, 5-fold grouped CV;
+* ``busi_pretrained``: the same folds with ``configs/bus_clinical_lite0.yaml`` (EfficientNet-Lite0 from the
+  ImageNet weights of the ``pretrained-lite0`` extra);
+* ``busi_plain``: a plain timm ResNet-18 from scratch at 128 px (``bench/plain_baselines.py``) on the same folds;
+* ``breast``: BrEaST-Lesions, ``configs/bus_clinical.yaml`` (clinical, ultrasound, fused), the DeLong test of
+  fused vs ultrasound, and on the same folds the plain logistic regression + plain CNN average;
+* ``breastmnist``: ``configs/breastmnist.yaml``: trained on the official train split (val for early stopping
+  and thresholds), reported on the official test split.
+
+Prints a table and writes ``bench/results/real_data.json`` (AUCs with bootstrap CIs, DeLong p, wall times);
+asserts nothing. A section that is not run keeps its figures from the previous JSON, marked with the date of
+the run that produced them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+RESULTS = ROOT / "bench" / "results" / "real_data.json"
+SECTIONS = ("busi", "busi_pretrained", "busi_plain", "breast", "breastmnist")
+
+
+def prepare(name: str, data: Path, work: Path, *, group_duplicates: bool = False):
+    """The dataset ``name`` as a cohort folder under ``work`` (images linked in place, never copied)."""
+    from breastfusion.data.adapters import get_adapter
+    from breastfusion.data.adapters.base import write_prepared
+    from breastfusion.data.check import check_cohort, group_duplicates as write_groups
+    from breastfusion.data.manifest import load_cohort
+
+    out = work / name
+    if not (out / "manifest.csv").is_file():
+        write_prepared(get_adapter(name)(data / name), out)
+    if not group_duplicates:
+        return load_cohort(out)
+    grouped = out / "manifest.grouped.csv"
+    if not grouped.is_file():
+        write_groups(load_cohort(out), check_cohort(load_cohort(out)))
+    return load_cohort(grouped)
+
+
+def run_config(cohort, config_path: Path, out: Path, *, variants: list[str] | None = None,
+               epochs_scale: float = 1.0) -> tuple[dict, float, object]:
+    """``breastfusion run CONFIG`` on ``cohort``: (results.json, seconds, the resolved config)."""
+    from breastfusion.config import load_config, select_variants
+    from breastfusion.run import run_experiment
+
+    config = load_config(config_path)
+    if variants:
+        config = select_variants(config, variants)
+    if epochs_scale != 1.0:
+        t = config.training
+        config = config.model_copy(update={"training": t.model_copy(update={
+            "epochs": max(1, round(t.epochs * epochs_scale)),
+            "finetune_epochs": max(1, round(t.finetune_epochs * epochs_scale))})})
+    start = time.perf_counter()
+    run_experiment(cohort, config, out)
+    return json.loads((out / "results.json").read_text()), time.perf_counter() - start, config
+
+
+def auc_entry(y, prob, *, n_boot: int = 1000) -> dict:
+    """AUC with its stratified-bootstrap 95% CI (the toolkit's own estimator)."""
+    from breastfusion.evaluation.metrics import auc_with_ci
+
+    auc, (lo, hi) = auc_with_ci(y, prob, n_boot=n_boot, seed=0)
+    return {"auc": float(auc), "auc_ci": [float(lo), float(hi)]}
+
+
+def variant_entry(results: dict, name: str) -> dict:
+    """A variant's AUC, CI and DeLong test against the run's reference, from results.json."""
+    v = results["variants"][name]
+    return {"auc": v["auc"], "auc_ci": v["auc_ci"], "delong_vs_reference": v.get("delong")}
+
+
+def same_folds(cohort, config) -> list:
+    """The (train, test) positions the toolkit used for ``config`` on ``cohort``: the plain scripts' folds."""
+    from breastfusion.evaluation.crossval import fold_positions
+
+    return [(p.train, p.test) for p in fold_positions(cohort, config)[0]]
+
+
+def image_paths(cohort) -> list[str]:
+    """One image path per lesion, in ``cohort.lesions`` order (these datasets have one image a lesion)."""
+    first = cohort.manifest.drop_duplicates("lesion_id").set_index("lesion_id")["path"]
+    return [str(cohort.root / first[lid]) for lid in cohort.lesions["lesion_id"]]
+
+
+def section_busi(data: Path, work: Path, args) -> dict:
+    cohort = prepare("busi", data, work, group_duplicates=True)
+    results, seconds, _ = run_config(cohort, ROOT / "configs" / "bus_clinical.yaml", work / "runs" / "busi",
+                                     variants=["ultrasound"], epochs_scale=args.epochs_scale)
+    e = variant_entry(results, "ultrasound")
+    return {"busi_default_auc": e["auc"], "busi_default_auc_ci": e["auc_ci"], "busi_default_seconds": seconds,
+            "busi_n_lesions": int(len(cohort.lesions))}
+
+
+def section_busi_pretrained(data: Path, work: Path, args) -> dict:
+    cohort = prepare("busi", data, work, group_duplicates=True)
+    results, seconds, _ = run_config(cohort, ROOT / "configs" / "bus_clinical_lite0.yaml",
+                                     work / "runs" / "busi_lite0", variants=["ultrasound"],
+                                     epochs_scale=args.epochs_scale)
+    e = variant_entry(results, "ultrasound")
+    return {"busi_pretrained_auc": e["auc"], "busi_pretrained_auc_ci": e["auc_ci"],
+            "busi_pretrained_seconds": seconds}
+
+
+def section_busi_plain(data: Path, work: Path, args) -> dict:
+    from breastfusion.config import load_config
+    from plain_baselines import load_images, plain_cnn_probs
+
+    cohort = prepare("busi", data, work, group_duplicates=True)
+    folds = same_folds(cohort, load_config(ROOT / "configs" / "bus_clinical.yaml"))
+    y = cohort.lesions["y"].to_numpy()
+    start = time.perf_counter()
+    prob = plain_cnn_probs(load_images(image_paths(cohort), 128), y, folds, arch="resnet18",
+                           epochs=max(1, round(20 * args.epochs_scale)))
+    e = auc_entry(y, prob)
+    return {"busi_plain_baseline_auc": e["auc"], "busi_plain_baseline_auc_ci": e["auc_ci"],
+            "busi_plain_baseline_seconds": time.perf_counter() - start,
+            "busi_plain_baseline": "timm resnet18 from scratch, 128 px squashed, hflip, Adam 1e-3, 20 epochs"}
+
+
+def section_breast(data: Path, work: Path, args) -> dict:
+    from breastfusion.evaluation.delong import delong_test
+    from plain_baselines import load_images, plain_average, plain_clinical_probs, plain_cnn_probs
+
+    cohort = prepare("breast_lesions_usg", data, work)
+    results, seconds, config = run_config(cohort, ROOT / "configs" / "bus_clinical.yaml", work / "runs" / "breast",
+                                          epochs_scale=args.epochs_scale)
+    out = {"breast_seconds": seconds, "breast_n_lesions": int(len(cohort.lesions))}
+    for name in results["variants"]:
+        e = variant_entry(results, name)
+        out[f"breast_{name}_auc"], out[f"breast_{name}_auc_ci"] = e["auc"], e["auc_ci"]
+    delong = results["variants"]["ultrasound"]["delong"]  # ultrasound vs the reference (fused)
+    out["breast_fused_vs_ultrasound_p"] = delong["p"] if delong else None
+    # The plain script: logistic regression on the clinical table + a plain CNN, averaged, on the same folds.
+    folds = same_folds(cohort, config)
+    lesions = cohort.lesions
+    y = lesions["y"].to_numpy()
+    table = cohort.clinical.set_index("subject_id").reindex(lesions["subject_id"]).reset_index(drop=True)
+    start = time.perf_counter()
+    clinical = plain_clinical_probs(table, y, folds)
+    image = plain_cnn_probs(load_images(image_paths(cohort), 128), y, folds, arch="resnet18",
+                            epochs=max(1, round(20 * args.epochs_scale)))
+    plain = plain_average(clinical, image)
+    fused = _subject_probs(work / "runs" / "breast", "fused", lesions)
+    test = delong_test(y, fused, plain)
+    out.update({"breast_plain_baseline_auc": auc_entry(y, plain)["auc"],
+                "breast_plain_baseline_auc_ci": auc_entry(y, plain)["auc_ci"],
+                "breast_plain_clinical_auc": auc_entry(y, clinical)["auc"],
+                "breast_plain_cnn_auc": auc_entry(y, image)["auc"],
+                "breast_fused_vs_plain_p": float(test.p), "breast_plain_seconds": time.perf_counter() - start})
+    return out
+
+
+def _subject_probs(run: Path, variant: str, lesions) -> "object":
+    """A run's out-of-fold lesion probabilities of ``variant`` in ``lesions`` order (one lesion a subject)."""
+    import pandas as pd
+
+    pred = pd.read_csv(run / "predictions.csv", dtype={"subject_id": str, "lesion_id": str})
+    pred = pred[pred["variant"] == variant].set_index("lesion_id")["prob"]
+    return pred.loc[lesions["lesion_id"]].to_numpy()
+
+
+def section_breastmnist(data: Path, work: Path, args) -> dict:
+    cohort = prepare("breastmnist", data, work)
+    results, seconds, config = run_config(cohort, ROOT / "configs" / "breastmnist.yaml", work / "runs" / "bmnist",
+                                          epochs_scale=args.epochs_scale)
+    e = variant_entry(results, "ultrasound")
+    size = config.model.ultrasound.image_size
+    return {"breastmnist_test_auc": e["auc"], "breastmnist_test_auc_ci": e["auc_ci"],
+            "breastmnist_seconds": seconds, "breastmnist_input_px": size, "breastmnist_source_px": 28,
+            "breastmnist_n_test": results["variants"]["ultrasound"].get("n_subjects")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, from {list(SECTIONS)}")
+    parser.add_argument("--work", type=Path, help="folder for prepared datasets and runs (default: a temp folder)")
+    parser.add_argument("--epochs-scale", type=float, default=1.0, help="scale every epoch count (smoke runs)")
+    args = parser.parse_args()
+    sections = [s for s in args.sections.split(",") if s]
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        parser.error(f"unknown sections {unknown}; expected names from {list(SECTIONS)}")
+    if not args.data.is_dir():
+        parser.error(f"{args.data}: no such folder (the real datasets of ../shared/data)")
+    work = args.work or Path(tempfile.mkdtemp(prefix="bf-real-"))
+    previous = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    figures = dict(previous.get("figures", {}))
+    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    measured = dict(previous.get("measured", {}))
+    for name in sections:
+        start = time.perf_counter()
+        print(f"== {name}", flush=True)
+        out = globals()[f"section_{name}"](args.data, work, args)
+        out[f"{name}_wall_seconds"] = time.perf_counter() - start
+        for key, value in out.items():
+            print(f"  {key}: {value}", flush=True)
+        figures.update(out)
+        measured[name] = stamp
+    payload = {"command": "python bench/real_data.py " + " ".join(sys.argv[1:]), "measured": measured,
+               "epochs_scale": args.epochs_scale, "figures": figures, **figures}
+    if args.epochs_scale == 1.0:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(payload, indent=2, default=float))
+        print(f"wrote {RESULTS}")
+    else:
+        print("epochs scaled: a smoke run, bench/results/real_data.json left as it was")
+
+
+if __name__ == "__main__":
+    main()
