@@ -168,7 +168,7 @@ def section_breast(data: Path, work: Path, args) -> dict:
                 "breast_plain_baseline_auc_ci": auc_entry(y, plain)["auc_ci"],
                 "breast_plain_clinical_auc": auc_entry(y, clinical)["auc"],
                 "breast_plain_cnn_auc": auc_entry(y, image)["auc"],
-                "breast_fused_vs_plain_p": float(test.p), "breast_plain_seconds": time.perf_counter() - start})
+                "breast_fused_vs_plain_p": float(test.p_value), "breast_plain_seconds": time.perf_counter() - start})
     return out
 
 
@@ -207,9 +207,9 @@ def main() -> None:
         parser.error(f"{args.data}: no such folder (the real datasets of ../shared/data)")
     work = args.work or Path(tempfile.mkdtemp(prefix="bf-real-"))
     previous = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    figures = dict(previous.get("figures", {}))
+    measured = dict(previous.pop("measured", {}))
+    figures = {k: v for k, v in previous.items() if k not in ("command", "epochs_scale")}
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    measured = dict(previous.get("measured", {}))
     for name in sections:
         start = time.perf_counter()
         print(f"== {name}", flush=True)
@@ -220,7 +220,7 @@ def main() -> None:
         figures.update(out)
         measured[name] = stamp
     payload = {"command": "python bench/real_data.py " + " ".join(sys.argv[1:]), "measured": measured,
-               "epochs_scale": args.epochs_scale, "figures": figures, **figures}
+               "epochs_scale": args.epochs_scale, **figures}
     if args.epochs_scale == 1.0:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(payload, indent=2, default=float))
