@@ -280,7 +280,8 @@ def external_validation(predictions: pd.DataFrame, bundle: Bundle, *, n_boot: in
         A JSON-ready dict: ``variant``, ``n_subjects``, ``labelled``, ``n_malignant``, ``prevalence``, ``auc``,
         ``auc_ci`` (95%, ``None`` when a class is absent), ``n_boot``, ``at_threshold`` (decision metrics and
         counts of ``call``; ``None`` unlabelled), ``training`` (the run's counts, out-of-fold AUC and
-        decision metrics at each fold's threshold, and the calibration split of the reference scores), ``prevalence_shift`` (``None`` unlabelled),
+        decision metrics at each fold's threshold, and the calibration split of the reference scores),
+        ``prevalence_shift`` (``None`` unlabelled),
         ``score_shift``, ``warnings`` (list of str, empty when the cohort looks like training).
 
     Raises:
