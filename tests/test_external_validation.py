@@ -131,6 +131,7 @@ def test_score_shift_compares_the_subject_probabilities_with_the_training_subjec
     score_warnings = [w for w in summary["warnings"] if "Kolmogorov-Smirnov" in w]
     assert summary["score_shift"]["shifted"] and len(score_warnings) == 1 and TRANSFER_ADVICE in score_warnings[0]
     assert f"median {summary['score_shift']['median_new']:.3f}" in score_warnings[0]
+    assert set(bundle.calibration["split"]) == {"training"} and "in-sample" in score_warnings[0]
 
 
 def test_unlabelled_cohort_prints_no_metrics_and_does_not_crash(bundle_dir, new_cohort, tmp_path):

@@ -331,7 +331,10 @@ def external_validation(predictions: pd.DataFrame, bundle: Bundle, *, n_boot: in
         out["warnings"].append(
             f"the subject probabilities (median {shift['median_new']:.3f}) are distributed unlike the bundle's "
             f"scores of its training subjects (median {shift['median_training']:.3f}; Kolmogorov-Smirnov "
-            f"D = {shift['ks_statistic']:.2f}, p = {shift['p_value']:.2g}): {TRANSFER_ADVICE}")
+            f"D = {shift['ks_statistic']:.2f}, p = {shift['p_value']:.2g}): {TRANSFER_ADVICE}"
+            + (" (the bundle's reference scores are its networks' in-sample scores of their own training subjects, "
+               "more extreme than held-out ones; a run with training.val_fraction > 0 gives held-out ones)"
+               if set(bundle.calibration["split"]) == {"training"} else ""))
     for message in out["warnings"]:
         logger.warning("%s", message)
     return json_safe(out)
