@@ -12,8 +12,9 @@ training subjects only:
    predictions are reused: they are the same folds);
 2. for outer fold ``k``, the cohort is restricted to the fold's training
    subjects (:func:`restrict_cohort`) and split again into ``inner_folds``
-   grouped, stratified folds (the same splitter, so the same ``group``
-   decides them); every candidate is cross-validated on those inner folds;
+   grouped, stratified folds (the same splitter, seeded ``cv.seed + k``, so
+   the same ``group`` decides them); every candidate is cross-validated on
+   those inner folds with the experiment's own training and scoring;
 3. the candidate with the highest inner subject-level AUC (pooled over the
    inner test folds, scored as the run scores subjects; ties go to the first
    candidate listed) is fold ``k``'s choice, and its predictions on outer
