@@ -281,32 +281,73 @@ def export(
                   f"{meta['n_folds']} fold networks · out-of-fold AUC {metrics['auc']:.3f} ({lo:.3f} – {hi:.3f})")
 
 
-_MAX_ROWS = 50
+#: Subjects shown on screen by `predict`; every subject is in the CSV.
+_HEAD_ROWS = 10
 
 
-def _predictions_table(predictions: Any, bundle: Any) -> Table:
+def _predictions_table(predictions: Any, bundle: Any, out: Path) -> Table:
     labelled = "label" in predictions.columns
     table = Table(title=f"{bundle.variant} ({' + '.join(bundle.modalities)}): mean of {bundle.n_folds} fold "
                         "networks, subject level")
     columns = ["subject", "lesions", "modalities", "P(malignant)", "sd", "threshold", "call", "fold votes"]
     for column in columns + (["label"] if labelled else []):
         table.add_column(column, justify="left" if column in ("subject", "modalities", "call", "label") else "right")
-    for row in predictions.head(_MAX_ROWS).itertuples(index=False):
+    for row in predictions.head(_HEAD_ROWS).itertuples(index=False):
         call = f"[red]{row.call}[/red]" if row.call == "malignant" else row.call
         cells = [str(row.subject_id), str(row.n_lesions), row.modalities_used.replace(";", " + "),
                  f"{row.prob:.3f}", f"{row.prob_sd:.3f}", f"{row.threshold:.3f}", call,
                  f"{row.fold_votes_malignant}/{bundle.n_folds}"]
         table.add_row(*cells, *([row.label] if labelled else []))
-    if len(predictions) > _MAX_ROWS:
-        table.caption = f"first {_MAX_ROWS} of {len(predictions)} subjects; all are in the CSV"
+    if len(predictions) > _HEAD_ROWS:
+        table.caption = f"first {_HEAD_ROWS} of {len(predictions)} subjects; all are in {out}"
+    return table
+
+
+def _number(value: Any, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _validation_summary(summary: dict[str, Any]) -> Table:
+    """`predict`'s summary of a cohort (external validation when labelled; see predict.external_validation)."""
+    training = summary["training"]
+    table = Table(title="External validation (subject level)" if summary["labelled"]
+                  else "New cohort vs training (no labels: no performance figures)")
+    table.add_column("", justify="left")
+    table.add_column("this cohort", justify="right")
+    table.add_column("training cohort", justify="right")
+    if summary["labelled"]:
+        table.add_row("subjects (malignant)", f"{summary['n_subjects']} ({summary['n_malignant']})",
+                      f"{training['n_subjects']} ({training['n_malignant']})")
+        table.add_row("prevalence", _number(summary["prevalence"], 2), _number(training["prevalence"], 2))
+        ci, train_ci = summary["auc_ci"], training["auc_ci_out_of_fold"]
+        table.add_row("AUC [95% CI]",
+                      f"{_number(summary['auc'])} [{_number(ci[0])}, {_number(ci[1])}]" if ci
+                      else "– (one class only)",
+                      f"{_number(training['auc_out_of_fold'])} [{_number(train_ci[0])}, {_number(train_ci[1])}]"
+                      if train_ci else _number(training["auc_out_of_fold"]))
+        at, train_at = summary["at_threshold"], training["at_threshold_out_of_fold"] or {}
+        for name, key in (("sensitivity", "sensitivity"), ("specificity", "specificity"), ("PPV", "ppv"),
+                          ("NPV", "npv")):
+            table.add_row(f"{name} at the bundle threshold", _number(at[key]), _number(train_at.get(key)))
+    else:
+        table.add_row("subjects", str(summary["n_subjects"]), str(training["n_subjects"]))
+    shift = summary["score_shift"]
+    table.add_row("median P(malignant)", _number(shift["median_new"]), _number(shift["median_training"]))
+    table.caption = ("training: out-of-fold, at each fold's threshold · "
+                     f"score distribution: Kolmogorov-Smirnov p = {shift['p_value']:.2g}"
+                     + (f" · prevalence: Fisher's exact p = {summary['prevalence_shift']['p_value']:.2g}"
+                        if summary["prevalence_shift"] else ""))
     return table
 
 
 class _ConsoleNotes(logging.Handler):
-    """Prints the library's notes (ignored modalities, absent clinical data) while a verb runs."""
+    """Prints the library's notes (ignored modalities, absent clinical data) and warnings while a verb runs."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        console.print(f"[cyan]note:[/cyan] {record.getMessage()}")
+        if record.levelno >= logging.WARNING:
+            console.print(f"[yellow]warning:[/yellow] {record.getMessage()}")
+        else:
+            console.print(f"[cyan]note:[/cyan] {record.getMessage()}")
 
 
 @app.command()
@@ -315,6 +356,8 @@ def predict(
     cohort_dir: Annotated[Path, typer.Argument(help="Folder with manifest.csv (label may be empty) and optional "
                                                "clinical.csv, as for `breastfusion run`.")],
     out: Annotated[Path, typer.Option("--out", help="CSV to write, one row per subject.")] = Path("predictions.csv"),
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the summary (external validation "
+                                                     "figures and shift checks) as JSON.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Lesions per forward pass.")] = 64,
 ) -> None:
     """Apply a bundle to new cases: P(malignant) per subject, the call at the folds' threshold, the folds' votes.
@@ -322,12 +365,18 @@ def predict(
     Each fold network predicts every lesion; its outputs are aggregated and
     recalibrated as the run did for its held-out subjects, then averaged over
     folds. A case may lack a modality; images the bundle does not read are ignored.
+    When the cohort is labelled, prints an external validation: AUC with a 95%
+    bootstrap interval, sensitivity / specificity / PPV / NPV at the bundle's
+    threshold, and a warning when prevalence or the score distribution differs
+    from the training cohort's (the threshold may then not transfer).
     """
+    import json
     import warnings
 
     from breastfusion.bundle import BundleError, load_bundle
     from breastfusion.data.manifest import ManifestError
     from breastfusion.data.readers import ImageReadError
+    from breastfusion.predict import external_validation
 
     handler = _ConsoleNotes()
     notes = [logging.getLogger(f"breastfusion.{name}") for name in ("bundle", "predict")]
@@ -340,20 +389,25 @@ def predict(
             warnings.simplefilter("always")
             bundle = load_bundle(bundle_dir)
             predictions = bundle.predict(cohort_dir, batch_size=batch_size)
+        # The library's own warnings (missing clinical columns, unseen categories) are UserWarnings.
+        for warning in dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning)):
+            console.print(f"[yellow]warning:[/yellow] {warning}")
+        console.print(_predictions_table(predictions, bundle, out))
+        summary = external_validation(predictions, bundle)  # its shift warnings print through the handler
     except (BundleError, ManifestError, ImageReadError, FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     finally:
         for logger, level in zip(notes, levels):
             logger.removeHandler(handler)
             logger.setLevel(level)
-    # The library's own warnings (missing clinical columns, unseen categories) are UserWarnings.
-    for warning in dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning)):
-        console.print(f"[yellow]warning:[/yellow] {warning}")
-    console.print(_predictions_table(predictions, bundle))
+    console.print(_validation_summary(summary))
     out.parent.mkdir(parents=True, exist_ok=True)
     predictions.to_csv(out, index=False)
     console.print(f"Predictions: [b]{out}[/b] ({len(predictions)} subjects)")
-
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps({**summary, "predictions_csv": str(out)}, indent=2))
+        console.print(f"Summary: [b]{json_out}[/b]")
 
 
 @app.command()

@@ -15,6 +15,11 @@ intermediate tables:
    subject is called malignant when the mean reaches the median of the folds'
    Youden thresholds.
 
+:func:`external_validation` then summarises a labelled new cohort (AUC with a
+bootstrap interval; sensitivity, specificity, PPV and NPV at the bundle's
+threshold) and warns when the cohort's prevalence or score distribution differs
+from the training cohort's (:mod:`breastfusion.evaluation.external`).
+
 A missing modality is allowed (the network's missing-modality mechanism takes
 it); image rows of modalities the bundle does not read are ignored with a
 logged note; clinical columns the preprocessors expect but ``clinical.csv``
@@ -35,11 +40,15 @@ from breastfusion.bundle import Bundle, BundleError
 from breastfusion.data.cache import ArrayCache
 from breastfusion.data.manifest import LABELS, Cohort, load_cohort
 from breastfusion.data.tensors import LesionDataset, build_lesion_images, clinical_features_for, modalities_used
+from breastfusion.evaluation.external import (TRANSFER_ADVICE, decision_metrics, json_safe, prevalence_shift,
+                                              score_shift)
+from breastfusion.evaluation.metrics import auc_with_ci
 from breastfusion.evaluation.summary import score_fold
 from breastfusion.run_artifacts import prepare_batch
 from breastfusion.training.module import tta_logits
 
-__all__ = ["PREDICTION_COLUMNS", "as_cohort", "fit_to_bundle", "predict_lesions", "score_folds", "combine_folds"]
+__all__ = ["PREDICTION_COLUMNS", "as_cohort", "fit_to_bundle", "predict_lesions", "score_folds", "combine_folds",
+           "training_scores", "external_validation"]
 
 logger = logging.getLogger(__name__)
 
@@ -220,3 +229,114 @@ def combine_folds(scores: pd.DataFrame) -> pd.DataFrame:
         out = out.join(grouped[["y", "label"]].first(), on="subject_id")
         columns += ["y", "label"]
     return out[columns]
+
+
+def training_scores(bundle: Bundle) -> pd.DataFrame:
+    """The bundle's scores of its calibration subjects, on the scale of :func:`combine_folds`'s ``prob``.
+
+    Each fold's calibration lesions (``calibration.csv``: the run's training subjects of that fold, held out
+    for validation or in-sample, see ``split``) are aggregated and recalibrated by that fold's own maps, exactly
+    as :func:`score_folds` scores new subjects; a subject that calibrated several folds gets the mean of those
+    folds' probabilities, as a new subject gets the mean over folds.
+
+    Returns:
+        One row per calibration subject: ``subject_id`` (anonymous), ``y``, ``prob``, ``n_folds``.
+    """
+    frames = []
+    for k, rows in bundle.calibration.groupby("fold", sort=True):
+        scored = score_fold(rows[["subject_id", "lesion_id", "prob", "y"]], rows, bundle.config.evaluation)
+        frames.append(scored[["subject_id", "y", "prob"]].assign(fold=int(k)))
+    every = pd.concat(frames, ignore_index=True)
+    return every.groupby("subject_id", sort=True).agg(y=("y", "max"), prob=("prob", "mean"),
+                                                      n_folds=("fold", "size")).reset_index()
+
+
+def _training_counts(bundle: Bundle, reference: pd.DataFrame) -> tuple[int, int, str]:
+    """(subjects, malignant, where from): the run's out-of-fold counts in bundle.json, else the calibration's."""
+    metrics = bundle.meta.get("metrics") or {}
+    if isinstance(metrics.get("n_subjects"), int) and isinstance(metrics.get("n_malignant"), int):
+        return metrics["n_subjects"], metrics["n_malignant"], "bundle.json metrics (the run's subjects)"
+    return len(reference), int(reference["y"].sum()), "calibration.csv (the folds' calibration subjects)"
+
+
+def external_validation(predictions: pd.DataFrame, bundle: Bundle, *, n_boot: int | None = None,
+                        seed: int | None = None) -> dict:
+    """How the bundle does on a new cohort, and whether that cohort looks like the one it was trained on.
+
+    External validation is where a model's threshold meets another site's data; the run's own figures
+    (``bundle.meta["metrics"]``) describe the training cohort only. With labels this gives the subject-level
+    AUC with a stratified-bootstrap interval and sensitivity / specificity / PPV / NPV of the ``call`` column
+    (the bundle's threshold, fixed at training: nothing is tuned on the new cohort). With or without labels it
+    compares the cohort with the training cohort (:mod:`breastfusion.evaluation.external`): prevalence
+    (labelled cohorts only) and the distribution of subject probabilities against :func:`training_scores`.
+    Each shift found is logged as a warning and listed under ``warnings``.
+
+    Args:
+        predictions: :func:`combine_folds`'s output for the cohort (``Bundle.predict``); ``y`` present means
+            labelled.
+        bundle: the bundle that made them.
+        n_boot: bootstrap resamples for the AUC interval (default: the run's ``cv.bootstrap``).
+        seed: bootstrap seed (default: the run's ``cv.seed``).
+
+    Returns:
+        A JSON-ready dict: ``variant``, ``n_subjects``, ``labelled``, ``n_malignant``, ``prevalence``, ``auc``,
+        ``auc_ci`` (95%, ``None`` when a class is absent), ``n_boot``, ``at_threshold`` (decision metrics and
+        counts of ``call``; ``None`` unlabelled), ``training`` (the run's counts, out-of-fold AUC and
+        decision metrics at each fold's threshold, and the calibration split of the reference scores),
+        ``prevalence_shift`` (``None`` unlabelled),
+        ``score_shift``, ``warnings`` (list of str, empty when the cohort looks like training).
+
+    Raises:
+        BundleError: ``predictions`` lacks a column of :data:`PREDICTION_COLUMNS`.
+    """
+    lacking = [c for c in ("subject_id", "prob", "call") if c not in predictions.columns]
+    if lacking:
+        raise BundleError(f"predictions lack column(s) {lacking}; expected Bundle.predict's output with columns "
+                          f"{list(PREDICTION_COLUMNS)}")
+    n_boot = n_boot or bundle.config.cv.bootstrap
+    seed = bundle.config.cv.seed if seed is None else seed
+    reference = training_scores(bundle)
+    n_train, k_train, source = _training_counts(bundle, reference)
+    metrics = bundle.meta.get("metrics") or {}
+    labelled = "y" in predictions.columns
+    y = predictions["y"].to_numpy().astype(int) if labelled else None
+    p = predictions["prob"].to_numpy(dtype=float)
+    out: dict = {
+        "variant": bundle.variant, "n_subjects": int(len(predictions)), "labelled": labelled,
+        "n_malignant": int(y.sum()) if labelled else None, "prevalence": float(y.mean()) if labelled else None,
+        "auc": None, "auc_ci": None, "n_boot": n_boot, "at_threshold": None,
+        "threshold": "each subject's `threshold` column: the median of the folds' Youden thresholds, chosen on "
+                     "the training cohort",
+        "training": {"n_subjects": n_train, "n_malignant": k_train, "prevalence": k_train / n_train,
+                     "counts_from": source, "auc_out_of_fold": metrics.get("auc"),
+                     "auc_ci_out_of_fold": metrics.get("auc_ci"),
+                     "at_threshold_out_of_fold": {k: v for k, v in (metrics.get("threshold_metrics") or {}).items()
+                                                  if k in ("sensitivity", "specificity", "ppv", "npv")} or None,
+                     "reference_scores": "the folds' calibration subjects, split "
+                                         f"{sorted(set(bundle.calibration['split']))}"},
+        "prevalence_shift": None, "score_shift": None, "warnings": [],
+    }
+    if labelled:
+        if len(np.unique(y)) == 2:
+            auc, ci = auc_with_ci(y, p, n_boot=n_boot, seed=seed)
+            out["auc"], out["auc_ci"] = auc, list(ci)
+        out["at_threshold"] = decision_metrics(y, (predictions["call"] == "malignant").to_numpy().astype(int))
+        shift = out["prevalence_shift"] = prevalence_shift(len(y), int(y.sum()), n_train, k_train)
+        if shift["shifted"]:
+            out["warnings"].append(
+                f"prevalence {shift['prevalence_new']:.2f} ({int(y.sum())}/{len(y)} malignant) differs from the "
+                f"training cohort's {shift['prevalence_training']:.2f} ({k_train}/{n_train}; Fisher's exact "
+                f"p = {shift['p_value']:.2g}, tolerance {shift['tolerance']:.2f}): PPV and NPV at the bundle "
+                f"threshold do not carry over, and {TRANSFER_ADVICE}")
+    shift = out["score_shift"] = score_shift(p, reference["prob"].to_numpy())
+    if shift["shifted"]:
+        out["warnings"].append(
+            f"the subject probabilities (median {shift['median_new']:.3f}) are distributed unlike the bundle's "
+            f"scores of its training subjects (median {shift['median_training']:.3f}; Kolmogorov-Smirnov "
+            f"D = {shift['ks_statistic']:.2f}, p = {shift['p_value']:.2g}): {TRANSFER_ADVICE}"
+            + (" (the bundle's reference scores are its networks' in-sample scores of their own training subjects, "
+               "more extreme than held-out ones; a run with training.val_fraction > 0 gives held-out ones)"
+               if set(bundle.calibration["split"]) == {"training"} else ""))
+    for message in out["warnings"]:
+        logger.warning("%s", message)
+    return json_safe(out)
