@@ -203,3 +203,25 @@ def test_official_split_trains_on_train_validates_on_val_and_reports_on_test(sma
     subjects = load_bundle(tmp_path / "bundle").predict(root).set_index("subject_id")
     run_probs = predictions.groupby("subject_id")["prob"].mean()
     assert np.allclose(subjects.loc[run_probs.index, "prob"], run_probs, atol=1e-5)
+
+
+def test_a_score_fusion_variant_exports_and_its_bundle_reproduces_the_run(small_cohort_dir, tmp_path):
+    from breastfusion.bundle import export_bundle, load_bundle
+    from breastfusion.predict import predict_lesions
+    from breastfusion.run import run_experiment
+
+    cohort = load_cohort(small_cohort_dir)
+    config = load_config(None, variants={k: SCORE_VARIANTS[k] for k in ("ultrasound", "fused_score")},
+                         model=TINY_MODEL, training={**TINY_TRAINING, "tta": "hflip"}, cv={"n_splits": 3})
+    run_experiment(cohort, config, tmp_path / "run")
+    assert all((tmp_path / "run" / "checkpoints" / "fused_score" / f"fold{k}.score.skops").is_file()
+               for k in range(3))
+    export_bundle(tmp_path / "run", tmp_path / "bundle", variant="fused_score")
+    bundle = load_bundle(tmp_path / "bundle")
+    assert bundle.score_learners is not None and len(bundle.score_learners) == 3
+    lesions = predict_lesions(bundle, small_cohort_dir)
+    run = pd.read_csv(tmp_path / "run" / "predictions.csv", dtype={"subject_id": str, "lesion_id": str})
+    run = run[run["variant"] == "fused_score"]
+    held_out = lesions.merge(run[["fold", "lesion_id", "prob"]], on=["fold", "lesion_id"], suffixes=("", "_run"))
+    assert len(held_out) == len(run)
+    assert np.allclose(held_out["prob"], held_out["prob_run"], atol=1e-5)

@@ -22,6 +22,8 @@ Files:
 * ``clinical_fold{k}.skops``: fold ``k``'s fitted clinical preprocessor, when the variant reads clinical data;
 * ``fold{k}.stage2.skops``: fold ``k``'s fitted stage-2 learner (MPM-MU's stacking ensemble, or one of its
   learners) on the network's deep features, for a stage-2 variant;
+* ``fold{k}.score.skops``: fold ``k``'s fitted clinical learner, for a score-level fusion variant
+  (``model.fusion: score``: its probability is averaged with the image network's);
 * ``calibration.csv``: each fold's calibration lesion scores (repeat 0) with
   anonymous ids (``s0001`` / ``l0001``): the grouping of lesions into subjects is
   kept, the identity of the run's subjects is not.
@@ -110,6 +112,8 @@ class Bundle:
         calibration: each fold's calibration lesion scores (``fold, subject_id, lesion_id, y, prob, split``).
         stage2_learners: each fold's fitted stage-2 learner on its network's deep features (``None`` for a
             network variant, whose prediction is the network's output).
+        score_learners: each fold's fitted clinical learner of score-level fusion (``None`` unless the variant
+            has ``model.fusion: score``), averaged with the fold's image network.
     """
 
     root: Path
@@ -119,6 +123,7 @@ class Bundle:
     clinical_preprocessors: list[ClinicalPreprocessor] | None = field(repr=False)
     calibration: pd.DataFrame = field(repr=False)
     stage2_learners: list[Any] | None = field(default=None, repr=False)
+    score_learners: list[Any] | None = field(default=None, repr=False)
 
     @property
     def variant(self) -> str:
@@ -224,11 +229,15 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, variant: str | None =
     variant = variant or reference_variant(config)
     if variant not in config.variants:
         raise BundleError(f"unknown variant {variant!r}; this run has {list(config.variants)}")
-    if config.variant_model(variant).fusion == "score":
-        raise BundleError(f"variant {variant!r} uses fusion 'score', which bundles do not hold yet; export one of "
-                          f"{[v for v in config.variants if config.variant_model(v).fusion != 'score']}")
     learner = config.variant(variant).stage2
-    n_folds = 1 if config.cv.split_column is not None else config.cv.n_splits
+    n_folds = config.n_folds
+    score = config.variant_model(variant).fusion == "score"
+    if score:
+        lacking = [k for k in range(n_folds) if not (root / "checkpoints" / variant / f"fold{k}.score.skops").is_file()]
+        if lacking:
+            raise BundleError(f"{root / 'checkpoints' / variant}: no fitted clinical learner of score-level fusion "
+                              f"for fold(s) {lacking} (runs made before they were saved do not have them); run the "
+                              "experiment again")
     if learner != "none":
         lacking = [k for k in range(n_folds)
                    if not (root / "checkpoints" / variant / f"fold{k}.stage2.skops").is_file()]
@@ -263,8 +272,8 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, variant: str | None =
         for k in range(n_folds):
             art.network(variant, k)  # fails here, not at prediction time, when a checkpoint does not fit
             shutil.copyfile(art.checkpoint(variant, k), partial / f"fold{k}.safetensors")
-            if learner != "none":
-                name = f"fold{k}.stage2.skops"
+            for name in ([f"fold{k}.stage2.skops"] if learner != "none" else []) + (
+                    [f"fold{k}.score.skops"] if score else []):
                 shutil.copyfile(root / "checkpoints" / variant / name, partial / name)
             if clinical:
                 import skops.io
@@ -494,7 +503,7 @@ def _check_safetensors(path: Path, data: bytes) -> None:
 def _check_against_config(root: Path, meta: dict[str, Any], config: ExperimentConfig) -> None:
     """``bundle.json``'s description of the variant must be the one ``config.yaml`` gives."""
     variant = meta["variant"]
-    expected = {"modalities": list(config.modalities(variant)), "n_folds": config.cv.n_splits,
+    expected = {"modalities": list(config.modalities(variant)), "n_folds": config.n_folds,
                 "stage2": config.variant(variant).stage2}
     differ = [f"{key} {meta[key]!r} (config.yaml gives {value!r})" for key, value in expected.items()
               if meta[key] != value]
@@ -529,9 +538,11 @@ def load_bundle(path: str | Path) -> Bundle:
     _check_against_config(root, meta, config)
     clinical = "clinical" in config.modalities(variant)
     stage2 = config.variant(variant).stage2 != "none"
+    score = config.variant_model(variant).fusion == "score"
     needed = (["config.yaml", "calibration.csv"] + [f"fold{k}.safetensors" for k in range(n_folds)]
               + ([f"clinical_fold{k}.skops" for k in range(n_folds)] if clinical else [])
-              + ([f"fold{k}.stage2.skops" for k in range(n_folds)] if stage2 else []))
+              + ([f"fold{k}.stage2.skops" for k in range(n_folds)] if stage2 else [])
+              + ([f"fold{k}.score.skops" for k in range(n_folds)] if score else []))
     data = _verified(root, meta, needed)
     for k in range(n_folds):
         _check_safetensors(root / f"fold{k}.safetensors", data[f"fold{k}.safetensors"])
@@ -545,6 +556,15 @@ def load_bundle(path: str | Path) -> Bundle:
             raise BundleError(f"{root}: the stage-2 learner of fold(s) {unfit} has no predict_proba")
     else:
         learners = None
+    score_learners = None
+    if score:
+        from sklearn.base import BaseEstimator
+
+        score_learners = [_load_skops(root / f"fold{k}.score.skops", data[f"fold{k}.score.skops"], BaseEstimator,
+                                      "clinical learner") for k in range(n_folds)]
+        unfit = [k for k, learner in enumerate(score_learners) if not hasattr(learner, "predict_proba")]
+        if unfit:
+            raise BundleError(f"{root}: the clinical learner of fold(s) {unfit} has no predict_proba")
     preprocessors = [_load_preprocessor(root / f"clinical_fold{k}.skops", data[f"clinical_fold{k}.skops"])
                      for k in range(n_folds)] if clinical else None
     networks = []
@@ -566,4 +586,4 @@ def load_bundle(path: str | Path) -> Bundle:
         logger.info("bundle %s was exported by breastfusion %s; this is %s", root, meta.get("breastfusion_version"),
                     __version__)
     return Bundle(root=root, meta=meta, config=config, networks=networks, clinical_preprocessors=preprocessors,
-                  calibration=calibration, stage2_learners=learners)
+                  calibration=calibration, stage2_learners=learners, score_learners=score_learners)

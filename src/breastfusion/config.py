@@ -271,6 +271,11 @@ class ExperimentConfig(_Strict):
             out[name] = list(v.modalities) if not v.model and v.stage2 == "none" else v.model_dump(mode="json")
         return out
 
+    @property
+    def n_folds(self) -> int:
+        """Networks trained per variant and repeat: one on a dataset's own split, else ``cv.n_splits``."""
+        return 1 if self.cv.split_column is not None else self.cv.n_splits
+
     def modalities(self, variant: str) -> tuple[str, ...]:
         """The modalities of ``variant`` (KeyError naming the known variants when unknown)."""
         return tuple(self.variant(variant).modalities)

@@ -157,7 +157,18 @@ def _fold_probs(bundle: Bundle, k: int, net, data: LesionDataset, batch_size: in
     if bundle.stage2_learners is None:
         loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
         tta = bundle.config.training.tta
-        return torch.cat([torch.sigmoid(tta_logits(net, prepare_batch(b), tta)) for b in loader]).numpy()
+        prob = torch.cat([torch.sigmoid(tta_logits(net, prepare_batch(b), tta)) for b in loader]).numpy()
+        if bundle.score_learners is None:
+            return prob
+        # Score-level fusion: the image network's probability averaged with the fold's clinical learner's.
+        from breastfusion.models.score_fusion import average_scores
+
+        features, present = data.tensors["clinical"].numpy(), data.tensors["clinical_present"].numpy()
+        clinical = np.full(len(prob), np.nan)
+        if present.any():
+            clinical[present] = bundle.score_learners[k].predict_proba(features[present])[:, 1]
+        image_present = np.array([u != "" for u in modalities_used(data.tensors, tuple(net.modalities))])
+        return average_scores(prob, clinical, image_present=image_present, clinical_present=present)
     from breastfusion.models.stage2 import feature_table
     from breastfusion.training.fit import extract_features
 

@@ -44,7 +44,7 @@ from breastfusion.data.preprocess import Params, preprocess, resize_pad
 from breastfusion.data.readers import read_image
 from breastfusion.data.synthetic.cohort import MASK_COLUMN
 from breastfusion.data.tensors import LesionDataset, LesionImages, build_lesion_images, clinical_features_for
-from breastfusion.evaluation.crossval import FoldPositions, fold_positions, preprocessing_params
+from breastfusion.evaluation.crossval import FoldPositions, fold_positions, network_spec, preprocessing_params
 from breastfusion.run_folder import missing_run_file
 from breastfusion.models.network import MultimodalNet, build_network
 from breastfusion.training.module import tta_logits
@@ -266,7 +266,8 @@ def load_network(path: Path, config: ExperimentConfig, variant: str,
     """
     with safe_open(str(path), framework="pt") as handle:
         meta = handle.metadata() or {}
-    modalities = config.modalities(variant)
+    spec = network_spec(config, variant)  # score-level fusion's network is its image modalities' network
+    modalities = spec.modalities
     if meta.get("modalities") and tuple(meta["modalities"].split(",")) != modalities:
         raise RunFolderError(f"{path}: holds modalities {meta['modalities']}, the config's variant {variant!r} "
                              f"has {list(modalities)}")
@@ -277,7 +278,7 @@ def load_network(path: Path, config: ExperimentConfig, variant: str,
             f"gives {clinical_preprocessor.n_features_}; the clinical table changed"
         raise RunFolderError(f"{path}: {n_clinical} clinical features, but {label}'s clinical preprocessor {given}")
     # Weights come from the checkpoint: do not read the encoder's initial weights file again.
-    model = config.variant_model(variant)
+    model = spec.model
     model = model.model_copy(update={m: getattr(model, m).model_copy(update={"weights": None})
                                      for m in IMAGE_MODALITIES})
     net = build_network(modalities, model, n_clinical)

@@ -381,17 +381,22 @@ class _Runner:
         return self.lesions[column].to_numpy()[idx]
 
     # -- score-level fusion -------------------------------------------------------------------------------
-    def score_fusion(self, spec: NetworkSpec, fold: _Fold) -> pd.DataFrame:
+    def score_fusion(self, spec: NetworkSpec, fold: _Fold) -> tuple[pd.DataFrame, object]:
         """The image network's rows with each probability averaged with the fold's clinical learner's
-        (:mod:`breastfusion.models.score_fusion`); calibration rows get out-of-inner-fold clinical scores."""
+        (:mod:`breastfusion.models.score_fusion`); calibration rows get out-of-inner-fold clinical scores.
+
+        Returns:
+            (the rows, the fitted clinical learner: the estimator its inner search chose, refitted on the
+            fold's training lesions)."""
         head = self.network(spec, fold).rows
         fit_idx = fold.fit_idx
         features, present = fold.clinical["fit"]
         y = self.lesions["y"].to_numpy()
         cfg = self.config.model.clinical
-        model, oof = fit_clinical_model(cfg.score_model, features[present], y[fit_idx][present],
-                                        self.groups(fit_idx)[present], seed=fold_seed(self.config, fold.k,
-                                                                                        fold.repeat))
+        search, oof = fit_clinical_model(cfg.score_model, features[present], y[fit_idx][present],
+                                         self.groups(fit_idx)[present], seed=fold_seed(self.config, fold.k,
+                                                                                         fold.repeat))
+        model = search.best_estimator_
         out = []
         for split, rows in head.groupby("split", sort=False):
             rows = rows.copy()
@@ -409,7 +414,7 @@ class _Runner:
             rows["modalities_used"] = [(";".join(filter(None, [u, "clinical"])) if h else u)
                                        for u, h in zip(used, have)]
             out.append(rows)
-        return pd.concat(out, ignore_index=True)
+        return pd.concat(out, ignore_index=True), model
 
     # -- stage 2 ----------------------------------------------------------------------------------------------
     def features(self, spec: NetworkSpec, fold: _Fold) -> dict[str, FeatureTable]:
@@ -500,14 +505,17 @@ def cross_validate(cohort: Cohort, config: ExperimentConfig, *, progress: Progre
                 spec, learner = specs[variant], config.variant(variant).stage2
                 trained = runner.network(spec, fold)
                 if config.variant_model(variant).fusion == "score":
-                    out = runner.score_fusion(spec, fold)
+                    out, clinical_model = runner.score_fusion(spec, fold)
+                    if checkpoint_dir is not None and r == 0:
+                        _save_skops(checkpoint_dir / variant / f"{fold.tag}.score.skops", clinical_model)
                 elif learner == "none":
                     out = trained.rows
                 else:
                     out, imp = runner.stage2(variant, spec, fold, learner)
                     importance.append(imp)
                     if checkpoint_dir is not None and r == 0:
-                        _save_stage2(checkpoint_dir, variant, fold, runner.network(spec, fold).ensemble.model(learner))
+                        _save_skops(checkpoint_dir / variant / f"{fold.tag}.stage2.skops",
+                                    runner.network(spec, fold).ensemble.model(learner))
                 rows.append(out.assign(variant=variant))
                 if checkpoint_dir is not None and r == 0:
                     _link_variant(checkpoint_dir, variant, spec, fold)
@@ -543,8 +551,9 @@ def _unique_networks(specs) -> list[NetworkSpec]:
     return list(seen.values())
 
 
-def _save_stage2(checkpoint_dir: Path, variant: str, fold: _Fold, model) -> None:
-    """``{variant}/fold{k}.stage2.skops``: the variant's fitted stage-2 learner (skops, not pickle), for bundles.
+def _save_skops(target: Path, model) -> None:
+    """A fold's fitted scikit-learn learner (skops, not pickle), for bundles: ``{variant}/fold{k}.stage2.skops``
+    (a stage-2 learner) or ``{variant}/fold{k}.score.skops`` (score-level fusion's clinical learner).
 
     Deflate-compressed: the forests of MPM-MU's stacking shrink about tenfold (26.5 MB → 2.7 MB a fold at the
     mpm_mu config's settings)."""
@@ -552,7 +561,6 @@ def _save_stage2(checkpoint_dir: Path, variant: str, fold: _Fold, model) -> None
 
     import skops.io
 
-    target = checkpoint_dir / variant / f"{fold.tag}.stage2.skops"
     target.parent.mkdir(parents=True, exist_ok=True)
     skops.io.dump(model, target, compression=zipfile.ZIP_DEFLATED)
 
