@@ -219,9 +219,13 @@ def main() -> None:
             print(f"  {key}: {value}", flush=True)
         figures.update(out)
         measured[name] = stamp
-    payload = {"command": "python bench/real_data.py " + " ".join(sys.argv[1:]), "measured": measured,
-               "epochs_scale": args.epochs_scale, **figures}
     if args.epochs_scale == 1.0:
+        # Sections may run in parallel processes (one a core): merge with what the others wrote meanwhile.
+        latest = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+        measured = {**latest.pop("measured", {}), **measured}
+        figures = {**{k: v for k, v in latest.items() if k not in ("command", "epochs_scale")}, **figures}
+        payload = {"command": "python bench/real_data.py " + " ".join(sys.argv[1:]), "measured": measured,
+                   "epochs_scale": args.epochs_scale, **figures}
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(payload, indent=2, default=float))
         print(f"wrote {RESULTS}")

@@ -225,3 +225,15 @@ def test_a_score_fusion_variant_exports_and_its_bundle_reproduces_the_run(small_
     held_out = lesions.merge(run[["fold", "lesion_id", "prob"]], on=["fold", "lesion_id"], suffixes=("", "_run"))
     assert len(held_out) == len(run)
     assert np.allclose(held_out["prob"], held_out["prob_run"], atol=1e-5)
+
+
+def test_explain_passes_over_score_fusion_and_refuses_it_by_name():
+    from types import SimpleNamespace
+
+    from breastfusion.explain.runner import check_explainable, default_variant
+
+    art = SimpleNamespace(config=load_config(None, variants=SCORE_VARIANTS))
+    assert default_variant(art) == "ultrasound"
+    with pytest.raises(ValueError, match="score-level fusion.*'clinical', 'ultrasound'"):
+        check_explainable(art, "fused_score")
+    check_explainable(art, "ultrasound")

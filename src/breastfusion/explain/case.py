@@ -87,6 +87,9 @@ def explain_case(bundle, cohort: Cohort | str | Path, *, lesion_id: str | None =
     if getattr(bundle, "stage2_learners", None) is not None:
         raise ValueError(f"bundle {bundle.root} predicts with a stage-2 learner on the networks' deep features; "
                          "case explanations cover network variants only (export one to explain it)")
+    if getattr(bundle, "score_learners", None) is not None:
+        raise ValueError(f"bundle {bundle.root} averages an image network with a clinical learner (score-level "
+                         "fusion); case explanations cover network variants only (export one to explain it)")
     cohort = fit_to_bundle(bundle, as_cohort(cohort))
     lesions = cohort.lesions
     ids = lesions["lesion_id"].astype(str).tolist()

@@ -36,10 +36,28 @@ _RANDOM_DRAWS = 8  # random heatmaps per image for the baseline
 
 
 def default_variant(art: RunArtifacts) -> str:
-    """The variant with the most modalities (the first such in the config), preferring one with an image."""
-    variants = art.config.variants
+    """The network variant with the most modalities (the first such in the config), preferring one with an image.
+
+    Score-level fusion variants (``model.fusion: score``) are not networks of their own: their image part is
+    explained through the image variant, so they are passed over."""
+    variants = [v for v in art.config.variants if art.config.variant_model(v).fusion != "score"] \
+        or list(art.config.variants)
     return max(variants, key=lambda v: (any(m in IMAGE_MODALITIES for m in art.config.modalities(v)),
                                         len(art.config.modalities(v))))
+
+
+def check_explainable(art: RunArtifacts, variant: str) -> None:
+    """Refuse a score-level fusion variant, naming the variants that can be explained.
+
+    Raises:
+        ValueError: ``variant`` averages an image network with a clinical learner; its heatmaps are its image
+            network's and its modality split is fixed (equal weights), so explain the network variants instead.
+    """
+    if art.config.variant_model(variant).fusion == "score":
+        others = [v for v in art.config.variants if art.config.variant_model(v).fusion != "score"]
+        raise ValueError(f"variant {variant!r} is score-level fusion (the image network's probability averaged "
+                         f"with a clinical learner's, equal weights): explain its image network through one of "
+                         f"{others}")
 
 
 def run_subject_scores(art: RunArtifacts, variant: str) -> pd.DataFrame:
@@ -172,6 +190,7 @@ def explain_run(
         raise ValueError(f"unknown method {method!r}; expected one of {list(CAM_METHODS)}")
     art = load_run(run_dir, allow_outside_root=allow_outside_root)
     variant = variant or default_variant(art)
+    check_explainable(art, variant)
     modalities = art.modalities(variant)
     out = Path(out) if out is not None else art.root / "explain"
     (out / "heatmaps").mkdir(parents=True, exist_ok=True)
