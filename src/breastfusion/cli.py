@@ -46,8 +46,13 @@ def _default_out(name: str) -> Path:
 
 
 def _progress():
+    """A live rich progress bar on a terminal; plain periodic lines when output goes to a file or a pipe."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    if not console.is_terminal:
+        from breastfusion.progress import PlainProgress
+
+        return PlainProgress(console.file)
     return Progress(TextColumn("{task.description:<34}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     console=console, transient=False)
 
@@ -416,6 +421,8 @@ def serve(
     host: Annotated[str, typer.Option("--host", help="Interface to bind; the default is reachable from this "
                                       "machine only.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8765,
+    max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.001, help="Largest request body "
+                                                 "accepted; bigger uploads get 413.")] = 50.0,
 ) -> None:
     """A local web page that applies a bundle to one case: upload images, fill in clinical values, read the call."""
     from breastfusion.app.server import serve as serve_app
@@ -426,7 +433,7 @@ def serve(
     except (BundleError, FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     console.print(f"Serving [b]{bundle_dir}[/b] ({bundle.variant}) at http://{host}:{port}/ (Ctrl+C stops)")
-    serve_app(bundle, host=host, port=port)
+    serve_app(bundle, host=host, port=port, max_upload_bytes=int(max_upload_mb * 2**20))
 
 from breastfusion.ablation_cli import ablate  # noqa: E402
 
