@@ -18,6 +18,9 @@ def ablate(
     quick: Annotated[bool, typer.Option("--quick", help="Fewer subjects (synthetic), epochs and bootstrap "
                                         "resamples.")] = False,
     out: Annotated[Optional[Path], typer.Option("--out", help="Run folder (default: runs/NAME-ablation-TIMESTAMP).")] = None,
+    executor: Annotated[Optional[str], typer.Option("--executor", help="local or ray (each network and fold a "
+                                                    "Ray task); default: the config's execution.executor.")] = None,
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster to join, e.g. auto.")] = None,
 ) -> None:
     """Run an ablation grid: each modality alone, attention off/ECA/CBAM per branch, each fusion, each encoder,
     each stage-2 learner vs stacking — one factor at a time away from the full model.
@@ -32,6 +35,7 @@ def ablate(
     from breastfusion.data.manifest import ManifestError, load_cohort
     from breastfusion.demo import make_synthetic_cohort, quick_overrides
     from breastfusion.evaluation.crossval import MissingModalityError
+    from breastfusion.execution import ExecutionError, with_executor
     from breastfusion.run import run_experiment
 
     if dataset not in (None, "synthetic"):
@@ -42,7 +46,7 @@ def ablate(
         cfg = load_config(config, manifest=manifest)
         if quick:
             cfg = quick_overrides(cfg)
-        cfg, changes = expand_ablation(cfg)
+        cfg, changes = expand_ablation(with_executor(cfg, executor, ray_address))
         out = out or _default_out(f"{cfg.name}-ablation")
         if (out / "checkpoints").exists():
             _fail(f"{out} already holds a run; choose another --out")
@@ -52,7 +56,8 @@ def ablate(
             else:
                 cohort = load_cohort(cfg.manifest)
             results = run_experiment(cohort, cfg, out, progress=progress, ablation=changes)
-    except (ConfigError, ManifestError, MissingModalityError, FileNotFoundError, KeyError, ValueError) as exc:
+    except (ConfigError, ManifestError, MissingModalityError, FileNotFoundError, KeyError, ValueError,
+            ExecutionError) as exc:
         _fail(str(exc).strip("'\""))
     console.print(_ablation_table(results))
     console.print(f"Run folder: [b]{out}[/b] (ablation.csv, ablation.md, report.html) · {results['runtime_s']:.0f} s")

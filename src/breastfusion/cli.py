@@ -108,9 +108,15 @@ def run(
     variants: Annotated[Optional[str], typer.Option(
         "--variants", help="Run only these variants of the config (comma-separated names), e.g. the image-only "
         "arm on a cohort without clinical data.")] = None,
+    executor: Annotated[Optional[str], typer.Option("--executor", help="local (this process) or ray (each "
+                                                    "network and fold a Ray task); default: the config's "
+                                                    "execution.executor.")] = None,
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster to join, e.g. auto "
+                                                       "(default: execution.address).")] = None,
 ) -> None:
     """Cross-validate the variants of an experiment on a manifest folder and write a run folder."""
     from breastfusion.config import ConfigError, load_config, select_variants
+    from breastfusion.execution import ExecutionError, same_experiment, with_executor
     from breastfusion.data.manifest import ManifestError, load_cohort
     from breastfusion.evaluation.crossval import MissingModalityError
     from breastfusion.run import run_experiment
@@ -120,9 +126,11 @@ def run(
                           exclude_unreadable=True if exclude_unreadable else None)
         if variants:
             cfg = select_variants(cfg, [v.strip() for v in variants.split(",") if v.strip()])
+        cfg = with_executor(cfg, executor, ray_address)
         if out is not None and (out / "checkpoints").exists() and not resume:
             _fail(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-        if resume and out is not None and (out / "config.yaml").is_file() and load_config(out / "config.yaml") != cfg:
+        if resume and out is not None and (out / "config.yaml").is_file() and not same_experiment(
+                load_config(out / "config.yaml"), cfg):
             _fail(f"--resume: the configuration differs from the one in {out / 'config.yaml'}; "
                   f"resume with that file (`breastfusion run {out}/config.yaml --resume --out {out}`)")
         if cfg.manifest is None:
@@ -132,7 +140,7 @@ def run(
         out = out or _default_out(cfg.name)
         with _progress() as progress:
             results = run_experiment(cohort, cfg, out, progress=progress)
-    except (ConfigError, ManifestError, MissingModalityError, FileNotFoundError) as exc:
+    except (ConfigError, ManifestError, MissingModalityError, FileNotFoundError, ExecutionError) as exc:
         _fail(str(exc))
     console.print(_results_table(results))
     console.print(f"Run folder: [b]{out}[/b]")

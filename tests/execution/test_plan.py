@@ -71,3 +71,25 @@ def test_execution_and_loader_workers_do_not_change_a_network_key():
 def test_bad_execution_settings_name_the_key(execution, match):
     with pytest.raises(ConfigError, match=match):
         load_config(None, execution=execution)
+
+
+def test_cli_executor_flags_change_only_where_it_runs():
+    from breastfusion.execution import same_experiment, with_executor
+
+    config = _config()
+    on_ray = with_executor(config, "ray", "auto")
+    assert (on_ray.execution.executor, on_ray.execution.address) == ("ray", "auto")
+    assert with_executor(config) is config
+    assert same_experiment(config, on_ray) and on_ray != config  # a Ray run can be resumed locally
+    assert not same_experiment(config, _config(cv={"n_splits": 4}))
+    with pytest.raises(ConfigError, match=r"--executor should be one of \['local', 'ray'\], got 'spark'"):
+        with_executor(config, "spark")
+
+
+def test_run_refuses_an_unknown_executor(tmp_path):
+    from typer.testing import CliRunner
+
+    from breastfusion.cli import app
+
+    result = CliRunner().invoke(app, ["run", "--manifest", str(tmp_path), "--executor", "spark"])
+    assert result.exit_code == 2 and "--executor should be one of" in result.output

@@ -8,7 +8,11 @@ predictions are the local executor's by construction.
 
 from breastfusion.execution.plan import TrainingTask, finished, plan_trainings, waves
 
-__all__ = ["ExecutionError", "TrainingTask", "plan_trainings", "waves", "finished", "run_trainings"]
+__all__ = ["ExecutionError", "TrainingTask", "plan_trainings", "waves", "finished", "run_trainings",
+           "EXECUTORS", "with_executor", "same_experiment"]
+
+#: The executors ``execution.executor`` / ``--executor`` accept.
+EXECUTORS = ("local", "ray")
 
 
 class ExecutionError(RuntimeError):
@@ -21,3 +25,29 @@ def run_trainings(*args, **kwargs):
     from breastfusion.execution.ray_executor import run_trainings as run
 
     return run(*args, **kwargs)
+
+
+def with_executor(config, executor: str | None = None, address: str | None = None):
+    """``config`` with the CLI's ``--executor`` / ``--ray-address`` applied (``None`` keeps the config's).
+
+    Raises:
+        ConfigError: an unknown executor (the message lists :data:`EXECUTORS`).
+    """
+    from breastfusion.config import ConfigError
+
+    changes = {}
+    if executor is not None:
+        if executor not in EXECUTORS:
+            raise ConfigError(f"--executor should be one of {list(EXECUTORS)}, got {executor!r}")
+        changes["executor"] = executor
+    if address is not None:
+        changes["address"] = address
+    if not changes:
+        return config
+    return config.model_copy(update={"execution": config.execution.model_copy(update=changes)})
+
+
+def same_experiment(a, b) -> bool:
+    """Whether two configs describe the same experiment, wherever it runs (``execution`` is ignored), so a run
+    started on Ray can be resumed locally and the other way round."""
+    return a.model_copy(update={"execution": b.execution}) == b
