@@ -267,6 +267,8 @@ def export(
     out: Annotated[Path, typer.Option("--out", help="Bundle folder to create (absent or empty).")],
     variant: Annotated[Optional[str], typer.Option("--variant", help="Variant to export (default: the run's "
                                                    "reference variant).")] = None,
+    onnx: Annotated[bool, typer.Option("--onnx", help="Also write each fold network as ONNX (fold{k}.onnx), for "
+                                       "`predict --runtime onnx` (pip install 'breastfusion[onnx]').")] = False,
 ) -> None:
     """Export a run's fitted variant as a bundle: fold networks, clinical preprocessors, stage-2 learners, calibration.
 
@@ -276,12 +278,13 @@ def export(
     """
     from breastfusion.bundle import BundleError, export_bundle, load_bundle
     from breastfusion.config import ConfigError
+    from breastfusion.onnx_export import OnnxUnavailableError
     from breastfusion.run_artifacts import RunFolderError
 
     try:
-        export_bundle(run_dir, out, variant=variant)
+        export_bundle(run_dir, out, variant=variant, onnx=onnx)
         meta = load_bundle(out).meta
-    except (BundleError, RunFolderError, ConfigError, FileNotFoundError) as exc:
+    except (BundleError, RunFolderError, ConfigError, FileNotFoundError, OnnxUnavailableError) as exc:
         _fail(str(exc))
     metrics = meta["metrics"]
     lo, hi = metrics["auc_ci"] or (float("nan"), float("nan"))
@@ -324,6 +327,8 @@ def predict(
                                                "clinical.csv, as for `breastfusion run`.")],
     out: Annotated[Path, typer.Option("--out", help="CSV to write, one row per subject.")] = Path("predictions.csv"),
     batch_size: Annotated[int, typer.Option("--batch-size", help="Lesions per forward pass.")] = 64,
+    runtime: Annotated[str, typer.Option("--runtime", help="torch, or onnx: ONNX Runtime on the CPU (a bundle "
+                                         "exported with --onnx).")] = "torch",
 ) -> None:
     """Apply a bundle to new cases: P(malignant) per subject, the call at the folds' threshold, the folds' votes.
 
@@ -336,6 +341,7 @@ def predict(
     from breastfusion.bundle import BundleError, load_bundle
     from breastfusion.data.manifest import ManifestError
     from breastfusion.data.readers import ImageReadError
+    from breastfusion.onnx_export import OnnxUnavailableError
 
     handler = _ConsoleNotes()
     notes = [logging.getLogger(f"breastfusion.{name}") for name in ("bundle", "predict")]
@@ -347,8 +353,8 @@ def predict(
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             bundle = load_bundle(bundle_dir)
-            predictions = bundle.predict(cohort_dir, batch_size=batch_size)
-    except (BundleError, ManifestError, ImageReadError, FileNotFoundError, ValueError) as exc:
+            predictions = bundle.predict(cohort_dir, batch_size=batch_size, runtime=runtime)
+    except (BundleError, ManifestError, ImageReadError, FileNotFoundError, ValueError, OnnxUnavailableError) as exc:
         _fail(str(exc))
     finally:
         for logger, level in zip(notes, levels):

@@ -39,9 +39,12 @@ from breastfusion.evaluation.summary import score_fold
 from breastfusion.run_artifacts import prepare_batch
 from breastfusion.training.module import tta_logits
 
-__all__ = ["PREDICTION_COLUMNS", "as_cohort", "fit_to_bundle", "predict_lesions", "score_folds", "combine_folds"]
+__all__ = ["RUNTIMES", "PREDICTION_COLUMNS", "as_cohort", "fit_to_bundle", "predict_lesions", "score_folds", "combine_folds"]
 
 logger = logging.getLogger(__name__)
+
+#: Inference engines of :func:`predict_lesions`: PyTorch, or the bundle's ONNX graphs on ONNX Runtime.
+RUNTIMES = ("torch", "onnx")
 
 #: Columns of :func:`combine_folds` (``y`` and ``label`` follow when every lesion of the cohort is labelled).
 PREDICTION_COLUMNS = ("subject_id", "n_lesions", "modalities_used", "prob", "prob_sd", "threshold", "call",
@@ -83,7 +86,7 @@ def fit_to_bundle(bundle: Bundle, cohort: Cohort) -> Cohort:
 
 @torch.no_grad()
 def predict_lesions(bundle: Bundle, cohort: Cohort | str | Path, *, batch_size: int = 64,
-                    cache: bool = False) -> pd.DataFrame:
+                    cache: bool = False, runtime: str = "torch") -> pd.DataFrame:
     """Every fold network's P(malignant) for every lesion of ``cohort``.
 
     Args:
@@ -91,6 +94,7 @@ def predict_lesions(bundle: Bundle, cohort: Cohort | str | Path, *, batch_size: 
         cohort: a cohort folder or manifest CSV (``label`` may be empty or absent), or a loaded cohort.
         batch_size: lesions per forward pass.
         cache: read and fill the preprocessed-array cache (``$BREASTFUSION_CACHE``; off: decode every image).
+        runtime: ``torch`` or ``onnx`` (the bundle's ONNX graphs on ONNX Runtime, :mod:`breastfusion.onnx_export`).
 
     Returns:
         One row per (fold, lesion), folds in order, lesions in manifest order: ``fold``, ``subject_id``,
@@ -101,8 +105,11 @@ def predict_lesions(bundle: Bundle, cohort: Cohort | str | Path, *, batch_size: 
     Raises:
         ManifestError, FileNotFoundError: the cohort breaks the manifest contract.
         ImageReadError: unreadable images (unless the run's config excludes them).
-        BundleError: no lesion has any modality the bundle reads.
+        BundleError: no lesion has any modality the bundle reads, or ``runtime`` onnx for a bundle without graphs.
+        ValueError: an unknown ``runtime``.
     """
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime should be one of {list(RUNTIMES)}, got {runtime!r}")
     cohort = fit_to_bundle(bundle, as_cohort(cohort))
     lesions = cohort.lesions
     images = build_lesion_images(cohort, bundle.preprocessing, cache=ArrayCache(enabled=cache),
@@ -117,7 +124,8 @@ def predict_lesions(bundle: Bundle, cohort: Cohort | str | Path, *, batch_size: 
         data = LesionDataset(images, positions, lesions["y"].to_numpy(), bundle.modalities, *clinical)
         if used is None:
             used = modalities_used(data.tensors, bundle.modalities)
-        prob = _fold_probs(bundle, k, net, data, batch_size)
+        prob = (_fold_probs(bundle, k, net, data, batch_size) if runtime == "torch"
+                else _onnx_fold_probs(bundle, k, data, batch_size))
         frames.append(pd.DataFrame({"fold": k, "subject_id": lesions["subject_id"].to_numpy(),
                                     "lesion_id": lesions["lesion_id"].to_numpy(), "prob": prob,
                                     "modalities_used": used}))
@@ -153,6 +161,20 @@ def _fold_probs(bundle: Bundle, k: int, net, data: LesionDataset, batch_size: in
     from breastfusion.training.fit import extract_features
 
     table = feature_table(extract_features(net, data, batch_size=batch_size),
+                          bundle.config.variant_model(bundle.variant).fusion, bundle.config.stage2.features)
+    return bundle.stage2_learners[k].predict_proba(table.values)[:, 1]
+
+
+def _onnx_fold_probs(bundle: Bundle, k: int, data: LesionDataset, batch_size: int) -> np.ndarray:
+    """:func:`_fold_probs` through fold ``k``'s ONNX graph (probabilities, or deep features for a stage-2 learner)."""
+    if not len(data):
+        return np.zeros(0)
+    out = bundle.onnx_fold(k).predict(data, batch_size=batch_size)
+    if bundle.stage2_learners is None:
+        return out["prob"].astype(float)
+    from breastfusion.models.stage2 import feature_table
+
+    table = feature_table({name: v.astype(np.float64) for name, v in out.items()},
                           bundle.config.variant_model(bundle.variant).fusion, bundle.config.stage2.features)
     return bundle.stage2_learners[k].predict_proba(table.values)[:, 1]
 
