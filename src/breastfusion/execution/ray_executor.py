@@ -63,6 +63,9 @@ def train_task(cohort: Cohort, config: ExperimentConfig, images: LesionImages, c
     from breastfusion.evaluation.crossval import _Runner
 
     torch.set_num_threads(max(1, threads))
+    # Arrays from Ray's object store are read-only views; the datasets index with them, so own a copy.
+    positions = FoldPositions(positions.fit.copy(), positions.test.copy(),
+                              None if positions.validation is None else positions.validation.copy())
     root = Path(checkpoint_dir)
     for dep in task.spec.init:
         dep_task = TrainingTask(dep, task.repeat, task.fold, 0)

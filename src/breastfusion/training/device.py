@@ -26,9 +26,10 @@ def autocast_works(device_type: str, dtype: torch.dtype) -> bool:
         conv = torch.nn.Conv2d(1, 4, 3).to(device)
         head = torch.nn.Linear(4, 1).to(device)
         x = torch.rand(2, 1, 8, 8, device=device)
-        with warnings.catch_warnings(), torch.autocast(device_type=device_type, dtype=dtype):
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "dtype not supported, disabling autocast": answered by the dtype check
-            y = head(conv(x).mean((2, 3)))
+            with torch.autocast(device_type=device_type, dtype=dtype):
+                y = head(conv(x).mean((2, 3)))
         y.float().sum().backward()
         return bool(torch.isfinite(y.float()).all()) and y.dtype == dtype
     except (RuntimeError, TypeError, ValueError, AssertionError):
