@@ -22,6 +22,9 @@ def ablate(
         "--nested-inner-folds", min=2, help="Also choose the variant inside each outer training fold by an inner "
         "cross-validation with K folds, and report the chosen models' outer AUC beside the naive best "
         "(writes nested_selection.json; costs about K times the grid per outer fold).")] = None,
+    executor: Annotated[Optional[str], typer.Option("--executor", help="local or ray (each network and fold a "
+                                                    "Ray task); default: the config's execution.executor.")] = None,
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster to join, e.g. auto.")] = None,
 ) -> None:
     """Run an ablation grid: each modality alone, attention off/ECA/CBAM per branch, each fusion, each encoder,
     each stage-2 learner vs stacking — one factor at a time away from the full model.
@@ -40,6 +43,7 @@ def ablate(
     from breastfusion.data.manifest import ManifestError, load_cohort
     from breastfusion.demo import make_synthetic_cohort, quick_overrides
     from breastfusion.evaluation.crossval import MissingModalityError
+    from breastfusion.execution import ExecutionError, with_executor
     from breastfusion.run import run_experiment
 
     if dataset not in (None, "synthetic"):
@@ -50,7 +54,7 @@ def ablate(
         cfg = load_config(config, manifest=manifest)
         if quick:
             cfg = quick_overrides(cfg)
-        cfg, changes = expand_ablation(cfg)
+        cfg, changes = expand_ablation(with_executor(cfg, executor, ray_address))
         out = out or _default_out(f"{cfg.name}-ablation")
         if (out / "checkpoints").exists():
             _fail(f"{out} already holds a run; choose another --out")
@@ -61,7 +65,8 @@ def ablate(
                 cohort = load_cohort(cfg.manifest)
             results = run_experiment(cohort, cfg, out, progress=progress, ablation=changes)
             nested = _nested(cohort, cfg, out, nested_inner_folds, progress) if nested_inner_folds else None
-    except (ConfigError, ManifestError, MissingModalityError, FileNotFoundError, KeyError, ValueError) as exc:
+    except (ConfigError, ManifestError, MissingModalityError, FileNotFoundError, KeyError, ValueError,
+            ExecutionError) as exc:
         _fail(str(exc).strip("'\""))
     console.print(_ablation_table(results))
     if nested is not None:

@@ -124,6 +124,8 @@ class Bundle:
     calibration: pd.DataFrame = field(repr=False)
     stage2_learners: list[Any] | None = field(default=None, repr=False)
     score_learners: list[Any] | None = field(default=None, repr=False)
+    onnx_graphs: list[bytes] | None = field(default=None, repr=False)  # fold{k}.onnx (export --onnx), verified
+    _onnx_folds: dict = field(default_factory=dict, repr=False)
 
     @property
     def variant(self) -> str:
@@ -144,12 +146,29 @@ class Bundle:
 
         return preprocessing_params(self.config, [m for m in IMAGE_MODALITIES if m in self.modalities])
 
-    def predict_lesions(self, cohort: Cohort | str | Path, *, batch_size: int = 64, cache: bool = False
-                        ) -> pd.DataFrame:
+    def predict_lesions(self, cohort: Cohort | str | Path, *, batch_size: int = 64, cache: bool = False,
+                        runtime: str = "torch") -> pd.DataFrame:
         """Every fold network's P(malignant) for every lesion; see :func:`breastfusion.predict.predict_lesions`."""
         from breastfusion.predict import predict_lesions
 
-        return predict_lesions(self, cohort, batch_size=batch_size, cache=cache)
+        return predict_lesions(self, cohort, batch_size=batch_size, cache=cache, runtime=runtime)
+
+    def onnx_fold(self, k: int, *, threads: int | None = None):
+        """Fold ``k``'s ONNX Runtime graph (:class:`~breastfusion.onnx_export.OnnxFold`), made once.
+
+        Raises:
+            BundleError: the bundle was exported without ``--onnx``.
+            OnnxUnavailableError: onnxruntime is not installed.
+        """
+        if self.onnx_graphs is None:
+            raise BundleError(f"{self.root} holds no ONNX graphs; export it again with `breastfusion export RUN "
+                              "--out DIR --onnx`, or predict with --runtime torch")
+        key = (k, threads)
+        if key not in self._onnx_folds:
+            from breastfusion.onnx_export import OnnxFold, onnx_session
+
+            self._onnx_folds[key] = OnnxFold(onnx_session(self.onnx_graphs[k], threads=threads))
+        return self._onnx_folds[key]
 
     def score(self, lesions: pd.DataFrame) -> pd.DataFrame:
         """Per (fold, subject) scores of :meth:`predict_lesions`'s output (:func:`breastfusion.predict.score_folds`)."""
@@ -157,7 +176,8 @@ class Bundle:
 
         return score_folds(self, lesions)
 
-    def predict(self, cohort: Cohort | str | Path, *, batch_size: int = 64, cache: bool = False) -> pd.DataFrame:
+    def predict(self, cohort: Cohort | str | Path, *, batch_size: int = 64, cache: bool = False,
+                runtime: str = "torch") -> pd.DataFrame:
         """One row per subject of ``cohort``: the folds' mean probability, the call and the folds' votes.
 
         Args:
@@ -166,6 +186,8 @@ class Bundle:
             batch_size: lesions per forward pass.
             cache: use the preprocessed-array cache (``$BREASTFUSION_CACHE``); off by default, so
                 predicting leaves nothing behind.
+            runtime: ``torch``, or ``onnx``: the fold networks' ONNX graphs on ONNX Runtime (CPU; the bundle
+                must be exported with ``--onnx``), the same probabilities to 1e-4.
 
         Returns:
             See :func:`breastfusion.predict.combine_folds`.
@@ -177,7 +199,8 @@ class Bundle:
         """
         from breastfusion.predict import combine_folds
 
-        return combine_folds(self.score(self.predict_lesions(cohort, batch_size=batch_size, cache=cache)))
+        return combine_folds(self.score(self.predict_lesions(cohort, batch_size=batch_size, cache=cache,
+                                                            runtime=runtime)))
 
 
 # -- export ------------------------------------------------------------------------------------------------------
@@ -199,7 +222,7 @@ def _anonymise_calibration(calibration: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def export_bundle(run_dir: str | Path, out: str | Path, *, variant: str | None = None) -> Path:
+def export_bundle(run_dir: str | Path, out: str | Path, *, variant: str | None = None, onnx: bool = False) -> Path:
     """Write one variant of a finished run as a bundle folder.
 
     The run's cohort must still be where the run found it, unchanged: the clinical preprocessors are
@@ -209,6 +232,8 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, variant: str | None =
         run_dir: a run folder (``breastfusion run`` / ``demo``).
         out: the bundle folder to create (absent or empty).
         variant: the variant to export (default: the run's reference variant).
+        onnx: also write each fold network as ``fold{k}.onnx`` (:mod:`breastfusion.onnx_export`), listed with
+            its sha256 like the other files, for ``predict --runtime onnx``.
 
     Returns:
         ``out``.
@@ -249,6 +274,10 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, variant: str | None =
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise BundleError(f"{out} already exists and is not an empty folder; choose another --out or remove it")
 
+    if onnx:
+        from breastfusion.onnx_export import require_onnx
+
+        require_onnx()
     art = load_run(root)
     calibration = pd.read_csv(root / "calibration_predictions.csv", dtype={"subject_id": str, "lesion_id": str})
     calibration = calibration[(calibration["variant"] == variant)
@@ -270,7 +299,12 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, variant: str | None =
         _anonymise_calibration(calibration).to_csv(partial / "calibration.csv", index=False)
         columns: dict[str, list[str]] = {}
         for k in range(n_folds):
-            art.network(variant, k)  # fails here, not at prediction time, when a checkpoint does not fit
+            net = art.network(variant, k)  # fails here, not at prediction time, when a checkpoint does not fit
+            if onnx:
+                from breastfusion.onnx_export import export_bundle_fold, onnx_file
+
+                export_bundle_fold(net, partial / onnx_file(k), config, variant,
+                                   art.clinical_preprocessor(k).n_features_ if clinical else 0)
             shutil.copyfile(art.checkpoint(variant, k), partial / f"fold{k}.safetensors")
             for name in ([f"fold{k}.stage2.skops"] if learner != "none" else []) + (
                     [f"fold{k}.score.skops"] if score else []):
@@ -543,7 +577,9 @@ def load_bundle(path: str | Path) -> Bundle:
               + ([f"clinical_fold{k}.skops" for k in range(n_folds)] if clinical else [])
               + ([f"fold{k}.stage2.skops" for k in range(n_folds)] if stage2 else [])
               + ([f"fold{k}.score.skops" for k in range(n_folds)] if score else []))
-    data = _verified(root, meta, needed)
+    onnx_files = [f"fold{k}.onnx" for k in range(n_folds)]
+    with_onnx = any(name in meta["files"] for name in onnx_files)
+    data = _verified(root, meta, needed + (onnx_files if with_onnx else []))
     for k in range(n_folds):
         _check_safetensors(root / f"fold{k}.safetensors", data[f"fold{k}.safetensors"])
     if stage2:
@@ -586,4 +622,5 @@ def load_bundle(path: str | Path) -> Bundle:
         logger.info("bundle %s was exported by breastfusion %s; this is %s", root, meta.get("breastfusion_version"),
                     __version__)
     return Bundle(root=root, meta=meta, config=config, networks=networks, clinical_preprocessors=preprocessors,
-                  calibration=calibration, stage2_learners=learners, score_learners=score_learners)
+                  calibration=calibration, stage2_learners=learners, score_learners=score_learners,
+                  onnx_graphs=[data[name] for name in onnx_files] if with_onnx else None)

@@ -113,9 +113,15 @@ def run(
     variants: Annotated[Optional[str], typer.Option(
         "--variants", help="Run only these variants of the config (comma-separated names), e.g. the image-only "
         "arm on a cohort without clinical data.")] = None,
+    executor: Annotated[Optional[str], typer.Option("--executor", help="local (this process) or ray (each "
+                                                    "network and fold a Ray task); default: the config's "
+                                                    "execution.executor.")] = None,
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster to join, e.g. auto "
+                                                       "(default: execution.address).")] = None,
 ) -> None:
     """Cross-validate the variants of an experiment on a manifest folder and write a run folder."""
     from breastfusion.config import ConfigError, load_config, select_variants
+    from breastfusion.execution import ExecutionError, same_experiment, with_executor
     from breastfusion.data.manifest import ManifestError, load_cohort
     from breastfusion.evaluation.crossval import MissingModalityError
     from breastfusion.run import run_experiment
@@ -125,9 +131,11 @@ def run(
                           exclude_unreadable=True if exclude_unreadable else None)
         if variants:
             cfg = select_variants(cfg, [v.strip() for v in variants.split(",") if v.strip()])
+        cfg = with_executor(cfg, executor, ray_address)
         if out is not None and (out / "checkpoints").exists() and not resume:
             _fail(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-        if resume and out is not None and (out / "config.yaml").is_file() and load_config(out / "config.yaml") != cfg:
+        if resume and out is not None and (out / "config.yaml").is_file() and not same_experiment(
+                load_config(out / "config.yaml"), cfg):
             _fail(f"--resume: the configuration differs from the one in {out / 'config.yaml'}; "
                   f"resume with that file (`breastfusion run {out}/config.yaml --resume --out {out}`)")
         if cfg.manifest is None:
@@ -137,7 +145,7 @@ def run(
         out = out or _default_out(cfg.name)
         with _progress() as progress:
             results = run_experiment(cohort, cfg, out, progress=progress)
-    except (ConfigError, ManifestError, MissingModalityError, FileNotFoundError) as exc:
+    except (ConfigError, ManifestError, MissingModalityError, FileNotFoundError, ExecutionError) as exc:
         _fail(str(exc))
     console.print(_results_table(results))
     console.print(f"Run folder: [b]{out}[/b]")
@@ -264,6 +272,8 @@ def export(
     out: Annotated[Path, typer.Option("--out", help="Bundle folder to create (absent or empty).")],
     variant: Annotated[Optional[str], typer.Option("--variant", help="Variant to export (default: the run's "
                                                    "reference variant).")] = None,
+    onnx: Annotated[bool, typer.Option("--onnx", help="Also write each fold network as ONNX (fold{k}.onnx), for "
+                                       "`predict --runtime onnx` (pip install 'breastfusion[onnx]').")] = False,
 ) -> None:
     """Export a run's fitted variant as a bundle: fold networks, clinical preprocessors, stage-2 learners, calibration.
 
@@ -273,12 +283,13 @@ def export(
     """
     from breastfusion.bundle import BundleError, export_bundle, load_bundle
     from breastfusion.config import ConfigError
+    from breastfusion.onnx_export import OnnxUnavailableError
     from breastfusion.run_artifacts import RunFolderError
 
     try:
-        export_bundle(run_dir, out, variant=variant)
+        export_bundle(run_dir, out, variant=variant, onnx=onnx)
         meta = load_bundle(out).meta
-    except (BundleError, RunFolderError, ConfigError, FileNotFoundError) as exc:
+    except (BundleError, RunFolderError, ConfigError, FileNotFoundError, OnnxUnavailableError) as exc:
         _fail(str(exc))
     metrics = meta["metrics"]
     lo, hi = metrics["auc_ci"] or (float("nan"), float("nan"))
@@ -364,6 +375,8 @@ def predict(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the summary (external validation "
                                                      "figures and shift checks) as JSON.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Lesions per forward pass.")] = 64,
+    runtime: Annotated[str, typer.Option("--runtime", help="torch, or onnx: ONNX Runtime on the CPU (a bundle "
+                                         "exported with --onnx).")] = "torch",
 ) -> None:
     """Apply a bundle to new cases: P(malignant) per subject, the call at the folds' threshold, the folds' votes.
 
@@ -382,6 +395,7 @@ def predict(
     from breastfusion.data.manifest import ManifestError
     from breastfusion.data.readers import ImageReadError
     from breastfusion.predict import external_validation
+    from breastfusion.onnx_export import OnnxUnavailableError
 
     handler = _ConsoleNotes()
     notes = [logging.getLogger(f"breastfusion.{name}") for name in ("bundle", "predict")]
@@ -393,13 +407,14 @@ def predict(
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             bundle = load_bundle(bundle_dir)
-            predictions = bundle.predict(cohort_dir, batch_size=batch_size)
+            predictions = bundle.predict(cohort_dir, batch_size=batch_size, runtime=runtime)
         # The library's own warnings (missing clinical columns, unseen categories) are UserWarnings.
         for warning in dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning)):
             console.print(f"[yellow]warning:[/yellow] {warning}")
         console.print(_predictions_table(predictions, bundle, out))
         summary = external_validation(predictions, bundle)  # its shift warnings print through the handler
-    except (BundleError, ManifestError, ImageReadError, FileNotFoundError, ValueError) as exc:
+    except (BundleError, ManifestError, ImageReadError, FileNotFoundError, ValueError,
+            OnnxUnavailableError) as exc:
         _fail(str(exc))
     finally:
         for logger, level in zip(notes, levels):

@@ -23,6 +23,7 @@ __all__ = [
     "TrainingConfig",
     "CVConfig",
     "SyntheticConfig",
+    "ExecutionConfig",
     "EvaluationConfig",
     "Stage2Config",
     "VariantConfig",
@@ -119,6 +120,9 @@ class TrainingConfig(_Strict):
     devices: int | Literal["auto"] = 1
     num_nodes: int = Field(1, ge=1)
     strategy: Literal["auto", "ddp", "ddp_spawn"] = "auto"
+    num_workers: int | Literal["auto"] = Field(0, description="DataLoader worker processes; auto: 0 on the CPU, "
+                                               "a few per GPU (breastfusion.training.device); never changes the "
+                                               "numbers, only the speed")
 
 
 class CVConfig(_Strict):
@@ -142,6 +146,19 @@ class SyntheticConfig(_Strict):
     missing_rate: float = Field(0.0, ge=0, lt=1)
     image_px: int = Field(128, ge=32)
     seed: int = 0
+
+
+class ExecutionConfig(_Strict):
+    """Where the (network, fold) trainings run; never part of a network's key (it decides speed, not weights)."""
+
+    executor: Literal["local", "ray"] = Field("local", description="local: one process, in order; ray: each "
+                                              "(network, fold) is a Ray task (pip install 'breastfusion[ray]')")
+    address: str | None = Field(None, description="Ray cluster to join (`auto`, or ray://HOST:10001); none: "
+                                "$RAY_ADDRESS, else a local cluster on this machine")
+    cpus_per_task: float = Field(1.0, gt=0, description="CPUs each training task asks Ray for")
+    gpus_per_task: float = Field(0.0, ge=0, description="GPUs each training task asks Ray for (fractions share one)")
+    max_retries: int = Field(2, ge=0, description="times Ray reruns a failed or lost task (it resumes from the "
+                             "task's last epoch checkpoint)")
 
 
 class EvaluationConfig(_Strict):
@@ -244,6 +261,7 @@ class ExperimentConfig(_Strict):
     evaluation: EvaluationConfig = EvaluationConfig()
     stage2: Stage2Config = Stage2Config()
     ablation: AblationConfig = AblationConfig()
+    execution: ExecutionConfig = ExecutionConfig()
 
     @field_validator("variants")
     @classmethod

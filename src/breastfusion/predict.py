@@ -47,10 +47,13 @@ from breastfusion.evaluation.summary import score_fold
 from breastfusion.run_artifacts import prepare_batch
 from breastfusion.training.module import tta_logits
 
-__all__ = ["PREDICTION_COLUMNS", "as_cohort", "fit_to_bundle", "predict_lesions", "score_folds", "combine_folds",
-           "training_scores", "external_validation"]
+__all__ = ["RUNTIMES", "PREDICTION_COLUMNS", "as_cohort", "fit_to_bundle", "predict_lesions", "score_folds",
+           "combine_folds", "training_scores", "external_validation"]
 
 logger = logging.getLogger(__name__)
+
+#: Inference engines of :func:`predict_lesions`: PyTorch, or the bundle's ONNX graphs on ONNX Runtime.
+RUNTIMES = ("torch", "onnx")
 
 #: Columns of :func:`combine_folds` (``y`` and ``label`` follow when every lesion of the cohort is labelled).
 PREDICTION_COLUMNS = ("subject_id", "n_lesions", "modalities_used", "prob", "prob_sd", "threshold", "call",
@@ -92,7 +95,7 @@ def fit_to_bundle(bundle: Bundle, cohort: Cohort) -> Cohort:
 
 @torch.no_grad()
 def predict_lesions(bundle: Bundle, cohort: Cohort | str | Path, *, batch_size: int = 64,
-                    cache: bool = False) -> pd.DataFrame:
+                    cache: bool = False, runtime: str = "torch") -> pd.DataFrame:
     """Every fold network's P(malignant) for every lesion of ``cohort``.
 
     Args:
@@ -100,6 +103,7 @@ def predict_lesions(bundle: Bundle, cohort: Cohort | str | Path, *, batch_size: 
         cohort: a cohort folder or manifest CSV (``label`` may be empty or absent), or a loaded cohort.
         batch_size: lesions per forward pass.
         cache: read and fill the preprocessed-array cache (``$BREASTFUSION_CACHE``; off: decode every image).
+        runtime: ``torch`` or ``onnx`` (the bundle's ONNX graphs on ONNX Runtime, :mod:`breastfusion.onnx_export`).
 
     Returns:
         One row per (fold, lesion), folds in order, lesions in manifest order: ``fold``, ``subject_id``,
@@ -110,8 +114,11 @@ def predict_lesions(bundle: Bundle, cohort: Cohort | str | Path, *, batch_size: 
     Raises:
         ManifestError, FileNotFoundError: the cohort breaks the manifest contract.
         ImageReadError: unreadable images (unless the run's config excludes them).
-        BundleError: no lesion has any modality the bundle reads.
+        BundleError: no lesion has any modality the bundle reads, or ``runtime`` onnx for a bundle without graphs.
+        ValueError: an unknown ``runtime``.
     """
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime should be one of {list(RUNTIMES)}, got {runtime!r}")
     cohort = fit_to_bundle(bundle, as_cohort(cohort))
     lesions = cohort.lesions
     images = build_lesion_images(cohort, bundle.preprocessing, cache=ArrayCache(enabled=cache),
@@ -126,7 +133,10 @@ def predict_lesions(bundle: Bundle, cohort: Cohort | str | Path, *, batch_size: 
         data = LesionDataset(images, positions, lesions["y"].to_numpy(), bundle.modalities, *clinical)
         if used is None:
             used = modalities_used(data.tensors, bundle.modalities)
-        prob = _fold_probs(bundle, k, net, data, batch_size)
+        prob = (_fold_probs(bundle, k, net, data, batch_size) if runtime == "torch"
+                else _onnx_fold_probs(bundle, k, data, batch_size))
+        if bundle.score_learners is not None:
+            prob = _with_clinical_score(bundle, k, net, data, prob)
         frames.append(pd.DataFrame({"fold": k, "subject_id": lesions["subject_id"].to_numpy(),
                                     "lesion_id": lesions["lesion_id"].to_numpy(), "prob": prob,
                                     "modalities_used": used}))
@@ -157,22 +167,39 @@ def _fold_probs(bundle: Bundle, k: int, net, data: LesionDataset, batch_size: in
     if bundle.stage2_learners is None:
         loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
         tta = bundle.config.training.tta
-        prob = torch.cat([torch.sigmoid(tta_logits(net, prepare_batch(b), tta)) for b in loader]).numpy()
-        if bundle.score_learners is None:
-            return prob
-        # Score-level fusion: the image network's probability averaged with the fold's clinical learner's.
-        from breastfusion.models.score_fusion import average_scores
-
-        features, present = data.tensors["clinical"].numpy(), data.tensors["clinical_present"].numpy()
-        clinical = np.full(len(prob), np.nan)
-        if present.any():
-            clinical[present] = bundle.score_learners[k].predict_proba(features[present])[:, 1]
-        image_present = np.array([u != "" for u in modalities_used(data.tensors, tuple(net.modalities))])
-        return average_scores(prob, clinical, image_present=image_present, clinical_present=present)
+        return torch.cat([torch.sigmoid(tta_logits(net, prepare_batch(b), tta)) for b in loader]).numpy()
     from breastfusion.models.stage2 import feature_table
     from breastfusion.training.fit import extract_features
 
     table = feature_table(extract_features(net, data, batch_size=batch_size),
+                          bundle.config.variant_model(bundle.variant).fusion, bundle.config.stage2.features)
+    return bundle.stage2_learners[k].predict_proba(table.values)[:, 1]
+
+
+def _with_clinical_score(bundle: Bundle, k: int, net, data: LesionDataset, prob: np.ndarray) -> np.ndarray:
+    """Score-level fusion: fold ``k``'s image-network probability averaged with its clinical learner's."""
+    from breastfusion.models.score_fusion import average_scores
+
+    if not len(data):
+        return prob
+    features, present = data.tensors["clinical"].numpy(), data.tensors["clinical_present"].numpy()
+    clinical = np.full(len(prob), np.nan)
+    if present.any():
+        clinical[present] = bundle.score_learners[k].predict_proba(features[present])[:, 1]
+    image_present = np.array([u != "" for u in modalities_used(data.tensors, tuple(net.modalities))])
+    return average_scores(prob, clinical, image_present=image_present, clinical_present=present)
+
+
+def _onnx_fold_probs(bundle: Bundle, k: int, data: LesionDataset, batch_size: int) -> np.ndarray:
+    """:func:`_fold_probs` through fold ``k``'s ONNX graph (probabilities, or deep features for a stage-2 learner)."""
+    if not len(data):
+        return np.zeros(0)
+    out = bundle.onnx_fold(k).predict(data, batch_size=batch_size)
+    if bundle.stage2_learners is None:
+        return out["prob"].astype(float)
+    from breastfusion.models.stage2 import feature_table
+
+    table = feature_table({name: v.astype(np.float64) for name, v in out.items()},
                           bundle.config.variant_model(bundle.variant).fusion, bundle.config.stage2.features)
     return bundle.stage2_learners[k].predict_proba(table.values)[:, 1]
 

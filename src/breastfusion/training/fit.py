@@ -31,11 +31,14 @@ warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and 
 
 
 def select_device(accelerator: str) -> tuple[str, str]:
-    """(accelerator, precision) for Lightning: a GPU with bf16/fp16 mixed precision when there is one."""
+    """(accelerator, precision) for Lightning: a GPU with bf16/fp16 mixed precision when there is one (checked by
+    running autocast on it: :func:`breastfusion.training.device.checked_precision`)."""
     use_gpu = accelerator == "gpu" or (accelerator == "auto" and torch.cuda.is_available())
     if not use_gpu:
         return "cpu", "32-true"
-    return "gpu", "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    from breastfusion.training.device import checked_precision
+
+    return "gpu", checked_precision("gpu", "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed")
 
 
 class _EpochCallback(L.Callback):
@@ -97,11 +100,14 @@ def fit_predict(
                               modality_dropout=config.modality_dropout, seed=seed,
                               warmup_epochs=config.warmup_epochs, tta=config.tta)
     sampler = EpochSampler(labels, seed=seed, balanced=config.sampler == "balanced")
+    from breastfusion.training.device import loader_options
+
+    loading = loader_options(config.num_workers, accelerator)  # speed only: batches and their order are unchanged
     # drop_last keeps BatchNorm away from a final batch of one sample.
     train_loader = DataLoader(train, batch_size=config.batch_size, sampler=sampler,
-                              drop_last=len(train) > config.batch_size)
+                              drop_last=len(train) > config.batch_size, **loading)
     eval_batch = max(config.batch_size, 64)
-    val_loader = DataLoader(val, batch_size=eval_batch) if val is not None else None
+    val_loader = DataLoader(val, batch_size=eval_batch, **loading) if val is not None else None
     with tempfile.TemporaryDirectory(prefix="breastfusion-fold-") as scratch:
         root = work_dir if work_dir is not None else Path(scratch)
         callbacks: list[L.Callback] = [_EpochCallback(on_epoch)] if on_epoch else []
@@ -125,7 +131,7 @@ def fit_predict(
         if best is not None and best.best_model_path:
             state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
             module.load_state_dict(state)
-        batches = trainer.predict(module, DataLoader(test, batch_size=eval_batch))
+        batches = trainer.predict(module, DataLoader(test, batch_size=eval_batch, **loading))
     return torch.cat(batches).cpu().numpy().astype(float)
 
 
