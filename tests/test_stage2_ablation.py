@@ -155,9 +155,12 @@ def test_bus_clinical_config_compares_encoders_with_class_aware_sampling():
     encoders = {expanded.variant_model(v).ultrasound.encoder for v in expanded.variants if "encoder" in v}
     assert {"convnext_atto", "resnet18", "efficientnet_b0", "densenet121", "vit_tiny_patch16_224",
             "mobilenetv3_small_100"} <= encoders
-    assert expanded.variant_model("fused").ultrasound.encoder == "resnet18_slim"
-    assert [expanded.modalities(v) for v in ("clinical", "ultrasound", "fused")] == [
-        ("clinical",), ("ultrasound",), ("ultrasound", "clinical")]
+    assert expanded.variant_model("fused").ultrasound.encoder == "resnet18_half"
+    assert [expanded.modalities(v) for v in ("clinical", "ultrasound", "fused", "fused_network")] == [
+        ("clinical",), ("ultrasound",), ("ultrasound", "clinical"), ("ultrasound", "clinical")]
+    # the reference is score-level fusion; the grid's fusion axis adds the jointly trained fusions
+    assert expanded.variant_model("fused").fusion == "score"
+    assert {expanded.variant_model(v).fusion for v in expanded.variants} >= {"score", "concat", "gated", "late"}
 
 
 def test_a_config_needing_a_missing_modality_fails_up_front(tmp_path):
