@@ -33,9 +33,9 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def _lesion_epochs(config, n_lesions: int) -> int:
-    from breastfusion.evaluation.crossval import _unique_networks, network_spec
+    from breastfusion.evaluation.crossval import unique_networks, network_spec
 
-    specs = _unique_networks([network_spec(config, v) for v in config.variants])
+    specs = unique_networks([network_spec(config, v) for v in config.variants])
     per_fold = n_lesions * (config.cv.n_splits - 1) / config.cv.n_splits
     return int(config.cv.n_splits * per_fold * sum(s.training.epochs for s in specs))
 

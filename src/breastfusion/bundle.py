@@ -438,6 +438,18 @@ def _load_skops(path: Path, data: bytes, expected: type, what: str) -> Any:
     return obj
 
 
+def _load_learners(root: Path, data: dict[str, bytes], n_folds: int, kind: str, what: str) -> list[Any]:
+    """Each fold's fitted scikit-learn learner ``fold{k}.{kind}.skops`` (stage-2, or score fusion's clinical one)."""
+    from sklearn.base import BaseEstimator
+
+    learners = [_load_skops(root / f"fold{k}.{kind}.skops", data[f"fold{k}.{kind}.skops"], BaseEstimator, what)
+                for k in range(n_folds)]
+    unfit = [k for k, learner in enumerate(learners) if not hasattr(learner, "predict_proba")]
+    if unfit:
+        raise BundleError(f"{root}: the {what} of fold(s) {unfit} has no predict_proba")
+    return learners
+
+
 def _load_preprocessor(path: Path, data: bytes) -> ClinicalPreprocessor:
     return _load_skops(path, data, ClinicalPreprocessor, "clinical preprocessor")
 
@@ -582,25 +594,8 @@ def load_bundle(path: str | Path) -> Bundle:
     data = _verified(root, meta, needed + (onnx_files if with_onnx else []))
     for k in range(n_folds):
         _check_safetensors(root / f"fold{k}.safetensors", data[f"fold{k}.safetensors"])
-    if stage2:
-        from sklearn.base import BaseEstimator
-
-        learners = [_load_skops(root / f"fold{k}.stage2.skops", data[f"fold{k}.stage2.skops"], BaseEstimator,
-                                "stage-2 learner") for k in range(n_folds)]
-        unfit = [k for k, learner in enumerate(learners) if not hasattr(learner, "predict_proba")]
-        if unfit:
-            raise BundleError(f"{root}: the stage-2 learner of fold(s) {unfit} has no predict_proba")
-    else:
-        learners = None
-    score_learners = None
-    if score:
-        from sklearn.base import BaseEstimator
-
-        score_learners = [_load_skops(root / f"fold{k}.score.skops", data[f"fold{k}.score.skops"], BaseEstimator,
-                                      "clinical learner") for k in range(n_folds)]
-        unfit = [k for k, learner in enumerate(score_learners) if not hasattr(learner, "predict_proba")]
-        if unfit:
-            raise BundleError(f"{root}: the clinical learner of fold(s) {unfit} has no predict_proba")
+    learners = _load_learners(root, data, n_folds, "stage2", "stage-2 learner") if stage2 else None
+    score_learners = _load_learners(root, data, n_folds, "score", "clinical learner") if score else None
     preprocessors = [_load_preprocessor(root / f"clinical_fold{k}.skops", data[f"clinical_fold{k}.skops"])
                      for k in range(n_folds)] if clinical else None
     networks = []

@@ -45,7 +45,7 @@ from breastfusion.models.stage2 import FeatureTable, Stage2Ensemble, feature_tab
 from breastfusion.training.fit import clear_work_dir, extract_features, fit_predict, predict_probs
 
 __all__ = ["CrossValidation", "MissingModalityError", "NetworkSpec", "network_spec", "check_modalities",
-           "cross_validate", "inner_split", "preprocessing_params", "fold_seed", "FoldPositions", "fold_positions"]
+           "cross_validate", "inner_split", "unique_networks", "preprocessing_params", "fold_seed", "FoldPositions", "fold_positions"]
 
 _RUNTIME_KEYS = {"accelerator", "devices", "num_nodes", "strategy", "num_workers"}  # where it runs, not what it learns
 
@@ -489,12 +489,12 @@ def cross_validate(cohort: Cohort, config: ExperimentConfig, *, progress: Progre
                                  on_image=(lambda: progress.advance(decode_task)) if progress else None)
     order = sorted(config.variants, key=lambda name: len(config.modalities(name)) > 1)
     specs = {name: network_spec(config, name) for name in order}
-    total_epochs = sum(len(f) for f in repeats) * sum(s.training.epochs for s in _unique_networks(specs.values()))
+    total_epochs = sum(len(f) for f in repeats) * sum(s.training.epochs for s in unique_networks(specs.values()))
     if config.execution.executor != "local":  # train every network elsewhere first; the pass below loads them
         from breastfusion.execution import run_trainings
 
         remote_task = progress.add_task(f"training on {config.execution.executor}", total=None) if progress else None
-        run_trainings(cohort, config, images, repeats, _unique_networks(specs.values()), checkpoint_dir,
+        run_trainings(cohort, config, images, repeats, unique_networks(specs.values()), checkpoint_dir,
                       on_done=(lambda _: progress.advance(remote_task)) if progress else None)
     train_task = progress.add_task("training", total=total_epochs) if progress else None
     runner = _Runner(cohort, config, images, checkpoint_dir,
@@ -543,7 +543,7 @@ def cross_validate(cohort: Cohort, config: ExperimentConfig, *, progress: Progre
                            else pd.DataFrame())
 
 
-def _unique_networks(specs) -> list[NetworkSpec]:
+def unique_networks(specs) -> list[NetworkSpec]:
     """Every network the specs need, dependencies included, once each."""
     seen: dict[str, NetworkSpec] = {}
 

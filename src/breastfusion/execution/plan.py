@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from breastfusion.evaluation.crossval import NetworkSpec
+from breastfusion.evaluation.crossval import NetworkSpec, unique_networks
 
 __all__ = ["TrainingTask", "plan_trainings", "waves", "finished", "checkpoint_paths"]
 
@@ -66,15 +66,7 @@ def plan_trainings(specs: Iterable[NetworkSpec], folds_per_repeat: Sequence[int]
         Tasks sorted by (depth, repeat, fold, first appearance of the network): every task comes after the
         tasks it :attr:`~TrainingTask.needs`.
     """
-    unique: dict[str, NetworkSpec] = {}
-
-    def visit(spec: NetworkSpec) -> None:
-        for dep in spec.init:
-            visit(dep)
-        unique.setdefault(spec.key, spec)
-
-    for spec in specs:
-        visit(spec)
+    unique = {spec.key: spec for spec in unique_networks(specs)}
     order = {key: i for i, key in enumerate(unique)}
     tasks = [TrainingTask(spec, r, k, _depth(spec)) for spec in unique.values()
              for r, n in enumerate(folds_per_repeat) for k in range(n)]
