@@ -17,8 +17,8 @@ Sections (each prepares its dataset through the toolkit's adapters, read in plac
   and thresholds), reported on the official test split.
 
 Prints a table and writes ``bench/results/real_data.json`` (AUCs with bootstrap CIs, DeLong p, wall times);
-asserts nothing. A section that is not run keeps its figures from the previous JSON, marked with the date of
-the run that produced them.
+asserts nothing. A section that is not run keeps its figures from the previous JSON; ``measured`` gives each
+section's date and command. Sections may run in parallel processes (e.g. one pinned to each core).
 """
 
 from __future__ import annotations
@@ -206,9 +206,8 @@ def main() -> None:
     if not args.data.is_dir():
         parser.error(f"{args.data}: no such folder (the real datasets of ../shared/data)")
     work = args.work or Path(tempfile.mkdtemp(prefix="bf-real-"))
-    previous = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    measured = dict(previous.pop("measured", {}))
-    figures = {k: v for k, v in previous.items() if k not in ("command", "epochs_scale")}
+    measured: dict[str, str] = {}
+    figures: dict[str, object] = {}  # this process's sections only
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
     for name in sections:
         start = time.perf_counter()
@@ -218,14 +217,13 @@ def main() -> None:
         for key, value in out.items():
             print(f"  {key}: {value}", flush=True)
         figures.update(out)
-        measured[name] = stamp
+        measured[name] = {"at": stamp, "command": "python bench/real_data.py " + " ".join(sys.argv[1:])}
     if args.epochs_scale == 1.0:
-        # Sections may run in parallel processes (one a core): merge with what the others wrote meanwhile.
+        # Sections may run in parallel processes (one a core): keep what the others wrote, overlay ours.
         latest = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
         measured = {**latest.pop("measured", {}), **measured}
         figures = {**{k: v for k, v in latest.items() if k not in ("command", "epochs_scale")}, **figures}
-        payload = {"command": "python bench/real_data.py " + " ".join(sys.argv[1:]), "measured": measured,
-                   "epochs_scale": args.epochs_scale, **figures}
+        payload = {"measured": measured, "epochs_scale": args.epochs_scale, **figures}
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(payload, indent=2, default=float))
         print(f"wrote {RESULTS}")
