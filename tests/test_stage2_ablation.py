@@ -201,3 +201,34 @@ def test_ablate_cli_writes_the_table(tmp_path, monkeypatch):
     assert "| modalities=mammography |" in (out / "ablation.md").read_text()
     bad = CliRunner().invoke(app, ["ablate", str(config), "--dataset", "imagenet", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "--dataset should be `synthetic`" in bad.output
+
+
+def test_stage2_inner_folds_group_by_the_outer_folds_group(small_cohort_dir, tmp_path, monkeypatch):
+    """Issue 14's leak: stage 2's inner folds grouped by subject while the outer folds grouped by cv_group, so
+    near-duplicates of two subjects could straddle an inner split. They now get the outer folds' group."""
+    import shutil
+
+    import breastfusion.evaluation.crossval as crossval
+    from breastfusion.models.stage2 import Stage2Ensemble
+
+    root = tmp_path / "grouped"
+    shutil.copytree(small_cohort_dir, root)
+    manifest = pd.read_csv(root / "manifest.csv", dtype=str, keep_default_na=False)
+    subjects = sorted(manifest["subject_id"].unique())
+    pair = {s: f"g{i // 2}" for i, s in enumerate(subjects)}  # two subjects per duplicate group
+    manifest["cv_group"] = manifest["subject_id"].map(pair)
+    manifest.to_csv(root / "manifest.csv", index=False)
+    seen = []
+
+    class Recording(Stage2Ensemble):
+        def __init__(self, cfg, features, y, groups):
+            seen.append(np.asarray(groups))
+            super().__init__(cfg, features, y, groups)
+            for fit, held in self.stack.cv:
+                assert not set(np.asarray(groups)[fit]) & set(np.asarray(groups)[held])
+
+    monkeypatch.setattr(crossval, "Stage2Ensemble", Recording)
+    config = load_config(None, variants={"s2": {"modalities": ["ultrasound"], "stage2": "logistic"}},
+                         model=TINY_MODEL, training={**TINY_TRAINING, "epochs": 1}, cv={"n_splits": 3})
+    cross_validate(load_cohort(root), config)
+    assert len(seen) == 3 and all(set(g) <= set(pair.values()) for g in seen)
