@@ -25,25 +25,32 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+#: The 8 variants of MPM-MU's stage-2 ablation that this bench and bench/scale.py run.
+VARIANTS = ["mpm_mu", "fused_head", "stage2=logistic", "stage2=svm", "stage2=random_forest", "stage2=extra_trees",
+            "modalities=mammography", "modalities=ultrasound"]
+
+
+def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
+    """The grid's size options (shared with bench/scale.py)."""
     parser.add_argument("--subjects", type=int, default=150)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "ablation_sharing.json")
-    args = parser.parse_args()
 
-    import pandas as pd
-    import torch
 
+def eight_variant_grid(args: argparse.Namespace, prefix: str):
+    """A synthetic cohort in a new temporary folder (its own array cache, warmed) and the 8-variant config.
+
+    Returns:
+        (work folder, cohort, config with exactly :data:`VARIANTS`).
+    """
     from breastfusion.ablation import expand_ablation
     from breastfusion.config import load_config, select_variants
     from breastfusion.data.manifest import load_cohort
     from breastfusion.data.synthetic.cohort import generate_cohort
     from breastfusion.evaluation.crossval import cross_validate
 
-    work = Path(tempfile.mkdtemp(prefix="ablation-bench-"))
+    work = Path(tempfile.mkdtemp(prefix=prefix))
     os.environ["BREASTFUSION_CACHE"] = str(work / "cache")
     generate_cohort(work / "cohort", n_subjects=args.subjects, seed=0, image_px=64)
     cohort = load_cohort(work / "cohort")
@@ -58,11 +65,26 @@ def main() -> None:
                   "stage2": ["logistic", "svm", "random_forest", "extra_trees"]},
     )
     config, _ = expand_ablation(config)
-    names = ["mpm_mu", "fused_head", "stage2=logistic", "stage2=svm", "stage2=random_forest", "stage2=extra_trees",
-             "modalities=mammography", "modalities=ultrasound"]
-    config = select_variants(config, names)
+    config = select_variants(config, VARIANTS)
     cross_validate(cohort, select_variants(config, ["modalities=mammography", "modalities=ultrasound"])
                    .model_copy(update={"training": config.training.model_copy(update={"epochs": 1})}))  # warm cache
+    return work, cohort, config
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_grid_arguments(parser)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "ablation_sharing.json")
+    args = parser.parse_args()
+
+    import pandas as pd
+    import torch
+
+    from breastfusion.config import select_variants
+    from breastfusion.evaluation.crossval import cross_validate
+
+    work, cohort, config = eight_variant_grid(args, "ablation-bench-")
+    names, size = VARIANTS, args.image_size
 
     load_before = os.getloadavg()
     started = time.perf_counter()

@@ -61,7 +61,7 @@ def _latency(bundle, cohort, *, cases: int, threads: int) -> dict:
         end_to_end, networks = [], []
         for i, case in enumerate(one):
             started = time.perf_counter()
-            table = bundle.predict(case, runtime=runtime)
+            bundle.predict(case, runtime=runtime)
             if i >= 3:
                 end_to_end.append(time.perf_counter() - started)
             fitted = fit_to_bundle(bundle, case)

@@ -164,8 +164,8 @@ def section_breast(data: Path, work: Path, args) -> dict:
     plain = plain_average(clinical, image)
     fused = _subject_probs(work / "runs" / "breast", "fused", lesions)
     test = delong_test(y, fused, plain)
-    out.update({"breast_plain_baseline_auc": auc_entry(y, plain)["auc"],
-                "breast_plain_baseline_auc_ci": auc_entry(y, plain)["auc_ci"],
+    plain_entry = auc_entry(y, plain)
+    out.update({"breast_plain_baseline_auc": plain_entry["auc"], "breast_plain_baseline_auc_ci": plain_entry["auc_ci"],
                 "breast_plain_clinical_auc": auc_entry(y, clinical)["auc"],
                 "breast_plain_cnn_auc": auc_entry(y, image)["auc"],
                 "breast_fused_vs_plain_p": float(test.p_value), "breast_plain_seconds": time.perf_counter() - start})

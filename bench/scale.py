@@ -23,11 +23,14 @@ import heapq
 import json
 import os
 import platform
-import tempfile
+import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from ablation_sharing import VARIANTS, add_grid_arguments, eight_variant_grid  # noqa: E402  (bench/ is no package)
 
 
 def simulate(tasks: list[dict], workers: int) -> float:
@@ -54,10 +57,7 @@ def simulate(tasks: list[dict], workers: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--subjects", type=int, default=150)
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--folds", type=int, default=3)
-    parser.add_argument("--image-size", type=int, default=32)
+    add_grid_arguments(parser)
     parser.add_argument("--ray-cpus", type=int, default=2)
     parser.add_argument("--target", type=int, default=10_000, help="cohort size of the wall-time estimate")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "scale.json")
@@ -68,33 +68,11 @@ def main() -> None:
     import torch
 
     from breastfusion import execution
-    from breastfusion.ablation import expand_ablation
-    from breastfusion.config import load_config, select_variants
-    from breastfusion.data.manifest import load_cohort
-    from breastfusion.data.synthetic.cohort import generate_cohort
     from breastfusion.evaluation.crossval import cross_validate, network_spec
     from breastfusion.execution.plan import plan_trainings
 
-    work = Path(tempfile.mkdtemp(prefix="scale-bench-"))
-    os.environ["BREASTFUSION_CACHE"] = str(work / "cache")
-    generate_cohort(work / "cohort", n_subjects=args.subjects, seed=0, image_px=64)
-    cohort = load_cohort(work / "cohort")
-    size = args.image_size
-    config = load_config(
-        Path(__file__).parents[1] / "configs" / "mpm_mu.yaml",
-        model={"mammography": {"encoder": "resnet18_slim", "attention": "cbam", "image_size": size},
-               "ultrasound": {"encoder": "resnet18_slim", "attention": "eca", "image_size": size}},
-        training={"epochs": args.epochs, "finetune_epochs": max(1, args.epochs // 2)},
-        cv={"n_splits": args.folds, "bootstrap": 100},
-        ablation={"reference": "mpm_mu", "modalities": [["mammography"], ["ultrasound"]],
-                  "stage2": ["logistic", "svm", "random_forest", "extra_trees"]},
-    )
-    config, _ = expand_ablation(config)
-    names = ["mpm_mu", "fused_head", "stage2=logistic", "stage2=svm", "stage2=random_forest", "stage2=extra_trees",
-             "modalities=mammography", "modalities=ultrasound"]
-    config = select_variants(config, names)
-    cross_validate(cohort, select_variants(config, ["modalities=mammography"])
-                   .model_copy(update={"training": config.training.model_copy(update={"epochs": 1})}))  # warm cache
+    work, cohort, config = eight_variant_grid(args, "scale-bench-")
+    names, size = VARIANTS, args.image_size
 
     record: dict = {"what": __doc__.splitlines()[0], "variants": names, "subjects": args.subjects,
                     "folds": args.folds, "epochs": args.epochs, "finetune_epochs": max(1, args.epochs // 2),

@@ -256,10 +256,7 @@ MAX_OVERLAY_COLOUR_FRACTION = 0.2
 def _overlay_mask(image: np.ndarray, colour: np.ndarray | None, background: np.ndarray) -> np.ndarray:
     """Pixels of burned-in marks: chromatic ones, and saturated ones far above the grey opening (thin bright marks).
 
-    Chromatic pixels count only while they are a small part of the image: a tinted export is chromatic
-    everywhere, and replacing all of it by a 15 x 15 opening would erase the scan."""
-    if colour is not None and colour.mean() > MAX_OVERLAY_COLOUR_FRACTION:
-        colour = None
+    ``colour`` is ``None`` for a grey source and for a tinted one (see :func:`preprocess`)."""
     marks = np.zeros(image.shape, bool) if colour is None else colour.copy()
     marks |= (image >= 0.9) & (image - background > 0.35)
     return ndimage.binary_dilation(marks, iterations=1) if marks.any() else marks
@@ -308,6 +305,10 @@ def preprocess(image: ImageData, params: Params, *, roi_mask: np.ndarray | None 
     top, left, bottom, right = box
     crop = pixels[top:bottom, left:right]
     colour = None if image.colour is None else image.colour[top:bottom, left:right]
+    if colour is not None and colour.mean() > MAX_OVERLAY_COLOUR_FRACTION:
+        # A tinted export is chromatic nearly everywhere: those are not marks, and replacing all of them by a
+        # 15 x 15 opening would erase the scan.
+        colour = None
     result = Prepared(pixels=np.empty(0, np.uint8), crop=tuple(int(v) for v in box))
 
     if params.modality == "ultrasound" and params.suppress_overlays:
@@ -316,8 +317,7 @@ def preprocess(image: ImageData, params: Params, *, roi_mask: np.ndarray | None 
         marks = _overlay_mask(crop, colour, background)
         if marks.any():
             crop = crop.copy()
-            chromatic = colour is not None and colour.mean() <= MAX_OVERLAY_COLOUR_FRACTION
-            crop[marks] = ndimage.grey_opening(crop, size=(15, 15))[marks] if chromatic else background[marks]
+            crop[marks] = ndimage.grey_opening(crop, size=(15, 15))[marks] if colour is not None else background[marks]
             result.overlay_pixels = int(marks.sum())
 
     anchor = "center"

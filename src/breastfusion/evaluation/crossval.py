@@ -375,10 +375,9 @@ class _Runner:
                              "y": frame["y"].to_numpy(), "prob": probs, "modalities_used": used})
 
     def groups(self, idx: np.ndarray) -> np.ndarray:
-        """The outer folds' grouping of these lesions (``group``: duplicate groups, else ``subject_id``); every
-        inner split (stage 2, score fusion) groups by the same key, so no group straddles one."""
-        column = "group" if "group" in self.lesions else "subject_id"
-        return self.lesions[column].to_numpy()[idx]
+        """The outer folds' grouping of these lesions (``Cohort.lesions``' ``group``: duplicate groups, else the
+        subject); every inner split (stage 2, score fusion) groups by the same key, so no group straddles one."""
+        return self.lesions["group"].to_numpy()[idx]
 
     # -- score-level fusion -------------------------------------------------------------------------------
     def score_fusion(self, spec: NetworkSpec, fold: _Fold) -> tuple[pd.DataFrame, object]:

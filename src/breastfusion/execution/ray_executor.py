@@ -28,7 +28,7 @@ from breastfusion.data.manifest import Cohort
 from breastfusion.data.tensors import LesionImages
 from breastfusion.evaluation.crossval import FoldPositions, NetworkSpec
 from breastfusion.execution import ExecutionError
-from breastfusion.execution.plan import TrainingTask, checkpoint_paths, finished, plan_trainings
+from breastfusion.execution.plan import TrainingTask, finished, plan_trainings
 
 __all__ = ["run_trainings", "train_task", "import_ray"]
 

@@ -55,6 +55,11 @@ def flip_images(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: (v.flip(-1) if k in IMAGE_MODALITIES else v) for k, v in batch.items()}
 
 
+def _check_tta(tta: str) -> None:
+    if tta not in TTA_MODES:
+        raise ValueError(f"tta should be one of {list(TTA_MODES)}, got {tta!r}")
+
+
 def tta_logits(net: nn.Module, batch: dict[str, torch.Tensor], tta: str = "none") -> torch.Tensor:
     """The network's logits on a prepared batch, averaged over test-time flips.
 
@@ -66,8 +71,7 @@ def tta_logits(net: nn.Module, batch: dict[str, torch.Tensor], tta: str = "none"
     Raises:
         ValueError: an unknown ``tta`` (the message lists :data:`TTA_MODES`).
     """
-    if tta not in TTA_MODES:
-        raise ValueError(f"tta should be one of {list(TTA_MODES)}, got {tta!r}")
+    _check_tta(tta)
     logits = net(batch)
     if tta == "hflip" and any(k in batch for k in IMAGE_MODALITIES):
         logits = (logits + net(flip_images(batch))) / 2
@@ -118,8 +122,7 @@ class LesionClassifier(L.LightningModule):
                  pos_weight: float = 1.0, modality_dropout: float = 0.0, seed: int = 0, warmup_epochs: int = 0,
                  tta: str = "none"):
         super().__init__()
-        if tta not in TTA_MODES:
-            raise ValueError(f"tta should be one of {list(TTA_MODES)}, got {tta!r}")
+        _check_tta(tta)
         self.warmup_epochs, self.tta = warmup_epochs, tta
         self.net = net
         self.lr, self.weight_decay, self.epochs, self.augment = lr, weight_decay, epochs, augment
