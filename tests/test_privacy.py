@@ -21,6 +21,7 @@ import pytest
 from PIL import Image
 
 from .conftest import TINY_MODEL
+from .data.conftest import write_dicom
 
 PHI = {
     "PatientName": "Quixotl^Zebulonia",
@@ -41,25 +42,9 @@ NEEDLES = sorted({*PHI.values(), "Quixotl", "Zebulonia", "Xyloquent", "Vrondel",
 
 
 def _to_dicom(png: Path, out: Path, subject: str) -> None:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
     pixels = np.asarray(Image.open(png).convert("L"))
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.2"
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID, ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID
-    for key, value in PHI.items():
-        setattr(ds, key, value)
-    ds.PatientID = f"{PHI['PatientID']}{subject}"
-    ds.Modality = "MG"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.PixelData = pixels.astype(np.uint8).tobytes()
-    ds.save_as(out, enforce_file_format=True)
+    write_dicom(out, pixels, bits_allocated=8, sop_class="1.2.840.10008.5.1.4.1.1.1.2",
+                **{**PHI, "PatientID": f"{PHI['PatientID']}{subject}", "Modality": "MG"})
 
 
 def _blobs(path: Path):

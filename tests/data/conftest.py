@@ -35,35 +35,49 @@ def mammogram_cases() -> list[Path]:
     return files
 
 
-def make_dicom(path: Path, pixels: np.ndarray, *, bits: int = 12, photometric: str = "MONOCHROME2",
-               syntax: str | None = None, pixel_data: bool = True, **tags) -> Path:
-    """Write a small greyscale DICOM (secondary capture) with ``pixels`` (H, W) uint16 and ``tags``."""
+def write_dicom(path: Path, pixels: np.ndarray, *, bits_allocated: int = 16, bits_stored: int | None = None,
+                photometric: str = "MONOCHROME2", frames: int = 1, syntax: str | None = None,
+                pixel_data: bool = True, sop_class: str = "1.2.840.10008.5.1.4.1.1.7", **tags) -> Path:
+    """A DICOM of ``pixels`` ((F,) H, W (, 3)) stored as-is (explicit VR little endian, or compressed to
+    ``syntax``), with ``tags`` set on the dataset (default SOP class: secondary capture)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.file_meta.MediaStorageSOPClassUID = sop_class
     ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-    ds.PatientName = "Test^Patient"
-    ds.PatientID = "SECRET-ID-123"
-    ds.Modality = "MG"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
+    ds.SOPClassUID, ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID
+    colour = photometric == "RGB"
+    shape = pixels.shape[1:] if frames > 1 else pixels.shape
+    ds.Rows, ds.Columns = shape[:2]
+    ds.SamplesPerPixel = 3 if colour else 1
+    if colour:
+        ds.PlanarConfiguration = 0
+    if frames > 1:
+        ds.NumberOfFrames = frames
     ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits, bits - 1, 0
+    bits_stored = bits_stored or bits_allocated
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = (bits_allocated, bits_stored,
+                                                                           bits_stored - 1, 0)
     for key, value in tags.items():
         setattr(ds, key, value)
     if pixel_data:
-        ds.PixelData = pixels.astype(np.uint16).tobytes()
+        ds.PixelData = pixels.astype(f"<u{bits_allocated // 8}").tobytes()
         if syntax is not None:
             ds.compress(syntax)
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def make_dicom(path: Path, pixels: np.ndarray, *, bits: int = 12, photometric: str = "MONOCHROME2",
+               syntax: str | None = None, pixel_data: bool = True, **tags) -> Path:
+    """Write a small greyscale DICOM (secondary capture) with ``pixels`` (H, W) uint16 and ``tags``."""
+    return write_dicom(path, pixels, bits_allocated=16, bits_stored=bits, photometric=photometric, syntax=syntax,
+                       pixel_data=pixel_data, **{"PatientName": "Test^Patient", "PatientID": "SECRET-ID-123",
+                                                 "Modality": "MG", **tags})
 
 
 def breast_phantom(h: int = 120, w: int = 80, *, side: str = "L", bits: int = 12) -> np.ndarray:

@@ -18,36 +18,7 @@ from PIL import Image
 from breastfusion.data.readers import (NEAR_CONSTANT_SPREAD, ImageReadError, colour_to_grey, quality_problems,
                                        read_image)
 
-
-def _dicom(path: Path, pixels: np.ndarray, *, bits_allocated: int = 16, bits_stored: int | None = None,
-           photometric: str = "MONOCHROME2", frames: int = 1, **tags) -> Path:
-    """A DICOM of ``pixels`` ((F,) H, W (, 3)) stored as-is (uncompressed, little endian)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID, ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID
-    colour = photometric == "RGB"
-    shape = pixels.shape[1:] if frames > 1 else pixels.shape
-    ds.Rows, ds.Columns = shape[:2]
-    ds.SamplesPerPixel = 3 if colour else 1
-    if colour:
-        ds.PlanarConfiguration = 0
-    if frames > 1:
-        ds.NumberOfFrames = frames
-    ds.PhotometricInterpretation = photometric
-    bits_stored = bits_stored or bits_allocated
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = (bits_allocated, bits_stored,
-                                                                           bits_stored - 1, 0)
-    for key, value in tags.items():
-        setattr(ds, key, value)
-    ds.PixelData = pixels.astype(f"<u{bits_allocated // 8}").tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
+from .conftest import write_dicom
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -73,7 +44,7 @@ def _palette(path: Path) -> tuple[Path, np.ndarray]:
     tags = {f"{c}PaletteColorLookupTableDescriptor": [256, 0, 16] for c in ("Red", "Green", "Blue")}
     tags.update({f"{c}PaletteColorLookupTableData": t.tobytes() for c, t in
                  (("Red", red), ("Green", green), ("Blue", blue))})
-    _dicom(path, indices, bits_allocated=8, photometric="PALETTE COLOR", **tags)
+    write_dicom(path, indices, bits_allocated=8, photometric="PALETTE COLOR", **tags)
     rgb = np.stack([red[indices], green[indices], blue[indices]], -1)
     return path, colour_to_grey(rgb)[0] / 65535
 
@@ -82,13 +53,13 @@ def test_generated_corpus_each_case_decodes_correctly_or_names_the_file(tmp_path
     """Each generated case: the image it should be, or the reason it cannot be."""
     # 32-bit dose-like grid: values 795000..1254000 of a 2**32 range (the stored range would be black)
     dose = (795000 + RAMP * 459000).astype(np.uint32)
-    image = read_image(_dicom(tmp_path / "dose.dcm", dose, bits_allocated=32))
+    image = read_image(write_dicom(tmp_path / "dose.dcm", dose, bits_allocated=32))
     assert image.info["range"] == "percentile" and image.pixels.max() > 0.9 and not quality_problems(image.pixels)
     assert np.corrcoef(image.pixels.ravel(), RAMP.ravel())[0, 1] > 0.99
 
     # 12-bit image with no window whose values reach only 264 (JPGExtended-like)
     dim = (RAMP * 264).astype(np.uint16)
-    image = read_image(_dicom(tmp_path / "dim.dcm", dim, bits_stored=12))
+    image = read_image(write_dicom(tmp_path / "dim.dcm", dim, bits_stored=12))
     assert image.info["range"] == "percentile" and image.pixels.mean() > 0.3
 
     # PALETTE COLOR: the lookup tables are applied, not the raw indices
@@ -100,7 +71,7 @@ def test_generated_corpus_each_case_decodes_correctly_or_names_the_file(tmp_path
     # RGB DICOM and RGB PNG: luminance
     rgb = np.stack([RAMP * 255, RAMP[::-1] * 255, np.full_like(RAMP, 40)], -1).astype(np.uint8)
     grey = colour_to_grey(rgb)[0] / 255
-    for path in (_dicom(tmp_path / "rgb.dcm", rgb, bits_allocated=8, photometric="RGB"), tmp_path / "rgb.png"):
+    for path in (write_dicom(tmp_path / "rgb.dcm", rgb, bits_allocated=8, photometric="RGB"), tmp_path / "rgb.png"):
         if path.suffix == ".png":
             Image.fromarray(rgb).save(path)
         image = read_image(path)
@@ -109,7 +80,7 @@ def test_generated_corpus_each_case_decodes_correctly_or_names_the_file(tmp_path
 
     # multi-frame, colour too: frame 0 by default, a chosen frame on request, a clear refusal past the end
     stack = np.stack([RAMP * 4095, RAMP[::-1] * 4095, np.full_like(RAMP, 2000)]).astype(np.uint16)
-    path = _dicom(tmp_path / "cine.dcm", stack, bits_stored=12, frames=3)
+    path = write_dicom(tmp_path / "cine.dcm", stack, bits_stored=12, frames=3)
     first = read_image(path)
     assert first.pixels.shape == RAMP.shape and first.info["frames"] == 3
     np.testing.assert_allclose(first.pixels, stack[0] / 4095, atol=1e-6)
@@ -117,13 +88,13 @@ def test_generated_corpus_each_case_decodes_correctly_or_names_the_file(tmp_path
     with pytest.raises(ImageReadError, match=r"cine\.dcm: frame 3 requested, the file has 3 frame\(s\)"):
         read_image(path, frame=3)
     colour_stack = np.stack([rgb, rgb[::-1]])
-    image = read_image(_dicom(tmp_path / "cine_rgb.dcm", colour_stack, bits_allocated=8, photometric="RGB",
+    image = read_image(write_dicom(tmp_path / "cine_rgb.dcm", colour_stack, bits_allocated=8, photometric="RGB",
                               frames=2))
     np.testing.assert_allclose(image.pixels, grey, atol=1 / 255)
 
     # a window that saturates a non-constant image is not allowed to blank it
     ct = (1100 + RAMP * 1300).astype(np.uint16)
-    image = read_image(_dicom(tmp_path / "ct.dcm", ct, bits_stored=12, WindowCenter=30, WindowWidth=100,
+    image = read_image(write_dicom(tmp_path / "ct.dcm", ct, bits_stored=12, WindowCenter=30, WindowWidth=100,
                               RescaleSlope=1, RescaleIntercept=-1024))
     assert not image.info["windowed"] and "window_ignored" in image.info and not quality_problems(image.pixels)
 
@@ -136,11 +107,11 @@ def test_generated_corpus_each_case_decodes_correctly_or_names_the_file(tmp_path
     ("bomb.png", _bomb_png, r"bomb\.png: refused as a possible decompression bomb"),
     ("trunc.png", lambda p: (Image.fromarray((RAMP * 255).astype(np.uint8)).save(p),
                              p.write_bytes(p.read_bytes()[:120])), r"truncated or corrupt"),
-    ("huge.dcm", lambda p: _dicom(p, np.zeros((4, 4), np.uint16), Rows=30000, Columns=30000),
+    ("huge.dcm", lambda p: write_dicom(p, np.zeros((4, 4), np.uint16), Rows=30000, Columns=30000),
      r"declares 30000 x 30000 pixels"),
-    ("short.dcm", lambda p: (_dicom(p, (RAMP * 4095).astype(np.uint16)), p.write_bytes(p.read_bytes()[:-500])),
+    ("short.dcm", lambda p: (write_dicom(p, (RAMP * 4095).astype(np.uint16)), p.write_bytes(p.read_bytes()[:-500])),
      r"short\.dcm: "),
-    ("cmyk.dcm", lambda p: _dicom(p, np.zeros((4, 4), np.uint16), photometric="CMYK"),
+    ("cmyk.dcm", lambda p: write_dicom(p, np.zeros((4, 4), np.uint16), photometric="CMYK"),
      r"photometric interpretation 'CMYK' is not supported"),
     ("nan.npy", lambda p: np.save(p, np.full((4, 4), np.inf)), r"NaN/inf"),
 ], ids=["bomb-png", "truncated-png", "huge-dicom", "truncated-dicom", "cmyk", "inf-array"])
