@@ -72,6 +72,15 @@ def write_dicom(path: Path, pixels: np.ndarray, *, bits_allocated: int = 16, bit
     return path
 
 
+def assert_named_read_error(path: Path, pattern: str) -> None:
+    """Reading ``path`` raises ``ImageReadError`` matching ``pattern``, its message starting with the file."""
+    from breastfusion.data.readers import ImageReadError, read_image
+
+    with pytest.raises(ImageReadError, match=pattern) as info:
+        read_image(path)
+    assert str(info.value).startswith(str(path))
+
+
 def make_dicom(path: Path, pixels: np.ndarray, *, bits: int = 12, photometric: str = "MONOCHROME2",
                syntax: str | None = None, pixel_data: bool = True, **tags) -> Path:
     """Write a small greyscale DICOM (secondary capture) with ``pixels`` (H, W) uint16 and ``tags``."""

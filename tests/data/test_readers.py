@@ -8,9 +8,9 @@ from PIL import Image
 
 from breastfusion.data.images import read_grayscale
 from breastfusion.data.preprocess import MammographyParams, preprocess
-from breastfusion.data.readers import ImageReadError, read_image
+from breastfusion.data.readers import read_image
 
-from .conftest import breast_phantom, make_dicom
+from .conftest import assert_named_read_error, breast_phantom, make_dicom
 
 RAMP = (np.arange(40 * 30).reshape(40, 30) % 256).astype(np.uint8)
 
@@ -133,6 +133,4 @@ def _truncated_png(path):
 def test_bad_files_name_the_file_and_the_reason(tmp_path, name, make, pattern):
     path = tmp_path / name
     make(path)
-    with pytest.raises(ImageReadError, match=pattern) as info:
-        read_image(path)
-    assert str(info.value).startswith(str(path))
+    assert_named_read_error(path, pattern)
