@@ -44,11 +44,11 @@ def eight_variant_grid(args: argparse.Namespace, prefix: str):
     Returns:
         (work folder, cohort, config with exactly :data:`VARIANTS`).
     """
-    from breastfusion.ablation import expand_ablation
+    from breastfusion.experiment.ablation import expand_ablation
     from breastfusion.config import load_config, select_variants
     from breastfusion.data.manifest import load_cohort
     from breastfusion.data.synthetic.cohort import generate_cohort
-    from breastfusion.evaluation.crossval import cross_validate
+    from breastfusion.experiment.crossval import cross_validate
 
     work = Path(tempfile.mkdtemp(prefix=prefix))
     os.environ["BREASTFUSION_CACHE"] = str(work / "cache")
@@ -81,7 +81,7 @@ def main() -> None:
     import torch
 
     from breastfusion.config import select_variants
-    from breastfusion.evaluation.crossval import cross_validate
+    from breastfusion.experiment.crossval import cross_validate
 
     work, cohort, config = eight_variant_grid(args, "ablation-bench-")
     names, size = VARIANTS, args.image_size

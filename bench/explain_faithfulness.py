@@ -54,7 +54,7 @@ def main() -> None:
     from breastfusion.config import load_config
     from breastfusion.data.manifest import load_cohort
     from breastfusion.explain.runner import explain_run, parse_target_layers
-    from breastfusion.run import run_experiment
+    from breastfusion.experiment.run import run_experiment
 
     manifest_dir, run_dir = work / "manifest", work / "run"
     if not (manifest_dir / "manifest.csv").is_file():

@@ -46,8 +46,8 @@ def main() -> None:
     if run is None:
         from breastfusion.data.manifest import load_cohort
         from breastfusion.data.synthetic.cohort import generate_cohort
-        from breastfusion.demo import demo_config
-        from breastfusion.run import run_experiment
+        from breastfusion.experiment.demo import demo_config
+        from breastfusion.experiment.run import run_experiment
 
         run = Path(tempfile.mkdtemp(prefix="explain-bench-")) / "run"
         started = time.perf_counter()

@@ -33,7 +33,7 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def _lesion_epochs(config, n_lesions: int) -> int:
-    from breastfusion.evaluation.crossval import unique_networks, network_spec
+    from breastfusion.experiment.crossval import unique_networks, network_spec
 
     specs = unique_networks([network_spec(config, v) for v in config.variants])
     per_fold = n_lesions * (config.cv.n_splits - 1) / config.cv.n_splits
@@ -41,8 +41,8 @@ def _lesion_epochs(config, n_lesions: int) -> int:
 
 
 def _run(config, out: Path, cohort=None) -> dict:
-    from breastfusion.demo import make_synthetic_cohort
-    from breastfusion.run import run_experiment
+    from breastfusion.experiment.demo import make_synthetic_cohort
+    from breastfusion.experiment.run import run_experiment
 
     cohort = cohort or make_synthetic_cohort(config, out / "cohort")
     started = time.perf_counter()
@@ -68,9 +68,9 @@ def main() -> None:
 
     import torch
 
-    from breastfusion.ablation import expand_ablation
+    from breastfusion.experiment.ablation import expand_ablation
     from breastfusion.config import load_config, select_variants
-    from breastfusion.demo import demo_config, quick_overrides
+    from breastfusion.experiment.demo import demo_config, quick_overrides
     from breastfusion.training.fit import select_device
 
     demo = demo_config(quick=True)

@@ -106,7 +106,7 @@ def main() -> None:
     from breastfusion.config import load_config
     from breastfusion.data.manifest import load_cohort
     from breastfusion.data.synthetic.cohort import generate_cohort
-    from breastfusion.demo import run_demo
+    from breastfusion.experiment.demo import run_demo
     from breastfusion.evaluation.metrics import auc_with_ci
 
     record: dict = {"what": __doc__.split("\n\n")[0], "threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}

@@ -62,7 +62,7 @@ def run_config(cohort, config_path: Path, out: Path, *, variants: list[str] | No
                epochs_scale: float = 1.0) -> tuple[dict, float, object]:
     """``breastfusion run CONFIG`` on ``cohort``: (results.json, seconds, the resolved config)."""
     from breastfusion.config import load_config, select_variants
-    from breastfusion.run import run_experiment
+    from breastfusion.experiment.run import run_experiment
 
     config = load_config(config_path)
     if variants:
@@ -93,7 +93,7 @@ def variant_entry(results: dict, name: str) -> dict:
 
 def same_folds(cohort, config) -> list:
     """The (train, test) positions the toolkit used for ``config`` on ``cohort``: the plain scripts' folds."""
-    from breastfusion.evaluation.crossval import fold_positions
+    from breastfusion.experiment.crossval import fold_positions
 
     return [(p.train, p.test) for p in fold_positions(cohort, config)[0]]
 

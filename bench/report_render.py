@@ -53,7 +53,7 @@ def _synthetic_predictions(n: int = 300, folds: int = 5, repeats: int = 3, seed:
 
 def _synthetic_run(out: Path) -> Path:
     from breastfusion.config import ExperimentConfig, dump_config
-    from breastfusion.run import evaluate_predictions, library_versions, write_outputs
+    from breastfusion.experiment.run import evaluate_predictions, library_versions, write_outputs
 
     config = ExperimentConfig(name="report-render-bench",
                               variants={"ultrasound": ["ultrasound"], "fused": ["mammography", "ultrasound"]},

@@ -68,7 +68,7 @@ def main() -> None:
     import torch
 
     from breastfusion import execution
-    from breastfusion.evaluation.crossval import cross_validate, network_spec
+    from breastfusion.experiment.crossval import cross_validate, network_spec
     from breastfusion.execution.plan import plan_trainings
 
     work, cohort, config = eight_variant_grid(args, "scale-bench-")

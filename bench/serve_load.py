@@ -41,7 +41,7 @@ def tiny_bundle(folder: Path) -> Path:
     from breastfusion.config import load_config
     from breastfusion.data.manifest import load_cohort
     from breastfusion.data.synthetic.cohort import generate_cohort
-    from breastfusion.run import run_experiment
+    from breastfusion.experiment.run import run_experiment
 
     cohort = folder / "cohort"
     generate_cohort(cohort, n_subjects=40, seed=5, image_px=32)

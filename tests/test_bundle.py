@@ -30,7 +30,7 @@ def run_dir(small_cohort_dir, tmp_path_factory) -> Path:
     """A 2-fold run: a fused network (Platt-recalibrated), the ultrasound network it starts from, and a stage-2
     learner on the fused network's features."""
     from breastfusion.config import load_config
-    from breastfusion.run import run_experiment
+    from breastfusion.experiment.run import run_experiment
 
     out = tmp_path_factory.mktemp("run")
     config = load_config(None, name="tiny", manifest=small_cohort_dir,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from breastfusion.config import ConfigError, dump_config, load_config
-from breastfusion.demo import demo_config
+from breastfusion.experiment.demo import demo_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,7 +39,7 @@ def test_bad_config_names_the_key(tmp_path, text, pattern):
 
 
 def test_fusion_null_slot_reaches_the_gated_fusion_and_the_network_key():
-    from breastfusion.evaluation.crossval import network_spec
+    from breastfusion.experiment.crossval import network_spec
     from breastfusion.models.network import build_network
 
     plain = load_config(None, model={"fusion": "gated", "ultrasound": {"encoder": "test_resnet"}})

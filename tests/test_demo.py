@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-import breastfusion.demo as demo_module
+import breastfusion.experiment.demo as demo_module
 from breastfusion.cli import app
 
 from .conftest import TINY_MODEL, TINY_TRAINING

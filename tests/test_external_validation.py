@@ -31,7 +31,7 @@ def bundle_dir(small_cohort_dir, tmp_path_factory) -> Path:
     """A 2-fold ultrasound bundle trained on the 60-subject synthetic cohort (prevalence 0.42)."""
     from breastfusion.config import load_config
     from breastfusion.data.manifest import load_cohort
-    from breastfusion.run import run_experiment
+    from breastfusion.experiment.run import run_experiment
 
     out = tmp_path_factory.mktemp("run")
     config = load_config(None, name="tiny", manifest=small_cohort_dir, variants={"ultrasound": ["ultrasound"]},

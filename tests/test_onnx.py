@@ -75,7 +75,7 @@ def cohort_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def run_dir(cohort_dir, tmp_path_factory) -> Path:
     """A 2-fold run with hflip test-time augmentation: a fused network and a stage-2 learner on its features."""
-    from breastfusion.run import run_experiment
+    from breastfusion.experiment.run import run_experiment
 
     out = tmp_path_factory.mktemp("onnx-run")
     config = load_config(None, name="tiny", manifest=cohort_dir,

@@ -83,7 +83,7 @@ def test_no_identifying_dicom_value_reaches_any_output(tmp_path, monkeypatch):
     from breastfusion.data.manifest import load_cohort
     from breastfusion.data.synthetic.cohort import generate_cohort
     from breastfusion.explain.runner import explain_run
-    from breastfusion.run import run_experiment
+    from breastfusion.experiment.run import run_experiment
 
     cache = tmp_path / "cache"
     monkeypatch.setenv("BREASTFUSION_CACHE", str(cache))

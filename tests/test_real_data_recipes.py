@@ -14,7 +14,7 @@ from sklearn.metrics import roc_auc_score
 
 from breastfusion.config import ConfigError, load_config
 from breastfusion.data.manifest import load_cohort
-from breastfusion.evaluation.crossval import cross_validate, fold_positions
+from breastfusion.experiment.crossval import cross_validate, fold_positions
 from breastfusion.evaluation.splits import SplitError, official_split
 from breastfusion.models.network import build_network
 from breastfusion.models.score_fusion import average_scores, fit_clinical_model
@@ -143,7 +143,7 @@ def test_score_fusion_test_predictions_do_not_move_when_test_labels_do(small_coh
 
 def test_score_fusion_needs_clinical_and_an_image():
     config = load_config(None, variants={"bad": {"modalities": ["ultrasound"], "model": {"fusion": "score"}}})
-    from breastfusion.evaluation.crossval import network_spec
+    from breastfusion.experiment.crossval import network_spec
 
     with pytest.raises(ValueError, match="needs clinical and an image modality"):
         network_spec(config, "bad")
@@ -179,7 +179,7 @@ def test_official_split_errors_name_the_problem(small_cohort_dir, tmp_path, edit
 
 def test_official_split_trains_on_train_validates_on_val_and_reports_on_test(small_cohort_dir, tmp_path):
     from breastfusion.bundle import export_bundle, load_bundle
-    from breastfusion.run import run_experiment
+    from breastfusion.experiment.run import run_experiment
 
     root = _with_split(small_cohort_dir, tmp_path / "c")
     cohort = load_cohort(root)
@@ -208,7 +208,7 @@ def test_official_split_trains_on_train_validates_on_val_and_reports_on_test(sma
 def test_a_score_fusion_variant_exports_and_its_bundle_reproduces_the_run(small_cohort_dir, tmp_path):
     from breastfusion.bundle import export_bundle, load_bundle
     from breastfusion.predict import predict_lesions
-    from breastfusion.run import run_experiment
+    from breastfusion.experiment.run import run_experiment
 
     cohort = load_cohort(small_cohort_dir)
     config = load_config(None, variants={k: SCORE_VARIANTS[k] for k in ("ultrasound", "fused_score")},

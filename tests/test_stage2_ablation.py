@@ -12,12 +12,12 @@ from sklearn.metrics import roc_auc_score
 from sklearn.neural_network import MLPClassifier
 from typer.testing import CliRunner
 
-import breastfusion.demo as demo_module
-from breastfusion.ablation import ABLATION_COLUMNS, expand_ablation
+import breastfusion.experiment.demo as demo_module
+from breastfusion.experiment.ablation import ABLATION_COLUMNS, expand_ablation
 from breastfusion.cli import app
 from breastfusion.config import load_config
 from breastfusion.data.manifest import load_cohort
-from breastfusion.evaluation.crossval import MissingModalityError, check_modalities, cross_validate, network_spec
+from breastfusion.experiment.crossval import MissingModalityError, check_modalities, cross_validate, network_spec
 from breastfusion.evaluation.splits import subject_folds
 from breastfusion.models.stage2 import Stage2Ensemble, fit_learner, grouped_splits, make_learner
 
@@ -208,7 +208,7 @@ def test_stage2_inner_folds_group_by_the_outer_folds_group(small_cohort_dir, tmp
     near-duplicates of two subjects could straddle an inner split. They now get the outer folds' group."""
     import shutil
 
-    import breastfusion.evaluation.crossval as crossval
+    import breastfusion.experiment.crossval as crossval
     from breastfusion.models.stage2 import Stage2Ensemble
 
     root = tmp_path / "grouped"

@@ -12,7 +12,7 @@ import torch
 from breastfusion.config import load_config
 from breastfusion.data.manifest import load_cohort
 from breastfusion.data.synthetic.cohort import generate_cohort
-from breastfusion.evaluation.crossval import cross_validate, inner_split, network_spec
+from breastfusion.experiment.crossval import cross_validate, inner_split, network_spec
 from breastfusion.evaluation.splits import subject_folds
 from breastfusion.models.network import build_network
 from breastfusion.training.module import LesionClassifier, drop_modalities

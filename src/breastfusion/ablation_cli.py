@@ -37,14 +37,14 @@ def ablate(
     --nested-inner-folds K the choice is made again inside each outer fold, from its training subjects only
     (K grouped inner folds), and the chosen models' outer-fold AUC is reported (nested_selection.json).
     """
-    from breastfusion.ablation import expand_ablation
+    from breastfusion.experiment.ablation import expand_ablation
     from breastfusion.cli import _default_out, _fail, _progress, console
     from breastfusion.config import ConfigError, load_config
     from breastfusion.data.manifest import ManifestError, load_cohort
-    from breastfusion.demo import make_synthetic_cohort, quick_overrides
-    from breastfusion.evaluation.crossval import MissingModalityError
+    from breastfusion.experiment.demo import make_synthetic_cohort, quick_overrides
+    from breastfusion.experiment.crossval import MissingModalityError
     from breastfusion.execution import ExecutionError, with_executor
-    from breastfusion.run import run_experiment
+    from breastfusion.experiment.run import run_experiment
 
     if dataset not in (None, "synthetic"):
         _fail(f"--dataset should be `synthetic` (for a real cohort give --manifest DIR), got {dataset!r}")
@@ -96,7 +96,7 @@ def _nested_table(summary: dict):
     """Per outer fold the chosen variant and its inner AUC; then the selected and the naive figures."""
     from rich.table import Table
 
-    from breastfusion.ablation import format_value as f
+    from breastfusion.experiment.ablation import format_value as f
 
     table = Table(title=f"Nested selection ({summary['inner_folds']} inner folds per outer fold, subject level)")
     for column in ("outer fold", "chosen", "inner AUC of chosen", "best other inner AUC"):
@@ -116,7 +116,7 @@ def _ablation_table(results: dict):
     """The ablation as a rich table (the same numbers as ablation.csv)."""
     from rich.table import Table
 
-    from breastfusion.ablation import format_p, format_value
+    from breastfusion.experiment.ablation import format_p, format_value
 
     table = Table(title=f"{results['name']}: ablation vs {results['reference_variant']} (subject level, out-of-fold)")
     for column in ("variant", "modalities", "stage 2", "AUC [95% CI]", "F1", "sens", "spec", "DeLong p"):

@@ -142,7 +142,7 @@ class Bundle:
     @cached_property
     def preprocessing(self) -> dict[str, Params]:
         """Each image modality's preprocessing parameters, as the run derived them from its config."""
-        from breastfusion.evaluation.crossval import preprocessing_params
+        from breastfusion.experiment.crossval import preprocessing_params
 
         return preprocessing_params(self.config, [m for m in IMAGE_MODALITIES if m in self.modalities])
 

@@ -91,7 +91,7 @@ def demo(
     Bayes-optimal AUC on that cohort) and writes a run folder with the config,
     predictions, results.json, roc.png and report.html.
     """
-    from breastfusion.demo import run_demo
+    from breastfusion.experiment.demo import run_demo
 
     out = out or _default_out("demo-quick" if quick else "demo")
     with _progress() as progress:
@@ -123,8 +123,8 @@ def run(
     from breastfusion.config import ConfigError, load_config, select_variants
     from breastfusion.execution import ExecutionError, same_experiment, with_executor
     from breastfusion.data.manifest import ManifestError, load_cohort
-    from breastfusion.evaluation.crossval import MissingModalityError
-    from breastfusion.run import run_experiment
+    from breastfusion.experiment.crossval import MissingModalityError
+    from breastfusion.experiment.run import run_experiment
 
     try:
         cfg = load_config(config, manifest=manifest, cache=False if no_cache else None,

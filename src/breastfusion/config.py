@@ -1,7 +1,7 @@
 """Experiment configuration: one YAML file, validated by pydantic, never executed.
 
 Defaults suit a real cohort; the embedded demo changes a few
-(``breastfusion.demo.demo_config``), and ``configs/demo.yaml`` spells it out. Unknown keys are errors, and a
+(``breastfusion.experiment.demo.demo_config``), and ``configs/demo.yaml`` spells it out. Unknown keys are errors, and a
 bad value is reported with its dotted key, what was given and what is allowed.
 """
 

@@ -4,12 +4,12 @@ Everything that explains, audits or re-uses a finished run reads it through
 :func:`load_run`, so the folds, the in-fold clinical preprocessing and the
 image normalisation are rebuilt exactly as the run made them:
 
-* the folds come from :func:`~breastfusion.evaluation.crossval.fold_positions`, the function the run
+* the folds come from :func:`~breastfusion.experiment.crossval.fold_positions`, the function the run
   used (``cv.n_splits`` and ``cv.seed``, or the dataset's own ``cv.split_column``);
 * fold ``k``'s clinical preprocessor is fitted on the subjects fold ``k``'s
   network was fitted on (its training subjects, less the inner validation
   subjects when early stopping held some out), as
-  :mod:`breastfusion.evaluation.crossval` does;
+  :mod:`breastfusion.experiment.crossval` does;
 * fold ``k``'s network is ``checkpoints/{variant}/fold{k}.safetensors``;
 * images go through the run's per-modality preprocessing (and cache), then
   the training module's own batch normalisation;
@@ -44,7 +44,7 @@ from breastfusion.data.preprocess import Params, preprocess, resize_pad
 from breastfusion.data.readers import read_image
 from breastfusion.data.synthetic.cohort import MASK_COLUMN
 from breastfusion.data.tensors import LesionDataset, LesionImages, build_lesion_images, clinical_features_for
-from breastfusion.evaluation.crossval import FoldPositions, fold_positions, network_spec, preprocessing_params
+from breastfusion.experiment.crossval import FoldPositions, fold_positions, network_spec, preprocessing_params
 from breastfusion.run_folder import missing_run_file
 from breastfusion.models.network import MultimodalNet, build_network
 from breastfusion.training.module import tta_logits
@@ -312,7 +312,7 @@ def _find_cohort(root: Path, config: ExperimentConfig, results: dict[str, Any],
 
 
 def load_run(path: str | Path, *, allow_outside_root: bool = False) -> RunArtifacts:
-    """Reload a run folder written by :func:`~breastfusion.run.run_experiment`.
+    """Reload a run folder written by :func:`~breastfusion.experiment.run.run_experiment`.
 
     Args:
         path: the run folder.

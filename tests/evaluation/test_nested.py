@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from breastfusion.config import load_config, select_variants
 from breastfusion.data.manifest import load_cohort
 from breastfusion.data.synthetic.cohort import generate_cohort
-from breastfusion.evaluation.crossval import cross_validate
+from breastfusion.experiment.crossval import cross_validate
 from breastfusion.evaluation.nested import NESTED_FILE, nested_selection, restrict_cohort
 from breastfusion.evaluation.splits import subject_folds
 from breastfusion.evaluation.summary import score_subjects

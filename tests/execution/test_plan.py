@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from breastfusion.config import ConfigError, load_config
-from breastfusion.evaluation.crossval import network_spec
+from breastfusion.experiment.crossval import network_spec
 from breastfusion.execution import finished, plan_trainings, waves
 from breastfusion.execution.plan import checkpoint_paths
 

@@ -20,7 +20,7 @@ from breastfusion import execution  # noqa: E402
 from breastfusion.config import load_config  # noqa: E402
 from breastfusion.data.manifest import load_cohort  # noqa: E402
 from breastfusion.data.synthetic.cohort import generate_cohort  # noqa: E402
-from breastfusion.evaluation.crossval import cross_validate, network_spec  # noqa: E402
+from breastfusion.experiment.crossval import cross_validate, network_spec  # noqa: E402
 from breastfusion.execution import ExecutionError, ray_executor  # noqa: E402
 
 from ..conftest import TINY_MODEL, TINY_TRAINING  # noqa: E402

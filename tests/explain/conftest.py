@@ -15,7 +15,7 @@ def tiny_run(small_cohort_dir, tmp_path_factory) -> Path:
     """Run folder of a mammography + ultrasound + clinical network on the 60-subject cohort (default preprocessing)."""
     from breastfusion.config import load_config
     from breastfusion.data.manifest import load_cohort
-    from breastfusion.run import run_experiment
+    from breastfusion.experiment.run import run_experiment
 
     out = tmp_path_factory.mktemp("run")
     config = load_config(None, name="tiny", manifest=small_cohort_dir,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from breastfusion.config import ExperimentConfig, dump_config
-from breastfusion.run import evaluate_predictions, write_outputs
+from breastfusion.experiment.run import evaluate_predictions, write_outputs
 
 from ..evaluation.fake_predictions import fake_predictions
 

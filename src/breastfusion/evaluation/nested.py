@@ -39,7 +39,7 @@ from sklearn.metrics import roc_auc_score
 
 from breastfusion.config import ExperimentConfig, select_variants
 from breastfusion.data.manifest import Cohort
-from breastfusion.evaluation.crossval import cross_validate
+from breastfusion.experiment.crossval import cross_validate
 from breastfusion.evaluation.external import json_safe
 from breastfusion.evaluation.metrics import auc_with_ci
 from breastfusion.evaluation.repeats import first_repeat

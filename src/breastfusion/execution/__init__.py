@@ -1,6 +1,6 @@
 """Where cross-validation trainings run: in this process (``local``) or as tasks on a Ray cluster (``ray``).
 
-The local runner (:mod:`breastfusion.evaluation.crossval`) stays the one place that trains and scores; a
+The local runner (:mod:`breastfusion.experiment.crossval`) stays the one place that trains and scores; a
 distributed executor only trains every (network, fold) the experiment needs ahead of it, writing exactly the
 checkpoint files the local runner writes, so the local pass then loads them (its resume path) and the
 predictions are the local executor's by construction.

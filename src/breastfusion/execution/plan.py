@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from breastfusion.evaluation.crossval import NetworkSpec, unique_networks
+from breastfusion.experiment.crossval import NetworkSpec, unique_networks
 
 __all__ = ["TrainingTask", "plan_trainings", "waves", "finished", "checkpoint_paths"]
 

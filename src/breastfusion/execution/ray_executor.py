@@ -3,7 +3,7 @@
 Each training is one Ray task with the CPUs and GPUs of ``execution.cpus_per_task`` /
 ``gpus_per_task``; a network that starts from single-modality networks receives their tasks' results as
 arguments, so Ray starts it as soon as those finish on its fold (a DAG, not a barrier per wave). A task
-trains exactly as the local runner does (:meth:`breastfusion.evaluation.crossval._Runner.network`, the same
+trains exactly as the local runner does (:meth:`breastfusion.experiment.crossval._Runner.network`, the same
 seeds) and writes the same files (``networks/KEY/foldK.safetensors``, ``.csv``, ``network.json``, and
 ``foldK-running/last.ckpt`` after every epoch), so:
 
@@ -26,7 +26,7 @@ from typing import Any
 from breastfusion.config import ExperimentConfig
 from breastfusion.data.manifest import Cohort
 from breastfusion.data.tensors import LesionImages
-from breastfusion.evaluation.crossval import FoldPositions, NetworkSpec
+from breastfusion.experiment.crossval import FoldPositions, NetworkSpec
 from breastfusion.execution import ExecutionError
 from breastfusion.execution.plan import TrainingTask, finished, plan_trainings
 
@@ -60,7 +60,7 @@ def train_task(cohort: Cohort, config: ExperimentConfig, images: LesionImages, c
     """
     import torch
 
-    from breastfusion.evaluation.crossval import _Runner
+    from breastfusion.experiment.crossval import _Runner
 
     torch.set_num_threads(max(1, threads))
     # Arrays from Ray's object store are read-only views; the datasets index with them, so own a copy.
@@ -92,8 +92,8 @@ def run_trainings(cohort: Cohort, config: ExperimentConfig, images: LesionImages
     unless Ray is already initialised in this process, and shuts down only a cluster it started.
 
     Args:
-        cohort, config, images: what :func:`~breastfusion.evaluation.crossval.cross_validate` prepared.
-        repeats: every repeat's fold positions (:func:`~breastfusion.evaluation.crossval.fold_positions`).
+        cohort, config, images: what :func:`~breastfusion.experiment.crossval.cross_validate` prepared.
+        repeats: every repeat's fold positions (:func:`~breastfusion.experiment.crossval.fold_positions`).
         specs: the networks the variants need.
         checkpoint_dir: the run's checkpoint folder (required: it is where results meet).
         on_done: called with each finished task's result, in completion order (progress).

@@ -96,7 +96,7 @@ def noise_modality_shares(cohort, *, fusion: str = "gated", training: dict[str, 
     from breastfusion.config import load_config
     from breastfusion.data.clinical import ClinicalPreprocessor
     from breastfusion.data.tensors import LesionDataset, build_lesion_images, clinical_features_for
-    from breastfusion.evaluation.crossval import preprocessing_params
+    from breastfusion.experiment.crossval import preprocessing_params
     from breastfusion.explain.shapley import (coalition_values, gate_weights, modality_shapley, no_information_prob,
                                               shapley_shares)
     from breastfusion.models.fusion import create_fusion

@@ -2,7 +2,7 @@
 
 ``expand_ablation`` turns a config's ``ablation`` grid into variants (the
 config's own variants stay); ``run_experiment`` then trains each distinct
-network once (:mod:`breastfusion.evaluation.crossval`), so a grid costs much less
+network once (:mod:`breastfusion.experiment.crossval`), so a grid costs much less
 than its variants run one by one; ``ablation_table`` reads the run's results
 into the table papers print: AUC [95% CI], accuracy, F1, sensitivity,
 specificity and the DeLong p-value against the full model on the same subjects.

@@ -31,11 +31,11 @@ import pandas as pd
 from rich.progress import Progress
 from sklearn.metrics import roc_auc_score
 
-from breastfusion.ablation import ablation_table, write_ablation
+from breastfusion.experiment.ablation import ablation_table, write_ablation
 from breastfusion.config import ExperimentConfig, dump_config, reference_variant
 from breastfusion.data.manifest import MANIFEST_FILENAME, Cohort
 from breastfusion.data.synthetic.cohort import Oracle, load_oracle
-from breastfusion.evaluation.crossval import cross_validate
+from breastfusion.experiment.crossval import cross_validate
 from breastfusion.evaluation.curves import roc_band
 from breastfusion.evaluation.metrics import auc_with_ci
 from breastfusion.evaluation.repeats import first_repeat
@@ -166,7 +166,7 @@ def run_experiment(
         config: the experiment.
         out_dir: the run folder (created).
         progress: a rich Progress for long steps.
-        ablation: ``{variant: what it changes}`` from :func:`~breastfusion.ablation.expand_ablation`; writes
+        ablation: ``{variant: what it changes}`` from :func:`~breastfusion.experiment.ablation.expand_ablation`; writes
             ``ablation.csv`` / ``ablation.md`` and an ablation table in the report.
 
     Returns:

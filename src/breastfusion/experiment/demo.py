@@ -10,7 +10,7 @@ from rich.progress import Progress
 from breastfusion.config import ExperimentConfig, deep_merge, load_config
 from breastfusion.data.manifest import load_cohort
 from breastfusion.data.synthetic.cohort import generate_cohort
-from breastfusion.run import run_experiment
+from breastfusion.experiment.run import run_experiment
 
 __all__ = ["demo_config", "run_demo", "make_synthetic_cohort", "quick_overrides", "DEMO", "QUICK"]
 
