@@ -1,16 +1,40 @@
-"""breastfusion: multimodal breast-lesion classification (mammography + ultrasound + clinical data)."""
+"""breastfusion: multimodal breast-lesion classification (mammography + ultrasound + clinical data).
 
+The public Python API, for notebooks and scripts (each name is imported on first use, so
+``import breastfusion`` stays instant and free of torch)::
+
+    import breastfusion as bf
+    cohort = bf.load_cohort("my_cohort/")          # or bf.generate_cohort(...)
+    bundle = bf.load_bundle("model.bfbundle")
+"""
+
+from importlib import import_module
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "export_bundle", "load_bundle"]
+
+#: public name -> the module that defines it (imported lazily by ``__getattr__``).
+_LAZY = {
+    "Bundle": "breastfusion.bundle",
+    "export_bundle": "breastfusion.bundle",
+    "load_bundle": "breastfusion.bundle",
+    "load_cohort": "breastfusion.data.manifest",
+    "generate_cohort": "breastfusion.data.synthetic.cohort",
+    "create_encoder": "breastfusion.models.encoders",
+    "load_config": "breastfusion.config",
+}
+__all__ = ["__version__", *sorted(_LAZY)]
 
 
 def __getattr__(name: str) -> Any:
-    # The bundle functions pull in torch and scikit-learn: import them on first use, so `import breastfusion`
-    # (and `breastfusion --help`) stays instant.
-    if name in ("export_bundle", "load_bundle"):
-        from breastfusion import bundle
-
-        return getattr(bundle, name)
+    # The bundle, encoder and cohort code pull in torch and scikit-learn: import them on first use, so
+    # `import breastfusion` (and `breastfusion --help`) stays instant.
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name]), name)
+        globals()[name] = value  # later look-ups skip __getattr__
+        return value
     raise AttributeError(f"module 'breastfusion' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -23,6 +23,7 @@ syntax) leaves this module: patient tags are never copied.
 
 from __future__ import annotations
 
+import io
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 __all__ = ["MAX_IMAGE_PIXELS", "ImageReadError", "ImageData", "check_size", "colour_to_grey", "display_range",
-           "quality_problems", "read_image", "scale", "sniff_format"]
+           "image_from_array", "quality_problems", "read_image", "read_image_bytes", "scale", "sniff_format"]
 
 #: Largest image (rows x columns x frames read) decoded; bigger files are refused as possible decompression
 #: bombs. 2**27 (134 M pixels) is 6x a full-field digital mammogram (about 4000 x 5600).
@@ -83,6 +84,11 @@ def sniff_format(path: Path) -> str:
         raise ImageReadError(f"{path}: file not found") from exc
     except OSError as exc:
         raise ImageReadError(f"{path}: cannot open ({exc.strerror or exc})") from exc
+    return _kind(head, path)
+
+
+def _kind(head: bytes, path: Path) -> str:
+    """The decoder for a file whose first 132 bytes are ``head`` (``path`` names it and gives its suffix)."""
     if not head:
         raise ImageReadError(f"{path}: empty file (0 bytes)")
     if head[128:132] == b"DICM" or path.suffix.lower() in (".dcm", ".dicom"):
@@ -113,7 +119,69 @@ def read_image(path: str | Path, *, window: bool = True, frame: int = 0) -> Imag
             range, or any other decoder failure; the message starts with the path.
     """
     path = Path(path)
-    kind = sniff_format(path)
+    return _decode(path, sniff_format(path), window=window, frame=frame)
+
+
+class _NamedBytes(io.BytesIO):
+    """In-memory file whose ``str`` is a caller-given name, so every decoder's messages name the upload."""
+
+    def __init__(self, data: bytes, name: str) -> None:
+        super().__init__(data)
+        self.label = name
+        self.suffix = Path(name).suffix
+
+    def __str__(self) -> str:
+        return self.label
+
+
+def read_image_bytes(data: bytes, *, name: str = "<bytes>", window: bool = True, frame: int = 0) -> ImageData:
+    """Decode an image held in memory (an upload, a blob), by the same decoders and rules as :func:`read_image`.
+
+    Why: a web page or notebook has the file's bytes, not a path; writing them to a temporary file
+    only to read them back is slow and leaves patient images on disk.
+
+    Args:
+        data: the encoded file (DICOM, PNG, JPEG, PGM, TIFF, NPY or NPZ).
+        name: what error messages call it (an upload's file name; its suffix also hints the format
+            as a file's would).
+        window, frame: as for :func:`read_image`.
+
+    Returns:
+        The decoded :class:`ImageData`, the same as :func:`read_image` gives for a file of these bytes.
+
+    Raises:
+        ImageReadError: as :func:`read_image`; the message starts with ``name``.
+    """
+    source = _NamedBytes(bytes(data), name)
+    return _decode(source, _kind(source.getvalue()[:132], Path(name)), window=window, frame=frame)
+
+
+def image_from_array(array: np.ndarray, *, name: str = "<array>") -> ImageData:
+    """An in-memory pixel array as :class:`ImageData`, scaled by the rules a file of that array gets.
+
+    A 2-D array follows the NPY rules (uint8 over 0..255, uint16 over 0..65535, other numbers over their
+    min..max); an (H, W, 3|4) uint8 array (what Pillow, OpenCV-after-BGR2RGB or imageio decode a colour
+    PNG or JPEG to) is converted to grey by Pillow as :func:`read_image` converts a colour file, so
+    an image file and its decoded array give the same pixels and hence the same prediction.
+
+    Raises:
+        ImageReadError: not an array of numbers, not 2-D (or H x W x 3|4 uint8), or NaN/inf values;
+            the message starts with ``name``.
+    """
+    array = np.asarray(array)
+    if array.ndim == 3 and array.shape[-1] in (3, 4) and array.dtype == np.uint8:
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, format="PNG")  # lossless: the file path's exact conversion
+        return read_image_bytes(buffer.getvalue(), name=name)
+    buffer = io.BytesIO()
+    if not np.issubdtype(array.dtype, np.number):
+        raise ImageReadError(f"{name}: array dtype {array.dtype}; expected a numeric array")
+    np.save(buffer, array, allow_pickle=False)
+    return read_image_bytes(buffer.getvalue(), name=name)
+
+
+def _decode(path: Path | _NamedBytes, kind: str, *, window: bool, frame: int) -> ImageData:
+    """Run the decoder for ``kind`` on ``path`` (a file or in-memory bytes) and enforce the output contract."""
     try:
         if kind == "dicom":
             from breastfusion.data.dicom import read_dicom
