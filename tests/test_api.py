@@ -81,3 +81,24 @@ def test_bad_yaml_path_and_unfitted_use_are_clear(tmp_path):
         experiment.export(tmp_path / "model")
     with pytest.raises(ConfigError, match="no cohort"):
         experiment.fit()
+
+
+def test_fit_on_a_manifest_dataframe_matches_the_folder_run(fitted, cohort_dir, tmp_path):
+    import pandas as pd
+
+    manifest = pd.read_csv(cohort_dir / "manifest.csv", dtype=str, keep_default_na=False)
+    clinical = pd.read_csv(cohort_dir / "clinical.csv", dtype={"subject_id": str})
+    experiment = bf.Experiment(TINY)
+    variants = experiment.fit(manifest, tmp_path / "run", clinical=clinical, root=cohort_dir)
+    assert (tmp_path / "run" / "cohort" / "manifest.csv").is_file()  # the cohort the run (and export) reads
+    assert experiment.config.manifest == (tmp_path / "run" / "cohort").resolve()
+    folder_experiment, folder_variants, _ = fitted
+    assert variants["fused"]["auc"] == pytest.approx(folder_variants["fused"]["auc"], abs=1e-6)
+    pd.testing.assert_frame_equal(experiment.predictions, folder_experiment.predictions, atol=1e-5)
+    subjects = experiment.export(tmp_path / "model").predict(cohort_dir)  # images outside run/cohort/: allowed
+    assert len(subjects) == 24 and subjects["prob"].between(0, 1).all()
+
+
+def test_clinical_without_a_dataframe_is_refused(cohort_dir):
+    with pytest.raises(TypeError, match="go with a manifest DataFrame"):
+        bf.Experiment(TINY).fit(cohort_dir, clinical=object())

@@ -50,6 +50,25 @@ def _as_config(config: ExperimentConfig | Mapping[str, Any] | str | Path | None)
                       f"{type(config).__name__}")
 
 
+def _write_cohort(manifest: pd.DataFrame, clinical: pd.DataFrame | None, root: Path, folder: Path) -> Path:
+    """A manifest DataFrame (and clinical table) as the cohort folder ``folder``, image paths made absolute.
+
+    A run identifies its cohort by the sha256 of a ``manifest.csv`` on disk (export refits the clinical
+    preprocessors from it), so an in-memory cohort is written where the run folder keeps it.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    frame = manifest.copy()
+    if "path" in frame:
+        frame["path"] = [p if p is None or p != p or str(p).strip() == "" or Path(str(p)).is_absolute()
+                         else str((root / str(p)).resolve()) for p in frame["path"]]
+    frame.to_csv(folder / "manifest.csv", index=False)
+    if clinical is not None:
+        clinical.to_csv(folder / "clinical.csv", index=False)
+    elif (folder / "clinical.csv").exists():
+        (folder / "clinical.csv").unlink()
+    return folder
+
+
 class Experiment:
     """An experiment configuration and, once fitted, its run folder.
 
@@ -69,19 +88,25 @@ class Experiment:
         self._run_dir: Path | None = None
         self._results: dict[str, Any] | None = None
         self._tmp: tempfile.TemporaryDirectory | None = None  # owns the run folder when fit(out=None)
+        self._outside_root = False  # fitted on a DataFrame: the cohort's images lie outside its folder
 
     def __repr__(self) -> str:
         state = f"run_dir={str(self._run_dir)!r}" if self._run_dir else "not fitted"
         return f"Experiment(name={self.config.name!r}, variants={list(self.config.variants)}, {state})"
 
-    def fit(self, cohort: Cohort | str | Path | None = None, out: str | Path | None = None) -> dict[str, Any]:
+    def fit(self, cohort: Cohort | pd.DataFrame | str | Path | None = None, out: str | Path | None = None, *,
+            clinical: pd.DataFrame | None = None, root: str | Path | None = None) -> dict[str, Any]:
         """Cross-validate every variant on ``cohort`` and write the run folder ``out``.
 
         Args:
             cohort: a loaded :class:`~breastfusion.data.manifest.Cohort`, a cohort folder or its manifest CSV
-                (default: the config's ``manifest``).
+                (default: the config's ``manifest``), or a manifest DataFrame (the columns of ``manifest.csv``),
+                written with ``clinical`` as the cohort folder ``out/cohort/`` (its images stay where they are).
             out: the run folder (created). ``None``: a temporary folder owned by this object, removed when
                 it is garbage-collected, so :meth:`export` before letting it go.
+            clinical: with a manifest DataFrame, the clinical table (``subject_id`` + one column per variable).
+            root: with a manifest DataFrame, the folder its relative image paths resolve against (default: the
+                working directory).
 
         Returns:
             Per-variant results: ``results.json``'s ``"variants"`` (the full content is :attr:`results`).
@@ -90,6 +115,8 @@ class Experiment:
             ConfigError: no cohort given and no ``manifest`` in the config.
             ManifestError, FileNotFoundError: the cohort folder breaks the manifest contract.
         """
+        import pandas as pd
+
         from breastfusion.data.manifest import Cohort, load_cohort
         from breastfusion.experiment.run import run_experiment
 
@@ -97,14 +124,22 @@ class Experiment:
             if self.config.manifest is None:
                 raise ConfigError("fit: no cohort; pass a cohort folder or set `manifest` in the config")
             cohort = self.config.manifest
-        if not isinstance(cohort, Cohort):
+        is_frame = isinstance(cohort, pd.DataFrame)
+        if (clinical is not None or root is not None) and not is_frame:
+            raise TypeError("fit: clinical= and root= go with a manifest DataFrame; a cohort folder has its own "
+                            "clinical.csv and is its own root")
+        if out is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="breastfusion-run-")
+            out = Path(self._tmp.name) / "run"
+        self._outside_root = is_frame
+        if is_frame:
+            cohort = _write_cohort(cohort, clinical, Path(root or Path.cwd()), Path(out) / "cohort")
+            cohort = load_cohort(cohort, allow_outside_root=True)
+        elif not isinstance(cohort, Cohort):
             cohort = load_cohort(Path(cohort).resolve())
         # Record where the cohort is, so export (which refits the clinical preprocessors from it) finds it
         # from any working directory.
         self.config = self.config.model_copy(update={"manifest": Path(cohort.root).resolve()})
-        if out is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="breastfusion-run-")
-            out = Path(self._tmp.name) / "run"
         self._results = run_experiment(cohort, self.config, out)
         self._run_dir = Path(out)
         return self._results["variants"]
@@ -152,4 +187,5 @@ class Experiment:
         """
         from breastfusion.bundle import export_bundle, load_bundle
 
-        return load_bundle(export_bundle(self.run_dir, out, variant=variant, onnx=onnx))
+        return load_bundle(export_bundle(self.run_dir, out, variant=variant, onnx=onnx,
+                                         allow_outside_root=self._outside_root))
