@@ -113,7 +113,8 @@ class Experiment:
 
         Raises:
             ConfigError: no cohort given and no ``manifest`` in the config.
-            ManifestError, FileNotFoundError: the cohort folder breaks the manifest contract.
+            ManifestError, FileNotFoundError: the cohort (folder or DataFrame) breaks the manifest contract.
+            TypeError: ``clinical`` or ``root`` without a manifest DataFrame.
         """
         import pandas as pd
 
