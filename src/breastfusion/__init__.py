@@ -6,6 +6,10 @@ The public Python API, for notebooks and scripts (each name is imported on first
     import breastfusion as bf
     cohort = bf.load_cohort("my_cohort/")          # or bf.generate_cohort(...)
     bundle = bf.load_bundle("model.bfbundle")
+
+    exp = bf.Experiment("configs/demo.yaml")       # or a config dict; see breastfusion.api
+    variants = exp.fit(cohort)                     # per-variant results (results.json "variants")
+    bundle = exp.export("my-model")
 """
 
 from importlib import import_module
@@ -16,6 +20,7 @@ __version__ = "0.1.0"
 #: public name -> the module that defines it (imported lazily by ``__getattr__``).
 _LAZY = {
     "Bundle": "breastfusion.bundle",
+    "Experiment": "breastfusion.api",
     "export_bundle": "breastfusion.bundle",
     "load_bundle": "breastfusion.bundle",
     "load_cohort": "breastfusion.data.manifest",

@@ -222,7 +222,8 @@ def _anonymise_calibration(calibration: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def export_bundle(run_dir: str | Path, out: str | Path, *, variant: str | None = None, onnx: bool = False) -> Path:
+def export_bundle(run_dir: str | Path, out: str | Path, *, variant: str | None = None, onnx: bool = False,
+                  allow_outside_root: bool = False) -> Path:
     """Write one variant of a finished run as a bundle folder.
 
     The run's cohort must still be where the run found it, unchanged: the clinical preprocessors are
@@ -234,6 +235,8 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, variant: str | None =
         variant: the variant to export (default: the run's reference variant).
         onnx: also write each fold network as ``fold{k}.onnx`` (:mod:`breastfusion.onnx_export`), listed with
             its sha256 like the other files, for ``predict --runtime onnx``.
+        allow_outside_root: accept cohort image paths outside the cohort folder (as the run may have:
+            :meth:`breastfusion.api.Experiment.fit` on a manifest DataFrame).
 
     Returns:
         ``out``.
@@ -278,7 +281,7 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, variant: str | None =
         from breastfusion.onnx_export import require_onnx
 
         require_onnx()
-    art = load_run(root)
+    art = load_run(root, allow_outside_root=allow_outside_root)
     calibration = pd.read_csv(root / "calibration_predictions.csv", dtype={"subject_id": str, "lesion_id": str})
     calibration = calibration[(calibration["variant"] == variant)
                               & (calibration.get("repeat", 0) == 0)].reset_index(drop=True)
