@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from pydantic import ValidationError
 
-from breastfusion.config import ConfigError, ExperimentConfig, _format, load_config
+from breastfusion.config import ConfigError, ExperimentConfig, format_validation_error, load_config
 
 if TYPE_CHECKING:  # torch-heavy modules: imported only when used
     import pandas as pd
@@ -45,7 +45,7 @@ def _as_config(config: ExperimentConfig | Mapping[str, Any] | str | Path | None)
         try:
             return ExperimentConfig.model_validate(dict(config))
         except ValidationError as exc:
-            raise ConfigError(_format(exc, "config dict")) from None
+            raise ConfigError(format_validation_error(exc, "config dict")) from None
     raise ConfigError(f"config: expected an ExperimentConfig, a dict of config keys or a YAML path, got "
                       f"{type(config).__name__}")
 

@@ -17,6 +17,7 @@ from breastfusion.data.manifest import MODALITIES
 
 __all__ = [
     "ConfigError",
+    "format_validation_error",
     "ImageBranchConfig",
     "ClinicalBranchConfig",
     "ModelConfig",
@@ -332,7 +333,7 @@ def reference_variant(config: ExperimentConfig) -> str:
     return max(config.variants, key=lambda name: len(config.modalities(name)))
 
 
-def _format(error: ValidationError, source: str) -> str:
+def format_validation_error(error: ValidationError, source: str) -> str:
     lines = [f"{source}: invalid configuration"]
     for item in error.errors():
         key = ".".join(str(p) for p in item["loc"]) or "(root)"
@@ -364,7 +365,7 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> ExperimentC
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format(exc, source)) from None
+        raise ConfigError(format_validation_error(exc, source)) from None
 
 
 def select_variants(config: ExperimentConfig, names: list[str]) -> ExperimentConfig:
