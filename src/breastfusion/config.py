@@ -334,6 +334,7 @@ def reference_variant(config: ExperimentConfig) -> str:
 
 
 def format_validation_error(error: ValidationError, source: str) -> str:
+    """A pydantic error as one line per bad key (dotted path, message, the value given), headed by ``source``."""
     lines = [f"{source}: invalid configuration"]
     for item in error.errors():
         key = ".".join(str(p) for p in item["loc"]) or "(root)"
