@@ -95,6 +95,36 @@ def test_labelled_cohort_figures_equal_sklearns_on_the_written_csv(bundle_dir, n
     assert shift["shifted"] == (p < 0.01 or abs(k / n - train["n_malignant"] / train["n_subjects"]) > 0.15)
 
 
+def _summary_rows(output: str) -> dict[str, list[str]]:
+    """The cells of each row of ``predict``'s printed summary table, by row label (a label rich wraps onto a
+    second line is keyed by its first line, where the row's figures are)."""
+    rows = {}
+    for line in output.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("│").split("│")]
+        if line.lstrip().startswith("│") and len(cells) == 3 and cells[0]:
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_labelled_cohort_summary_prints_n_auc_with_ci_sensitivity_and_specificity(bundle_dir, new_cohort, tmp_path):
+    """What a user reads on screen: n (malignant), AUC [95% CI], sensitivity and specificity, each equal to the
+    figure recomputed from the written predictions (the CI: the JSON summary's bootstrap interval)."""
+    out, summary_json = tmp_path / "pred.csv", tmp_path / "summary.json"
+    result = CliRunner().invoke(app, ["predict", str(bundle_dir), str(new_cohort), "--out", str(out),
+                                      "--json", str(summary_json)])
+    assert result.exit_code == 0, result.output
+    written, summary = pd.read_csv(out, dtype={"subject_id": str}), json.loads(summary_json.read_text())
+    y, called = written["y"].to_numpy(), (written["call"] == "malignant").astype(int).to_numpy()
+    rows = _summary_rows(result.output)
+    assert rows["subjects (malignant)"][0] == f"{len(y)} ({int(y.sum())})"
+    low, high = summary["auc_ci"]
+    assert rows["AUC [95% CI]"][0] == f"{roc_auc_score(y, written['prob']):.3f} [{low:.3f}, {high:.3f}]"
+    sensitivity = next(cells for label, cells in rows.items() if label.startswith("sensitivity"))
+    specificity = next(cells for label, cells in rows.items() if label.startswith("specificity"))
+    assert sensitivity[0] == f"{recall_score(y, called):.3f}"
+    assert specificity[0] == f"{recall_score(1 - y, 1 - called):.3f}"
+
+
 def test_prevalence_shift_warns_in_the_dict_the_log_and_the_console(bundle_dir, malignant_cohort, tmp_path,
                                                                       caplog):
     bundle = load_bundle(bundle_dir)

@@ -42,7 +42,7 @@ from breastfusion.evaluation.splits import official_split, subject_folds
 from breastfusion.models.network import build_network
 from breastfusion.models.score_fusion import average_scores, fit_clinical_model
 from breastfusion.models.stage2 import FeatureTable, Stage2Ensemble, feature_table, group_permutation_importance
-from breastfusion.training.fit import clear_work_dir, extract_features, fit_predict, predict_probs
+from breastfusion.training.fit import EpochEnd, clear_work_dir, extract_features, fit_predict, predict_probs
 
 __all__ = ["CrossValidation", "MissingModalityError", "NetworkSpec", "network_spec", "check_modalities",
            "cross_validate", "inner_split", "unique_networks", "preprocessing_params", "fold_seed", "FoldPositions", "fold_positions"]
@@ -266,7 +266,7 @@ class _Runner:
     """Trains each (network, fold) once, on demand, and keeps what variants share."""
 
     def __init__(self, cohort: Cohort, config: ExperimentConfig, images: LesionImages,
-                 checkpoint_dir: Path | None, on_epoch: Callable[[], None] | None):
+                 checkpoint_dir: Path | None, on_epoch: Callable[[EpochEnd], None] | None):
         self.cohort, self.config, self.images = cohort, config, images
         self.lesions = cohort.lesions
         self.checkpoint_dir = checkpoint_dir
@@ -320,8 +320,8 @@ class _Runner:
         if paths is None or not (paths[0].is_file() and paths[1].is_file()):
             return None
         if self.on_epoch:
-            for _ in range(spec.training.epochs):
-                self.on_epoch()
+            for epoch in range(spec.training.epochs):
+                self.on_epoch(EpochEnd(epoch + 1, spec.training.epochs))  # loaded, not trained: no loss
         return _Trained(load_file(str(paths[0])), pd.read_csv(paths[1], dtype={"subject_id": str, "lesion_id": str}))
 
     def build(self, spec: NetworkSpec, fold: _Fold, state: dict[str, torch.Tensor] | None = None):
@@ -496,8 +496,11 @@ def cross_validate(cohort: Cohort, config: ExperimentConfig, *, progress: Progre
         run_trainings(cohort, config, images, repeats, unique_networks(specs.values()), checkpoint_dir,
                       on_done=(lambda _: progress.advance(remote_task)) if progress else None)
     train_task = progress.add_task("training", total=total_epochs) if progress else None
+    # Each epoch advances the bar and shows its network's epoch and mean training loss (PlainProgress prints
+    # them on its lines; rich keeps them as task fields).
     runner = _Runner(cohort, config, images, checkpoint_dir,
-                     (lambda: progress.advance(train_task)) if progress else None)
+                     (lambda end: progress.update(train_task, advance=1, epoch=f"{end.epoch}/{end.epochs}",
+                                                  loss=end.train_loss)) if progress else None)
 
     rows, importance = [], []
     for r, split in enumerate(repeats):
@@ -506,7 +509,8 @@ def cross_validate(cohort: Cohort, config: ExperimentConfig, *, progress: Progre
             for variant in order:
                 if progress:
                     step = f" · repeat {r + 1}/{len(repeats)}" if len(repeats) > 1 else ""
-                    progress.update(train_task, description=f"{variant} · fold {k + 1}/{len(split)}{step}")
+                    progress.update(train_task, description=f"{variant} · fold {k + 1}/{len(split)}{step}",
+                                    epoch=None, loss=None)  # the last network's: not this one's
                 spec, learner = specs[variant], config.variant(variant).stage2
                 trained = runner.network(spec, fold)
                 if config.variant_model(variant).fusion == "score":

@@ -7,7 +7,7 @@ allocates no memory and initialises nothing (the whole zoo lists in seconds).
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Sequence
 
 import typer
 from rich.console import Console
@@ -53,6 +53,30 @@ def attention_rows(channels: int) -> list[dict[str, object]]:
     return rows
 
 
+def _print_rows(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]], *,
+                right: Sequence[str] = ()) -> None:
+    """Print one listing so that every name one may type comes out whole.
+
+    To a pipe or a file (``models list | cat``, ``| grep``) rich would size the table to 80 columns (or
+    ``COLUMNS``) and ellipsize long names, so it prints ``# title``, then a tab-separated header and one
+    tab-separated row per entry (``cut -f1`` gives the names). On a terminal it prints a table whose first
+    column (the names) neither wraps nor shrinks below its longest entry; other columns fold instead.
+    """
+    if not console.is_terminal:
+        console.file.write(f"# {title}\n" + "\n".join("\t".join(r) for r in [tuple(columns), *rows]) + "\n\n")
+        console.file.flush()
+        return
+    table = Table(title=title)
+    for i, column in enumerate(columns):
+        if i == 0:
+            table.add_column(column, no_wrap=True, min_width=max(len(r[0]) for r in [tuple(columns), *rows]))
+        else:
+            table.add_column(column, justify="right" if column in right else "left", overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
 @app.callback()
 def _models() -> None:
     """The encoder zoo and the attention modules."""
@@ -71,16 +95,13 @@ def list_models(
     ResNet, ConvNeXt, EfficientNet, DenseNet and MobileNetV3, optionally after
     every stage (``attention_stages: all`` in the branch config).
     """
-    zoo = Table(title=f"Encoders (zoo; parameters at {in_chans} input channel{'s' * (in_chans > 1)})")
-    for column in ("name", "family", "timm model", "features", "parameters", "note"):
-        zoo.add_column(column, justify="right" if column in ("features", "parameters") else "left")
-    for row in zoo_rows(in_chans):
-        zoo.add_row(str(row["name"]), str(row["family"]), str(row["timm"]), str(row["features"]),
-                    _millions(int(row["params"])), str(row["note"]))
-    console.print(zoo)
-    attention = Table(title=f"Attention modules (parameters at {channels} channels)")
-    for column in ("name", "parameters", "timm module", "paper"):
-        attention.add_column(column, justify="right" if column == "parameters" else "left")
-    for row in attention_rows(channels):
-        attention.add_row(str(row["name"]), f"{row['params']:,}", str(row["module"]), str(row["paper"]))
-    console.print(attention)
+    _print_rows(f"Encoders (zoo; parameters at {in_chans} input channel{'s' * (in_chans > 1)})",
+                ("name", "family", "timm model", "features", "parameters", "note"),
+                [(str(row["name"]), str(row["family"]), str(row["timm"]), str(row["features"]),
+                  _millions(int(row["params"])), str(row["note"])) for row in zoo_rows(in_chans)],
+                right=("features", "parameters"))
+    _print_rows(f"Attention modules (parameters at {channels} channels)",
+                ("name", "parameters", "timm module", "paper"),
+                [(str(row["name"]), f"{row['params']:,}", str(row["module"]), str(row["paper"]))
+                 for row in attention_rows(channels)],
+                right=("parameters",))

@@ -6,8 +6,10 @@ import logging
 import os
 import shutil
 import tempfile
+import inspect
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -21,7 +23,7 @@ from breastfusion.data.tensors import LesionDataset
 from breastfusion.training.module import LesionClassifier
 from breastfusion.training.sampling import EpochSampler
 
-__all__ = ["fit_predict", "predict_probs", "extract_features", "select_device", "clear_work_dir"]
+__all__ = ["EpochEnd", "fit_predict", "predict_probs", "extract_features", "select_device", "clear_work_dir"]
 
 for _name in ("lightning", "lightning.pytorch", "lightning.fabric"):
     logging.getLogger(_name).setLevel(logging.ERROR)
@@ -41,12 +43,49 @@ def select_device(accelerator: str) -> tuple[str, str]:
     return "gpu", checked_precision("gpu", "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed")
 
 
+@dataclass(frozen=True)
+class EpochEnd:
+    """What a finished training epoch reports to progress (``on_epoch``), so a run shows it is learning.
+
+    Attributes:
+        epoch: the epoch just finished, from 1.
+        epochs: the most epochs this network trains for (``training.epochs``; early stopping may end sooner).
+        train_loss: the epoch's mean training loss (per sample, as Lightning averages the logged
+            ``train_loss`` over batches weighted by batch size); ``None`` when the epoch was not run here
+            (a network loaded from a finished checkpoint).
+    """
+
+    epoch: int
+    epochs: int
+    train_loss: float | None = None
+
+
+def _takes_an_argument(fn: Callable[..., object]) -> bool:
+    """Whether ``fn`` can be called with one positional argument (else it is an older zero-argument hook)."""
+    try:
+        inspect.signature(fn).bind(None)
+    except TypeError:
+        return False
+    except ValueError:  # no signature (some builtins): assume the current protocol
+        return True
+    return True
+
+
 class _EpochCallback(L.Callback):
-    def __init__(self, on_epoch: Callable[[], None]):
+    """Calls ``on_epoch`` after every training epoch with an :class:`EpochEnd` (or with nothing, for a
+    zero-argument callable, as before the loss was reported)."""
+
+    def __init__(self, on_epoch: Callable[[EpochEnd], None] | Callable[[], None]):
         self.on_epoch = on_epoch
+        self.with_end = _takes_an_argument(on_epoch)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self.on_epoch()
+        if not self.with_end:
+            self.on_epoch()  # type: ignore[call-arg]
+            return
+        loss = trainer.callback_metrics.get("train_loss")  # the epoch's aggregate: reduced before this hook
+        self.on_epoch(EpochEnd(trainer.current_epoch + 1, trainer.max_epochs,  # type: ignore[call-arg]
+                               float(loss) if loss is not None else None))
 
 
 class _SaveLast(L.Callback):
@@ -68,7 +107,7 @@ def fit_predict(
     seed: int,
     val: LesionDataset | None = None,
     work_dir: Path | None = None,
-    on_epoch: Callable[[], None] | None = None,
+    on_epoch: Callable[[EpochEnd], None] | Callable[[], None] | None = None,
 ) -> np.ndarray:
     """Train ``net`` on ``train``, then return P(malignant) for ``test``.
 
@@ -85,7 +124,8 @@ def fit_predict(
         seed: seeds sampling, augmentation and dropout (as a function of epoch and batch).
         val: inner validation lesions from the training subjects, for early stopping.
         work_dir: folder for the in-progress checkpoint of this fold.
-        on_epoch: called after every training epoch (progress).
+        on_epoch: called after every training epoch with an :class:`EpochEnd` (epoch, epochs, mean training
+            loss), for progress; a zero-argument callable is still accepted and called with nothing.
 
     Returns:
         float array (len(test),).
