@@ -46,7 +46,7 @@ from breastfusion.data.synthetic.cohort import MASK_COLUMN
 from breastfusion.data.tensors import LesionDataset, LesionImages, build_lesion_images, clinical_features_for
 from breastfusion.experiment.crossval import FoldPositions, fold_positions, network_spec, preprocessing_params
 from breastfusion.run_folder import missing_run_file
-from breastfusion.models.network import MultimodalNet, build_network
+from breastfusion.models.network import MultimodalNet, SeedEnsemble, build_network
 from breastfusion.training.module import tta_logits
 
 __all__ = ["RunFolderError", "RunArtifacts", "load_run", "load_network", "prepare_batch", "MASK_COLUMN"]
@@ -250,7 +250,7 @@ class RunArtifacts:
 
 def load_network(path: Path, config: ExperimentConfig, variant: str,
                  clinical_preprocessor: ClinicalPreprocessor | None = None, *,
-                 label: str = "the fold") -> MultimodalNet:
+                 label: str = "the fold") -> MultimodalNet | SeedEnsemble:
     """A checkpoint's network of ``variant``, built from ``config``, in eval mode on the CPU.
 
     Args:
@@ -281,7 +281,11 @@ def load_network(path: Path, config: ExperimentConfig, variant: str,
     model = spec.model
     model = model.model_copy(update={m: getattr(model, m).model_copy(update={"weights": None})
                                      for m in IMAGE_MODALITIES})
-    net = build_network(modalities, model, n_clinical)
+    seeds = spec.training.seeds
+    if int(meta.get("seeds", 1)) != seeds:
+        raise RunFolderError(f"{path}: holds a network of {meta['seeds']} seed(s), the config's training.seeds is "
+                             f"{seeds}")
+    net = build_network(modalities, model, n_clinical, seeds=seeds)
     try:
         net.load_state_dict(load_file(str(path)), strict=True)
     except RuntimeError as exc:
