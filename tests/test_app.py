@@ -137,7 +137,7 @@ def test_serve_binds_to_loopback_by_default_and_warns_otherwise(monkeypatch, cap
 def test_serve_cli_refuses_a_folder_that_is_not_a_bundle(tmp_path):
     from typer.testing import CliRunner
 
-    from breastfusion.cli import app
+    from breastfusion.cli.main import app
 
     result = CliRunner().invoke(app, ["serve", str(tmp_path)])
     assert result.exit_code == 2 and "bundle.json is missing" in " ".join(result.output.split())

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from breastfusion import export_bundle, load_bundle
 from breastfusion.bundle import BundleError
-from breastfusion.cli import app
+from breastfusion.cli.main import app
 from breastfusion.data.manifest import ManifestError, load_cohort
 from breastfusion.evaluation.summary import score_subjects
 from breastfusion.predict import PREDICTION_COLUMNS
