@@ -66,7 +66,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from breastfusion import __version__
-from breastfusion.bundle_meta import BundleMetaError, validate_meta
+from breastfusion.bundle_meta import BundleError, BundleMetaError, validate_meta
 from breastfusion.config import ConfigError, ExperimentConfig, load_config, reference_variant
 from breastfusion.data.clinical import ClinicalPreprocessor
 from breastfusion.data.manifest import IMAGE_MODALITIES, Cohort
@@ -93,10 +93,6 @@ _SAFE_BUILTINS = frozenset(f"builtins.{name}" for name in (
     "slice", "NoneType"))
 _CALIBRATION_COLUMNS = ["fold", "subject_id", "lesion_id", "y", "prob", "split"]
 _VERSIONED = ("breastfusion", "torch", "timm", "scikit-learn", "numpy", "pandas", "safetensors", "skops")
-
-
-class BundleError(ValueError):
-    """A bundle cannot be written or read; the message names the file and what to do."""
 
 
 @dataclass
