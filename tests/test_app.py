@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from breastfusion.app.server import (CaseError, ClinicalField, clinical_fields, create_app,  # noqa: E402
                                      parse_clinical, write_case)
-from breastfusion.data.clinical import ClinicalPreprocessor  # noqa: E402
+from breastfusion.data.clinical_features import ClinicalPreprocessor  # noqa: E402
 
 
 def _png(value: int = 128, size: int = 24) -> bytes:

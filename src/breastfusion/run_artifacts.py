@@ -38,7 +38,7 @@ from safetensors.torch import load_file
 
 from breastfusion.config import ExperimentConfig, load_config
 from breastfusion.data.cache import ArrayCache, _read_mask, _roi_inputs
-from breastfusion.data.clinical import ClinicalPreprocessor
+from breastfusion.data.clinical_features import ClinicalPreprocessor
 from breastfusion.data.manifest import IMAGE_MODALITIES, MANIFEST_FILENAME, Cohort, load_cohort
 from breastfusion.data.preprocess import Params, preprocess, resize_pad
 from breastfusion.data.readers import read_image
