@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from breastfusion import export_bundle, load_bundle
 from breastfusion.cli.main import app
 from breastfusion.data.synthetic.cohort import generate_cohort
-from breastfusion.evaluation._checks import MetricInputError
+from breastfusion.evaluation.input_checks import MetricInputError
 from breastfusion.evaluation.external import TRANSFER_ADVICE, decision_metrics, prevalence_shift, score_shift
 from breastfusion.predict import external_validation, training_scores
 

@@ -28,7 +28,7 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from breastfusion.config import EvaluationConfig
-from breastfusion.evaluation._checks import MetricInputError
+from breastfusion.evaluation.input_checks import MetricInputError
 from breastfusion.evaluation.aggregation import aggregate
 from breastfusion.evaluation.clinical_utility import (
     Recalibrator,
