@@ -37,8 +37,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from breastfusion.config import ExperimentConfig, load_config
-from breastfusion.data.cache import ArrayCache, _read_mask, _roi_inputs
-from breastfusion.data.clinical import ClinicalPreprocessor
+from breastfusion.data.cache import ArrayCache, read_mask as _read_mask, roi_inputs as _roi_inputs  # old local names
+from breastfusion.data.clinical_features import ClinicalPreprocessor
 from breastfusion.data.manifest import IMAGE_MODALITIES, MANIFEST_FILENAME, Cohort, load_cohort
 from breastfusion.data.preprocess import Params, preprocess, resize_pad
 from breastfusion.data.readers import read_image

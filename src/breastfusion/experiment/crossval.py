@@ -33,7 +33,7 @@ from safetensors.torch import load_file, save_file
 
 from breastfusion.config import ExperimentConfig, ModelConfig, TrainingConfig
 from breastfusion.data.cache import ArrayCache
-from breastfusion.data.clinical import ClinicalPreprocessor
+from breastfusion.data.clinical_features import ClinicalPreprocessor
 from breastfusion.data.manifest import IMAGE_MODALITIES, Cohort
 from breastfusion.data.preprocess import Params, params_for
 from breastfusion.data.tensors import (LesionDataset, LesionImages, build_lesion_images, clinical_features_for,
