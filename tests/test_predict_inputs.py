@@ -143,3 +143,42 @@ def test_in_memory_case_and_bundle_disagree_on_modalities(run_dir, tmp_path):  #
     with pytest.raises(TypeError, match="either a cohort or images="):
         ultrasound.predict(tmp_path, images={"ultrasound": np.zeros((8, 8))})
     assert 0 <= ultrasound.predict(images={"ultrasound": np.zeros((8, 8), np.uint8)})["prob"].iloc[0] <= 1
+
+
+def test_web_page_predicts_uploads_in_memory_as_the_folder(bundle, small_cohort_dir, folder_predictions, monkeypatch,
+                                                           tmp_path):
+    """The page decodes uploads in memory and calls the in-memory predict: no temporary folder or manifest is
+    made (those calls fail here), and the reply is the folder's prediction of the subject."""
+    pytest.importorskip("httpx")
+    from fastapi.testclient import TestClient
+
+    from breastfusion.app import create_app
+
+    cohort = load_cohort(small_cohort_dir)
+    subject = "S03"
+    rows = cohort.manifest[cohort.manifest["subject_id"] == subject]
+    names = {("mammography", "CC"): "mammography_cc", ("mammography", "MLO"): "mammography_mlo"}
+    files = [(names.get((r.modality, r.view), "ultrasound"), (Path(r.path).name, Path(r.path).read_bytes(),
+                                                              "image/png")) for r in rows.itertuples()]
+    binary = bundle.clinical_preprocessors[0].types_["binary"]
+    values = cohort.clinical.set_index("subject_id").loc[subject]
+    form = {f"clinical__{c}": "" if pd.isna(v) else str(int(v) if c in binary else v) for c, v in values.items()}
+    calls = []
+    real_predict = type(bundle).predict
+
+    def spy(self, cohort=None, **kwargs):
+        calls.append((cohort, sorted(kwargs.get("images") or {})))
+        return real_predict(self, cohort, **kwargs)
+
+    monkeypatch.setattr(type(bundle), "predict", spy)
+    for name in ("mkdtemp", "TemporaryDirectory"):
+        monkeypatch.setattr(tempfile, name, lambda *a, **k: pytest.fail("the page made a temporary folder"))
+    monkeypatch.setattr(pd.DataFrame, "to_csv", lambda *a, **k: pytest.fail("the page wrote a manifest"))
+    monkeypatch.chdir(tmp_path)
+    reply = TestClient(create_app(bundle, explainer=None)).post("/api/predict", files=files, data=form)
+    assert reply.status_code == 200, reply.text
+    assert calls == [(None, ["mammography", "ultrasound"])]
+    expected = folder_predictions.loc[subject]
+    assert reply.json()["prob"] == pytest.approx(float(expected["prob"]), abs=1e-6)
+    assert reply.json()["call"] == expected["call"]
+    assert not list(tmp_path.iterdir())
