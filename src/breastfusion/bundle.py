@@ -42,7 +42,8 @@ Loading never unpickles. Networks are safetensors. The preprocessors are read
 and stage-2 learners are read with ``skops.io.load``, trusting only classes (never functions: a crafted file
 could call a trusted callable, e.g. ``builtins.eval`` or ``numpy.load``) from
 scikit-learn, the array and dtype classes of NumPy, SciPy's sparse matrices,
-plain built-in data types and :class:`~breastfusion.data.clinical.ClinicalPreprocessor`;
+plain built-in data types, :class:`~breastfusion.data.clinical.ClinicalPreprocessor` and
+:class:`~breastfusion.models.stage2.Stage2Classifier` (whose parts are checked like any other);
 anything else is refused, naming the file and the type. The sha256s detect a
 file changed or damaged after export; they are not a signature (whoever can
 edit the files can edit ``bundle.json``), which is why the loading itself is safe.
@@ -89,6 +90,8 @@ BUNDLE_FILE = "bundle.json"
 #: ``bundle.json`` while an export is being published (its presence means the export was interrupted).
 PARTIAL_META = BUNDLE_FILE + ".partial"
 _CLINICAL_TYPE = f"{ClinicalPreprocessor.__module__}.{ClinicalPreprocessor.__qualname__}"
+#: MPM-MU's stacking estimator (named, not imported: importing breastfusion.models here would import torch).
+_STAGE2_TYPE = "breastfusion.models.stage2.Stage2Classifier"
 _SAFE_BUILTINS = frozenset(f"builtins.{name}" for name in (
     "bool", "int", "float", "complex", "str", "bytes", "bytearray", "list", "tuple", "dict", "set", "frozenset",
     "slice", "NoneType"))
@@ -424,7 +427,7 @@ def _resolve(name: str) -> Any:
 
 def _allowed_type(name: str) -> bool:
     """Whether a skops file may construct objects of ``name`` (see the module docstring)."""
-    if name == _CLINICAL_TYPE:
+    if name in (_CLINICAL_TYPE, _STAGE2_TYPE):
         return True
     if name.startswith("builtins."):
         return name in _SAFE_BUILTINS
@@ -457,7 +460,8 @@ def _load_skops(path: Path, data: bytes, expected: type, what: str) -> Any:
     refused = [name for name in untrusted if not _allowed_type(name)]
     if refused:
         raise BundleError(f"{path}: refusing to load type(s) {refused}; a {what} file may hold "
-                          f"only {_CLINICAL_TYPE} and scikit-learn, NumPy, SciPy and built-in data classes")
+                          f"only {_CLINICAL_TYPE}, {_STAGE2_TYPE} and scikit-learn, NumPy, SciPy and built-in "
+                          "data classes")
     obj = skops.io.load(io.BytesIO(data), trusted=untrusted)
     if not isinstance(obj, expected):
         raise BundleError(f"{path}: holds a {type(obj).__name__}, expected a {expected.__module__}."
