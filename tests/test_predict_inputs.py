@@ -58,6 +58,10 @@ def test_a_manifest_dataframe_predicts_as_its_folder(bundle, small_cohort_dir, f
     with pytest.raises(ManifestError, match=r"<manifest DataFrame>: 1 problem\(s\)\n  - line 5, column 'modality': "
                                             r"got 'sonography'"):
         bundle.predict(bad, clinical=clinical, root=small_cohort_dir)
+    stranger = pd.concat([clinical, clinical.iloc[:1].assign(subject_id="ZZ")], ignore_index=True)
+    with pytest.raises(ManifestError, match=r"<clinical DataFrame>: 1 problem\(s\)\n  - subject_id\(s\) \['ZZ'\] "
+                                            r"have clinical data but no image in the manifest DataFrame"):
+        bundle.predict(manifest, clinical=stranger, root=small_cohort_dir)
     with pytest.raises(TypeError, match="go with a manifest DataFrame"):
         bundle.predict(small_cohort_dir, root=small_cohort_dir)
 
