@@ -27,7 +27,8 @@ def outside_run(small_cohort_dir, tmp_path_factory) -> Path:
     manifest.drop(columns="mask_path").to_csv(folder / "manifest.csv", index=False)
     out = tmp_path_factory.mktemp("outside-run")
     config = load_config(None, name="outside", manifest=folder, variants={"ultrasound": ["ultrasound"]},
-                         model=TINY_MODEL, training={"epochs": 1, "batch_size": 16}, cv={"n_splits": 2, "bootstrap": 100})
+                         model=TINY_MODEL, training={"epochs": 1, "batch_size": 16},
+                         cv={"n_splits": 2, "bootstrap": 100})
     run_experiment(load_cohort(folder, allow_outside_root=True), config, out)
     return out
 
