@@ -1,4 +1,4 @@
-"""The local web page: form fields from the bundle, the case written as an unlabelled cohort, errors named."""
+"""The local web page: form fields from the bundle, the case decoded in memory (nothing written), errors named."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from breastfusion.app.server import (CaseError, ClinicalField, clinical_fields, create_app,  # noqa: E402
-                                     parse_clinical, write_case)
+                                     parse_clinical, read_case)
 from breastfusion.data.clinical_features import ClinicalPreprocessor  # noqa: E402
 
 
@@ -35,7 +35,7 @@ def _preprocessor() -> ClinicalPreprocessor:
 
 
 class StubBundle:
-    """What the page needs of a bundle; its predict reads the cohort folder the page wrote."""
+    """What the page needs of a bundle; its predict records the in-memory case the page hands it."""
 
     variant, n_folds = "fused", 5
     modalities = ("mammography", "ultrasound", "clinical")
@@ -47,12 +47,10 @@ class StubBundle:
         self.clinical_preprocessors = [_preprocessor()]
         self.seen: dict[str, pd.DataFrame] = {}
 
-    def predict(self, cohort):
-        root = Path(cohort)
-        self.seen["manifest"] = pd.read_csv(root / "manifest.csv", keep_default_na=False)
-        clinical = root / "clinical.csv"
-        self.seen["clinical"] = pd.read_csv(clinical) if clinical.is_file() else None
-        self.seen["files"] = sorted(p.name for p in root.iterdir())
+    def predict(self, cohort=None, *, images=None, clinical=None):
+        assert cohort is None, "the page must predict the case in memory, not from a folder"
+        self.seen["images"] = images
+        self.seen["clinical"] = clinical
         return pd.DataFrame([{"subject_id": "case", "prob": 0.7, "prob_sd": 0.05, "threshold": 0.4,
                               "call": "malignant", "fold_votes_malignant": 4}])
 
@@ -74,18 +72,22 @@ def test_clinical_values_parse_and_bad_ones_are_named():
     assert "density: 'Z' is not one of ['A', 'B', 'C']" in message and "palpable: '2'" in message
 
 
-def test_write_case_makes_an_unlabelled_cohort_and_refuses_bad_files(tmp_path):
-    folder = write_case(tmp_path, [("ultrasound", "frame1", "../../etc/x.PNG", _png())], {"age": 50.0})
-    manifest = pd.read_csv(folder / "manifest.csv", keep_default_na=False)
-    assert manifest.to_dict("records") == [{"subject_id": "case", "lesion_id": "case", "modality": "ultrasound",
-                                            "view": "frame1", "path": "ultrasound_0.png", "label": ""}]
-    assert (tmp_path / "ultrasound_0.png").read_bytes() == _png()  # the upload's name never becomes a path
-    assert pd.read_csv(folder / "clinical.csv").to_dict("records") == [{"subject_id": "case", "age": 50.0}]
+def test_read_case_decodes_uploads_in_memory_and_refuses_bad_files(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    images, clinical = read_case([("ultrasound", "frame1", "../../etc/x.PNG", _png())], {"age": 50.0})
+    assert list(images) == ["ultrasound"] and list(images["ultrasound"]) == ["frame1"]
+    np.testing.assert_allclose(images["ultrasound"]["frame1"].pixels, 128 / 255, atol=1e-7)
+    assert clinical == {"age": 50.0}
+    assert read_case([("ultrasound", "frame1", "x.png", _png())], {"age": math.nan})[1] is None  # all missing
+    assert not list(tmp_path.iterdir())  # nothing written, and the upload's name never becomes a path
     for images, clinical, expected in [([("ultrasound", "frame1", "x.exe", b"1")], None, "has type .exe"),
                                        ([("ultrasound", "frame1", "x.png", b"")], None, "is empty"),
+                                       ([("mammography", "CC", "a.png", _png()), ("mammography", "CC", "b.png",
+                                                                                   _png())], None,
+                                        "a second mammography CC image"),
                                        ([], {"age": math.nan}, "nothing to predict from")]:
         with pytest.raises(CaseError, match=expected):
-            write_case(tmp_path / expected.replace(" ", "_"), images, clinical)
+            read_case(images, clinical)
 
 
 def test_page_posts_a_case_to_the_bundle_and_shows_the_call():
@@ -102,11 +104,11 @@ def test_page_posts_a_case_to_the_bundle_and_shows_the_call():
     body = reply.json()
     assert body["call"] == "malignant" and body["fold_votes_malignant"] == 4
     assert body["used"] == ["mammography", "ultrasound", "clinical"]
-    manifest = bundle.seen["manifest"]
-    assert list(zip(manifest["modality"], manifest["view"])) == [("mammography", "CC"), ("ultrasound", "frame1"),
-                                                                 ("ultrasound", "frame2")]
-    assert (manifest["label"] == "").all()
-    assert bundle.seen["clinical"].loc[0, "age"] == 61.0
+    images = bundle.seen["images"]
+    assert [(m, v) for m, views in images.items() for v in views] == [("mammography", "CC"), ("ultrasound", "frame1"),
+                                                                      ("ultrasound", "frame2")]
+    np.testing.assert_allclose(images["ultrasound"]["frame2"].pixels, 30 / 255, atol=1e-7)
+    assert bundle.seen["clinical"]["age"] == 61.0 and bundle.seen["clinical"]["density"] == "C"
     html = client.post("/predict", files=files[:1], data={"clinical__age": ""})
     assert html.status_code == 200 and "malignant" in html.text and "4 of 5" in html.text
 
@@ -170,7 +172,8 @@ def test_uploaded_file_names_never_become_paths(tmp_path, monkeypatch, name):
         "/api/predict", files=[("ultrasound", (name, _png(), "image/png"))])
     assert reply.status_code in (200, 400), reply.text
     if reply.status_code == 200:
-        assert bundle.seen["files"] == ["manifest.csv", "ultrasound_0.png"]
+        assert list(bundle.seen["images"]) == ["ultrasound"]
+        assert not list(tmp_path.iterdir())  # nothing written
     else:  # a part header too long for Starlette's parser is refused before any field is read
         assert "field 'ultrasound'" in reply.json()["detail"] or reply.json()["detail"] == "Invalid multipart data."
     assert not list(tmp_path.rglob("evil*")) and not Path("/tmp/evil.png").exists()
@@ -191,7 +194,7 @@ def test_non_image_bytes_are_a_400_naming_the_field_and_the_file(name, content, 
 
     assert re.search(pattern, reply.json()["detail"]), reply.json()["detail"]
     assert "breastfusion-case-" not in reply.json()["detail"]  # the temporary path is not shown
-    assert "manifest" not in bundle.seen  # the bundle never saw it
+    assert "images" not in bundle.seen  # the bundle never saw it
 
 
 def test_fifty_concurrent_requests_all_answered_and_no_temporary_file_left(tmp_path, monkeypatch):

@@ -292,8 +292,8 @@ def _uploads(rows: pd.DataFrame) -> list[tuple[str, tuple[str, bytes, str]]]:
 
 
 def test_web_page_gives_one_case_the_prediction_predict_gives(bundle_dir, small_cohort_dir, tmp_path):
-    """The page writes an uploaded case (both mammography views, the ultrasound frame, the clinical row typed into
-    the form) as a cohort the bundle reads exactly as `predict` reads the subject from its own folder."""
+    """The page decodes an uploaded case (both mammography views, the ultrasound frame, the clinical row typed into
+    the form) in memory, and the bundle reads it exactly as `predict` reads the subject from its own folder."""
     pytest.importorskip("httpx")
     from fastapi.testclient import TestClient
 

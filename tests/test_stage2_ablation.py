@@ -221,9 +221,9 @@ def test_stage2_inner_folds_group_by_the_outer_folds_group(small_cohort_dir, tmp
     seen = []
 
     class Recording(Stage2Ensemble):
-        def __init__(self, cfg, features, y, groups):
+        def __init__(self, cfg, features, y, groups, **kwargs):
             seen.append(np.asarray(groups))
-            super().__init__(cfg, features, y, groups)
+            super().__init__(cfg, features, y, groups, **kwargs)
             for fit, held in self.stack.cv:
                 assert not set(np.asarray(groups)[fit]) & set(np.asarray(groups)[held])
 

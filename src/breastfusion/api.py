@@ -50,20 +50,17 @@ def _as_config(config: ExperimentConfig | Mapping[str, Any] | str | Path | None)
                       f"{type(config).__name__}")
 
 
-def _write_cohort(manifest: pd.DataFrame, clinical: pd.DataFrame | None, root: Path, folder: Path) -> Path:
-    """A manifest DataFrame (and clinical table) as the cohort folder ``folder``, image paths made absolute.
+def _write_cohort(cohort: Cohort, folder: Path) -> Path:
+    """A validated in-memory cohort (:func:`~breastfusion.data.manifest.cohort_from_frame`, image paths absolute)
+    written as the cohort folder ``folder``.
 
     A run identifies its cohort by the sha256 of a ``manifest.csv`` on disk (export refits the clinical
     preprocessors from it), so an in-memory cohort is written where the run folder keeps it.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    frame = manifest.copy()
-    if "path" in frame:
-        frame["path"] = [p if p is None or p != p or str(p).strip() == "" or Path(str(p)).is_absolute()
-                         else str((root / str(p)).resolve()) for p in frame["path"]]
-    frame.to_csv(folder / "manifest.csv", index=False)
-    if clinical is not None:
-        clinical.to_csv(folder / "clinical.csv", index=False)
+    cohort.manifest.to_csv(folder / "manifest.csv", index=False)
+    if len(cohort.clinical):
+        cohort.clinical.to_csv(folder / "clinical.csv", index=False)
     elif (folder / "clinical.csv").exists():
         (folder / "clinical.csv").unlink()
     return folder
@@ -118,7 +115,7 @@ class Experiment:
         """
         import pandas as pd
 
-        from breastfusion.data.manifest import Cohort, load_cohort
+        from breastfusion.data.manifest import Cohort, cohort_from_frame, load_cohort
         from breastfusion.experiment.run import run_experiment
 
         if cohort is None:
@@ -129,13 +126,14 @@ class Experiment:
         if (clinical is not None or root is not None) and not is_frame:
             raise TypeError("fit: clinical= and root= go with a manifest DataFrame; a cohort folder has its own "
                             "clinical.csv and is its own root")
+        if is_frame:  # validated before anything is written (the same conversion Bundle.predict uses)
+            cohort = cohort_from_frame(cohort, clinical, root=root, allow_outside_root=True)
         if out is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="breastfusion-run-")
             out = Path(self._tmp.name) / "run"
         self._outside_root = is_frame
         if is_frame:
-            cohort = _write_cohort(cohort, clinical, Path(root or Path.cwd()), Path(out) / "cohort")
-            cohort = load_cohort(cohort, allow_outside_root=True)
+            cohort = load_cohort(_write_cohort(cohort, Path(out) / "cohort"), allow_outside_root=True)
         elif not isinstance(cohort, Cohort):
             cohort = load_cohort(Path(cohort).resolve())
         # Record where the cohort is, so export (which refits the clinical preprocessors from it) finds it

@@ -2,7 +2,8 @@
 
 :func:`export_bundle` turns a finished cross-validation run into a *bundle*
 folder; :func:`load_bundle` reads it back as a :class:`Bundle`, whose
-``predict`` applies it to a cohort folder (see :mod:`breastfusion.predict`).
+``predict`` applies it to a cohort folder, a manifest DataFrame or one case held in memory (arrays or an
+upload's bytes, nothing written; see :mod:`breastfusion.predict`).
 A bundle holds a variant's K fold networks, not one refitted model: every
 prediction is the mean of the K networks, each scored exactly as the run
 scored its held-out subjects (aggregation, recalibration and thresholds fitted
@@ -41,7 +42,8 @@ Loading never unpickles. Networks are safetensors. The preprocessors are read
 and stage-2 learners are read with ``skops.io.load``, trusting only classes (never functions: a crafted file
 could call a trusted callable, e.g. ``builtins.eval`` or ``numpy.load``) from
 scikit-learn, the array and dtype classes of NumPy, SciPy's sparse matrices,
-plain built-in data types and :class:`~breastfusion.data.clinical_features.ClinicalPreprocessor`;
+plain built-in data types, :class:`~breastfusion.data.clinical_features.ClinicalPreprocessor` and
+:class:`~breastfusion.models.stage2.Stage2Classifier` (whose parts are checked like any other);
 anything else is refused, naming the file and the type. The sha256s detect a
 file changed or damaged after export; they are not a signature (whoever can
 edit the files can edit ``bundle.json``), which is why the loading itself is safe.
@@ -61,7 +63,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 import pandas as pd
 
@@ -89,6 +91,8 @@ BUNDLE_FILE = "bundle.json"
 #: ``bundle.json`` while an export is being published (its presence means the export was interrupted).
 PARTIAL_META = BUNDLE_FILE + ".partial"
 _CLINICAL_TYPE = f"{ClinicalPreprocessor.__module__}.{ClinicalPreprocessor.__qualname__}"
+#: MPM-MU's stacking estimator (named, not imported: importing breastfusion.models here would import torch).
+_STAGE2_TYPE = "breastfusion.models.stage2.Stage2Classifier"
 _SAFE_BUILTINS = frozenset(f"builtins.{name}" for name in (
     "bool", "int", "float", "complex", "str", "bytes", "bytearray", "list", "tuple", "dict", "set", "frozenset",
     "slice", "NoneType"))
@@ -143,12 +147,15 @@ class Bundle:
 
         return preprocessing_params(self.config, [m for m in IMAGE_MODALITIES if m in self.modalities])
 
-    def predict_lesions(self, cohort: Cohort | str | Path, *, batch_size: int = 64, cache: bool = False,
-                        runtime: str = "torch") -> pd.DataFrame:
+    def predict_lesions(self, cohort: Cohort | pd.DataFrame | str | Path | None = None, *,
+                        images: Mapping[str, Any] | None = None,
+                        clinical: pd.DataFrame | Mapping[str, Any] | None = None, root: str | Path | None = None,
+                        batch_size: int = 64, cache: bool = False, runtime: str = "torch") -> pd.DataFrame:
         """Every fold network's P(malignant) for every lesion; see :func:`breastfusion.predict.predict_lesions`."""
         from breastfusion.predict import predict_lesions
 
-        return predict_lesions(self, cohort, batch_size=batch_size, cache=cache, runtime=runtime)
+        return predict_lesions(self, cohort, images=images, clinical=clinical, root=root, batch_size=batch_size,
+                               cache=cache, runtime=runtime)
 
     def onnx_fold(self, k: int, *, threads: int | None = None):
         """Fold ``k``'s ONNX Runtime graph (:class:`~breastfusion.onnx_export.OnnxFold`), made once.
@@ -173,13 +180,29 @@ class Bundle:
 
         return score_folds(self, lesions)
 
-    def predict(self, cohort: Cohort | str | Path, *, batch_size: int = 64, cache: bool = False,
+    def predict(self, cohort: Cohort | pd.DataFrame | str | Path | None = None, *,
+                images: Mapping[str, Any] | None = None, clinical: pd.DataFrame | Mapping[str, Any] | None = None,
+                root: str | Path | None = None, batch_size: int = 64, cache: bool = False,
                 runtime: str = "torch") -> pd.DataFrame:
         """One row per subject of ``cohort``: the folds' mean probability, the call and the folds' votes.
 
+        ``bundle.predict("new-cases/")``, ``bundle.predict(manifest_frame, clinical=table, root="images/")`` or,
+        for one case held in memory (nothing is written to disk),
+        ``bundle.predict(images={"ultrasound": array_or_bytes, "mammography": {"CC": a, "MLO": b}},
+        clinical={"age": 54, ...})``.
+
         Args:
             cohort: a cohort folder (``manifest.csv``, optional ``clinical.csv``; ``label`` may be empty or
-                absent), its manifest CSV, or a loaded :class:`~breastfusion.data.manifest.Cohort`.
+                absent), its manifest CSV, a loaded :class:`~breastfusion.data.manifest.Cohort`, or a manifest
+                DataFrame (the columns of ``manifest.csv``), validated as a folder's manifest is.
+            images: instead of ``cohort``, one case (subject ``case``): ``{image modality: image}``, an image being
+                a pixel array (H, W) (:func:`~breastfusion.data.readers.image_from_array`), an encoded file's bytes
+                (:func:`~breastfusion.data.readers.read_image_bytes`) or a list or ``{view: image}`` of them.
+            clinical: with ``images``, the case's clinical values ``{column: value}``: every column the bundle reads
+                (``None`` for an unknown value, imputed as in training); with a manifest DataFrame, its clinical
+                table (``subject_id`` + one column per variable).
+            root: with a manifest DataFrame, the folder its relative image paths resolve against (default: the
+                working directory).
             batch_size: lesions per forward pass.
             cache: use the preprocessed-array cache (``$BREASTFUSION_CACHE``); off by default, so
                 predicting leaves nothing behind.
@@ -190,14 +213,18 @@ class Bundle:
             See :func:`breastfusion.predict.combine_folds`.
 
         Raises:
-            ManifestError, FileNotFoundError: the cohort folder breaks the manifest contract.
-            ImageReadError: unreadable images (unless the run's config excludes them).
+            ManifestError, FileNotFoundError: the cohort (folder or DataFrame) breaks the manifest contract.
+            ImageReadError: unreadable images (unless the run's config excludes them), or an in-memory image that
+                does not decode or has the wrong shape (its key named).
+            InMemoryCaseError: an unknown modality, a modality the bundle does not read, or an unknown or missing
+                clinical column (the key named, with what was expected).
             BundleError: no case has any of the bundle's modalities.
+            TypeError: both or neither of ``cohort`` and ``images``.
         """
         from breastfusion.predict import combine_folds
 
-        return combine_folds(self.score(self.predict_lesions(cohort, batch_size=batch_size, cache=cache,
-                                                            runtime=runtime)))
+        return combine_folds(self.score(self.predict_lesions(cohort, images=images, clinical=clinical, root=root,
+                                                            batch_size=batch_size, cache=cache, runtime=runtime)))
 
 
 # -- export ------------------------------------------------------------------------------------------------------
@@ -397,7 +424,7 @@ def _resolve(name: str) -> Any:
 
 def _allowed_type(name: str) -> bool:
     """Whether a skops file may construct objects of ``name`` (see the module docstring)."""
-    if name == _CLINICAL_TYPE:
+    if name in (_CLINICAL_TYPE, _STAGE2_TYPE):
         return True
     if name.startswith("builtins."):
         return name in _SAFE_BUILTINS
@@ -431,7 +458,8 @@ def _load_skops(path: Path, data: bytes, expected: type, what: str) -> Any:
     refused = [name for name in untrusted if not _allowed_type(name)]
     if refused:
         raise BundleError(f"{path}: refusing to load type(s) {refused}; a {what} file may hold "
-                          f"only {_CLINICAL_TYPE} and scikit-learn, NumPy, SciPy and built-in data classes")
+                          f"only {_CLINICAL_TYPE}, {_STAGE2_TYPE} and scikit-learn, NumPy, SciPy and built-in "
+                          "data classes")
     obj = skops.io.load(io.BytesIO(data), trusted=untrusted)
     if not isinstance(obj, expected):
         raise BundleError(f"{path}: holds a {type(obj).__name__}, expected a {expected.__module__}."

@@ -3,7 +3,8 @@
 Three steps, each public so a caller (the CLI, a web page) can keep the
 intermediate tables:
 
-1. :func:`predict_lesions`: the cohort's images go through the run's
+1. :func:`predict_lesions`: the cohort's images (a folder, a manifest
+   DataFrame, or one case held in memory: :func:`case_cohort_for`) go through the run's
    preprocessing, each lesion through every fold network (with that fold's
    clinical preprocessor);
 2. :func:`score_folds`: each fold's lesion outputs become subject scores
@@ -30,8 +31,10 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -39,7 +42,8 @@ import torch
 
 from breastfusion.bundle_meta import BundleError
 from breastfusion.data.cache import ArrayCache
-from breastfusion.data.manifest import LABELS, Cohort, load_cohort
+from breastfusion.data.in_memory import InMemoryCaseError, case_cohort
+from breastfusion.data.manifest import IMAGE_MODALITIES, LABELS, Cohort, cohort_from_frame, load_cohort
 from breastfusion.data.tensors import LesionDataset, build_lesion_images, clinical_features_for, modalities_used
 from breastfusion.evaluation.external import (TRANSFER_ADVICE, decision_metrics, json_safe, prevalence_shift,
                                               score_shift)
@@ -51,7 +55,8 @@ from breastfusion.training.module import tta_logits
 if TYPE_CHECKING:  # annotations only: Bundle calls this module, so importing it back would make a circle
     from breastfusion.bundle import Bundle
 
-__all__ = ["RUNTIMES", "PREDICTION_COLUMNS", "as_cohort", "fit_to_bundle", "predict_lesions", "score_folds",
+__all__ = ["RUNTIMES", "PREDICTION_COLUMNS", "as_cohort", "case_cohort_for", "clinical_columns", "cohort_for",
+           "fit_to_bundle", "predict_lesions", "score_folds",
            "combine_folds", "training_scores", "external_validation"]
 
 logger = logging.getLogger(__name__)
@@ -64,9 +69,106 @@ PREDICTION_COLUMNS = ("subject_id", "n_lesions", "modalities_used", "prob", "pro
                       "fold_votes_malignant")
 
 
-def as_cohort(cohort: Cohort | str | Path) -> Cohort:
-    """A loaded cohort as is; a folder or manifest path loaded with labels optional."""
+def as_cohort(cohort: Cohort | pd.DataFrame | str | Path, *, clinical: pd.DataFrame | None = None,
+              root: str | Path | None = None) -> Cohort:
+    """A loaded cohort as is; a folder or manifest path loaded with labels optional; a manifest DataFrame (with
+    its ``clinical`` table and the ``root`` its relative paths resolve against) validated in memory by
+    :func:`~breastfusion.data.manifest.cohort_from_frame`, as :meth:`breastfusion.api.Experiment.fit` does.
+
+    Raises:
+        TypeError: ``clinical`` or ``root`` without a manifest DataFrame.
+    """
+    if isinstance(cohort, pd.DataFrame):
+        return cohort_from_frame(cohort, clinical, root=root, require_labels=False, allow_outside_root=True)
+    if clinical is not None or root is not None:
+        raise TypeError("clinical= (a table) and root= go with a manifest DataFrame; a cohort folder has its own "
+                        "clinical.csv and is its own root")
     return cohort if isinstance(cohort, Cohort) else load_cohort(cohort, require_labels=False)
+
+
+def clinical_columns(bundle: Bundle) -> tuple[list[str], list[str]]:
+    """(every column the fold preprocessors were fitted on, those they use), in first-fold order."""
+    expected: list[str] = []
+    used: list[str] = []
+    for pre in bundle.clinical_preprocessors or []:
+        expected += [c for c in pre.transformer_.feature_names_in_ if c not in expected]
+        used += [c for names in pre.types_.values() for c in names if c not in used]
+    return expected, used
+
+
+def _case_clinical(bundle: Bundle, clinical: Mapping[str, Any]) -> dict[str, Any]:
+    """One case's clinical values checked against what the bundle's preprocessors read, numbers made numbers."""
+    if bundle.clinical_preprocessors is None:
+        raise InMemoryCaseError(f"clinical: the bundle's variant {bundle.variant!r} reads no clinical data (it reads "
+                                f"{list(bundle.modalities)}); leave clinical out")
+    _, used = clinical_columns(bundle)
+    unknown = [c for c in clinical if c not in used]
+    if unknown:
+        raise InMemoryCaseError(f"clinical: unknown column(s) {unknown}; the bundle's model reads {used}")
+    lacking = [c for c in used if c not in clinical]
+    if lacking:
+        raise InMemoryCaseError(f"clinical: missing column(s) {lacking} the bundle's model was trained with; give "
+                                "each one (None for an unknown value: it is imputed as in training)")
+    numeric = {c for pre in bundle.clinical_preprocessors for c in (*pre.types_["numeric"], *pre.types_["binary"])}
+    row = {}
+    for column, value in clinical.items():
+        if value is None or column not in numeric:
+            row[column] = np.nan if value is None and column in numeric else value
+            continue
+        try:
+            row[column] = float(value)
+        except (TypeError, ValueError):
+            raise InMemoryCaseError(f"clinical[{column!r}]: got {value!r}; expected a number (or None when "
+                                    "unknown)") from None
+        if np.isinf(row[column]):
+            raise InMemoryCaseError(f"clinical[{column!r}]: got {value!r}; expected a finite number")
+    return row
+
+
+def case_cohort_for(bundle: Bundle, images: Mapping[str, Any] | None, clinical: Mapping[str, Any] | None = None
+                    ) -> Cohort:
+    """One in-memory case (:func:`~breastfusion.data.in_memory.case_cohort`) checked against what ``bundle`` reads.
+
+    Raises:
+        InMemoryCaseError: an image modality the bundle does not read, an ROI-cropping bundle (in-memory cases
+            carry no ROI), clinical values for a bundle without clinical data, an unknown or missing clinical
+            column, or a non-numeric value for a numeric one; the message names the key.
+        ImageReadError: an image that does not decode.
+    """
+    for modality in images or {}:
+        if modality in IMAGE_MODALITIES and modality not in bundle.modalities:
+            raise InMemoryCaseError(f"images[{modality!r}]: the bundle's variant {bundle.variant!r} does not read "
+                                    f"{modality}; it reads {list(bundle.modalities)}")
+        if modality in IMAGE_MODALITIES and bundle.preprocessing[modality].roi != "none":
+            raise InMemoryCaseError(f"images[{modality!r}]: the bundle crops {modality} to a lesion ROI "
+                                    f"(roi={bundle.preprocessing[modality].roi!r}), which an in-memory case does "
+                                    "not carry; predict a cohort folder whose manifest gives the ROI")
+    return case_cohort(images, None if clinical is None else _case_clinical(bundle, clinical))
+
+
+def cohort_for(bundle: Bundle, cohort: Cohort | pd.DataFrame | str | Path | None = None, *,
+               images: Mapping[str, Any] | None = None, clinical: pd.DataFrame | Mapping[str, Any] | None = None,
+               root: str | Path | None = None) -> Cohort:
+    """The cohort a prediction reads: ``cohort`` (:func:`as_cohort`), or one case from ``images`` / ``clinical``
+    (:func:`case_cohort_for`, nothing written).
+
+    Raises:
+        TypeError: both or neither of a cohort and ``images`` given, or ``clinical`` of the wrong kind.
+    """
+    if cohort is None:
+        if images is None and clinical is None:
+            raise TypeError("nothing to predict: pass a cohort (folder, manifest CSV, manifest DataFrame or Cohort), "
+                            "or one case as images={modality: image(s)}, clinical={column: value}")
+        if isinstance(clinical, pd.DataFrame) or root is not None:
+            raise TypeError("with images=, clinical is one case's dict {column: value} and root= is not used; a "
+                            "clinical table goes with a manifest DataFrame")
+        return case_cohort_for(bundle, images, clinical)
+    if images is not None:
+        raise TypeError("pass either a cohort or images= (one in-memory case), not both")
+    if clinical is not None and not isinstance(clinical, pd.DataFrame):
+        raise TypeError(f"clinical: with a cohort, expected a clinical table (DataFrame), got "
+                        f"{type(clinical).__name__}; a dict of one case's values goes with images=")
+    return as_cohort(cohort, clinical=clinical, root=root)
 
 
 def fit_to_bundle(bundle: Bundle, cohort: Cohort) -> Cohort:
@@ -80,12 +182,8 @@ def fit_to_bundle(bundle: Bundle, cohort: Cohort) -> Cohort:
         if len(clinical.columns) > 1:
             logger.info("%s: ignoring clinical.csv: the bundle's variant %r reads %s", cohort.root, bundle.variant,
                         list(bundle.modalities))
-        return Cohort(root=cohort.root, manifest=manifest, clinical=clinical)
-    expected: list[str] = []
-    used: list[str] = []
-    for pre in bundle.clinical_preprocessors:
-        expected += [c for c in pre.transformer_.feature_names_in_ if c not in expected]
-        used += [c for names in pre.types_.values() for c in names if c not in used]
+        return replace(cohort, manifest=manifest, clinical=clinical)
+    expected, used = clinical_columns(bundle)
     if not len(clinical):
         logger.info("%s: no clinical data: the bundle's variant %r predicts without it", cohort.root, bundle.variant)
     else:
@@ -94,17 +192,27 @@ def fit_to_bundle(bundle: Bundle, cohort: Cohort) -> Cohort:
             warnings.warn(f"{cohort.root}: clinical.csv lacks column(s) {lacking} the model was trained with; "
                           "they are treated as missing values (imputed from the training subjects)", stacklevel=3)
         clinical = clinical.assign(**{c: np.nan for c in expected if c not in clinical.columns})
-    return Cohort(root=cohort.root, manifest=manifest, clinical=clinical)
+    return replace(cohort, manifest=manifest, clinical=clinical)
 
 
 @torch.no_grad()
-def predict_lesions(bundle: Bundle, cohort: Cohort | str | Path, *, batch_size: int = 64,
-                    cache: bool = False, runtime: str = "torch") -> pd.DataFrame:
-    """Every fold network's P(malignant) for every lesion of ``cohort``.
+def predict_lesions(bundle: Bundle, cohort: Cohort | pd.DataFrame | str | Path | None = None, *,
+                    images: Mapping[str, Any] | None = None, clinical: pd.DataFrame | Mapping[str, Any] | None = None,
+                    root: str | Path | None = None, batch_size: int = 64, cache: bool = False,
+                    runtime: str = "torch") -> pd.DataFrame:
+    """Every fold network's P(malignant) for every lesion of ``cohort``, or of one case held in memory.
 
     Args:
         bundle: a loaded bundle.
-        cohort: a cohort folder or manifest CSV (``label`` may be empty or absent), or a loaded cohort.
+        cohort: a cohort folder or manifest CSV (``label`` may be empty or absent), a loaded cohort, or a manifest
+            DataFrame (the columns of ``manifest.csv``; with ``clinical`` its clinical table and ``root`` the
+            folder its relative paths resolve against, default the working directory).
+        images: instead of ``cohort``, one case (subject and lesion ``case``): ``{image modality: image}``, an
+            image being a pixel array, an encoded file's bytes or an ``ImageData``, or a list or ``{view: image}``
+            of them (:func:`~breastfusion.data.in_memory.case_cohort`); nothing is written to disk.
+        clinical: with ``images``, the case's values ``{column: value}`` (every column the bundle reads; ``None``
+            for an unknown value); with a manifest DataFrame, its clinical table.
+        root: with a manifest DataFrame, the folder its relative image paths resolve against.
         batch_size: lesions per forward pass.
         cache: read and fill the preprocessed-array cache (``$BREASTFUSION_CACHE``; off: decode every image).
         runtime: ``torch`` or ``onnx`` (the bundle's ONNX graphs on ONNX Runtime, :mod:`breastfusion.onnx_export`).
@@ -117,13 +225,16 @@ def predict_lesions(bundle: Bundle, cohort: Cohort | str | Path, *, batch_size: 
 
     Raises:
         ManifestError, FileNotFoundError: the cohort breaks the manifest contract.
-        ImageReadError: unreadable images (unless the run's config excludes them).
+        ImageReadError: unreadable images (unless the run's config excludes them); an in-memory image that does
+            not decode (its key named).
+        InMemoryCaseError: a bad in-memory case (:func:`case_cohort_for`: the key and what was expected).
         BundleError: no lesion has any modality the bundle reads, or ``runtime`` onnx for a bundle without graphs.
+        TypeError: both or neither of ``cohort`` and ``images``, or ``clinical`` / ``root`` of the wrong kind.
         ValueError: an unknown ``runtime``.
     """
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime should be one of {list(RUNTIMES)}, got {runtime!r}")
-    cohort = fit_to_bundle(bundle, as_cohort(cohort))
+    cohort = fit_to_bundle(bundle, cohort_for(bundle, cohort, images=images, clinical=clinical, root=root))
     lesions = cohort.lesions
     images = build_lesion_images(cohort, bundle.preprocessing, cache=ArrayCache(enabled=cache),
                                  exclude_unreadable=bundle.config.exclude_unreadable)

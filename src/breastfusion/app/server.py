@@ -14,11 +14,12 @@
 * ``POST /api/predict``: the same as JSON;
 * ``GET /api/model``: what the bundle is (variant, modalities, metrics).
 
-The case is written into a temporary cohort folder (manifest + clinical table, no label), each image
-decoded once to check it (an undecodable upload is a 400 naming the form field and the file), handed to
-:meth:`~breastfusion.bundle.Bundle.predict`, and deleted afterwards; nothing the user uploads is kept
-(the form's spooled upload files are closed, and so deleted, before the reply), and uploaded file names
-never become paths (only their suffix is read).
+Each upload is decoded in memory (:func:`read_case`, :func:`~breastfusion.data.readers.read_image_bytes`; an
+undecodable upload is a 400 naming the form field and the file) and the case is handed to
+:meth:`~breastfusion.bundle.Bundle.predict` as ``images=`` / ``clinical=`` (and to the explainer likewise): no
+image, manifest or temporary folder is written, so nothing the user uploads is kept (the form's spooled upload
+files are closed, and so deleted, before the reply), and uploaded file names never become paths (only their
+suffix is read).
 
 Abuse and load: a request body over ``max_upload_bytes`` (:data:`MAX_UPLOAD_BYTES`, 50 MB, by default)
 is answered 413 before it is read (from its Content-Length) or as soon as it passes the limit (a
@@ -33,27 +34,24 @@ import base64
 import io
 import logging
 import math
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import pandas as pd
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 from jinja2 import Environment, select_autoescape
 
-from breastfusion.data.manifest import CLINICAL_FILENAME, MANIFEST_FILENAME
-from breastfusion.data.readers import ImageReadError, read_image
+from breastfusion.data.readers import ImageData, ImageReadError, read_image_bytes
 from breastfusion.explain.cams import CAM_METHODS
 from breastfusion.explain.case import explain_case
 from breastfusion.explain.gallery import enlarged, overlay
 
 __all__ = ["IMAGE_SUFFIXES", "MAX_FORM_FILES", "MAX_UPLOAD_BYTES", "BodyLimit", "CaseError", "ClinicalField",
-           "clinical_fields", "write_case", "create_app", "serve"]
+           "clinical_fields", "read_case", "create_app", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -137,22 +135,24 @@ def _field(modality: str, view: str) -> str:
     return modality
 
 
-def write_case(folder: Path, images: list[tuple[str, str, str, bytes]], clinical: dict[str, Any] | None,
-               *, case_id: str = "case", max_bytes: int = MAX_UPLOAD_BYTES) -> Path:
-    """Write one unlabelled case as a cohort folder (``manifest.csv``, images, ``clinical.csv``).
+def read_case(images: list[tuple[str, str, str, bytes]], clinical: dict[str, Any] | None, *,
+              max_bytes: int = MAX_UPLOAD_BYTES) -> tuple[dict[str, dict[str, ImageData]], dict[str, Any] | None]:
+    """One unlabelled case's uploads decoded in memory, as :meth:`~breastfusion.bundle.Bundle.predict` takes them.
 
     Args:
-        folder: an empty folder.
         images: ``(modality, view, uploaded file name, content)``; the name only gives the file type.
         clinical: one clinical row (``None`` or all missing: the case has no clinical data).
-        case_id: subject and lesion id of the case.
         max_bytes: largest accepted file.
+
+    Returns:
+        ``(images, clinical)``: ``{modality: {view: decoded image}}`` in upload order, and the clinical row, or
+        ``None`` when no value was given.
 
     Raises:
         CaseError: no image and no clinical value, an empty, oversized or undecodable file, or an unknown
             file type; the message names the form field and the uploaded file name.
     """
-    rows = []
+    decoded: dict[str, dict[str, ImageData]] = {}
     for i, (modality, view, name, content) in enumerate(images):
         where = f"field '{_field(modality, view)}': file {str(name)[:80]!r}"
         suffix = Path(name or "").suffix.lower()
@@ -162,23 +162,18 @@ def write_case(folder: Path, images: list[tuple[str, str, str, bytes]], clinical
             raise CaseError(f"{where} is empty")
         if len(content) > max_bytes:
             raise CaseError(f"{where} is {len(content) / 2**20:.1f} MB; the limit is {max_bytes / 2**20:.1f} MB")
-        path = folder / f"{modality}_{i}{suffix}"
-        path.write_bytes(content)
+        if view in decoded.get(modality, {}):
+            raise CaseError(f"{where}: a second {modality} {view} image; expected one file per view")
+        label = f"{modality}_{i}{suffix}"  # the decoders' name for it: its suffix hints the format, never a path
         try:
-            read_image(path)
-        except ImageReadError as exc:  # say which upload, not which temporary file
-            reason = str(exc).removeprefix(str(path)).lstrip(": ")
+            decoded.setdefault(modality, {})[view] = read_image_bytes(content, name=label)
+        except ImageReadError as exc:  # say which upload, not the decoders' name for it
+            reason = str(exc).removeprefix(label).lstrip(": ")
             raise CaseError(f"{where} cannot be read as an image: {reason}") from None
-        rows.append({"subject_id": case_id, "lesion_id": case_id, "modality": modality, "view": view,
-                     "path": path.name, "label": ""})
     has_clinical = clinical is not None and any(not _missing(v) for v in clinical.values())
-    if not rows and not has_clinical:
+    if not decoded and not has_clinical:
         raise CaseError("nothing to predict from: upload an image or fill in a clinical value")
-    pd.DataFrame(rows, columns=["subject_id", "lesion_id", "modality", "view", "path", "label"]).to_csv(
-        folder / MANIFEST_FILENAME, index=False)
-    if has_clinical:
-        pd.DataFrame([{"subject_id": case_id, **clinical}]).to_csv(folder / CLINICAL_FILENAME, index=False)
-    return folder
+    return decoded, (clinical if has_clinical else None)
 
 
 def _png_data_uri(rgb: np.ndarray, *, min_side: int = 256) -> str:
@@ -315,8 +310,9 @@ def create_app(bundle: Any, *, explainer: Callable[..., Any] | None = explain_ca
 
     Args:
         bundle: the loaded bundle.
-        explainer: ``explainer(bundle, cohort_dir, method=...)`` → a
-            :class:`~breastfusion.explain.case.CaseExplanation`; ``None`` serves predictions only.
+        explainer: ``explainer(bundle, images=..., clinical=..., method=...)`` (the in-memory case, as
+            ``bundle.predict`` takes it) → a :class:`~breastfusion.explain.case.CaseExplanation`; ``None`` serves
+            predictions only.
         max_upload_bytes: largest request body (413 above it), so largest upload.
     """
     if not isinstance(max_upload_bytes, int) or max_upload_bytes <= 0:
@@ -363,15 +359,14 @@ def create_app(bundle: Any, *, explainer: Callable[..., Any] | None = explain_ca
         if clinical and any(not _missing(v) for v in clinical.values()):
             used.append("clinical")
         out: dict[str, Any] = {"used": used, "explanation": None, "explain_error": None}
-        with tempfile.TemporaryDirectory(prefix="breastfusion-case-") as tmp:
-            write_case(Path(tmp), images, clinical, max_bytes=max_upload_bytes)
-            row = bundle.predict(tmp).iloc[0]
-            if explainer is not None and method != "none":
-                try:
-                    out["explanation"] = explainer(bundle, tmp, method=method)
-                except Exception as exc:  # the prediction stands; say why the explanation is missing
-                    log.exception("explaining the case failed")
-                    out["explain_error"] = f"{type(exc).__name__}: {exc}"
+        case_images, case_clinical = read_case(images, clinical, max_bytes=max_upload_bytes)
+        row = bundle.predict(images=case_images, clinical=case_clinical).iloc[0]
+        if explainer is not None and method != "none":
+            try:
+                out["explanation"] = explainer(bundle, images=case_images, clinical=case_clinical, method=method)
+            except Exception as exc:  # the prediction stands; say why the explanation is missing
+                log.exception("explaining the case failed")
+                out["explain_error"] = f"{type(exc).__name__}: {exc}"
         out["result"] = {"prob": float(row["prob"]), "prob_sd": float(row["prob_sd"]),
                          "threshold": float(row["threshold"]), "call": str(row["call"]),
                          "fold_votes_malignant": int(row["fold_votes_malignant"])}

@@ -254,6 +254,12 @@ def export(
                                                    "reference variant).")] = None,
     onnx: Annotated[bool, typer.Option("--onnx", help="Also write each fold network as ONNX (fold{k}.onnx), for "
                                        "`predict --runtime onnx` (pip install 'breastfusion[onnx]').")] = False,
+    allow_outside_root: Annotated[bool, typer.Option(
+        "--allow-outside-root",
+        help="Accept image paths in the run's cohort manifest that lie outside the cohort folder (a run made with "
+             "Experiment.fit on a manifest DataFrame, or a manifest pointing at a shared image store). Off by "
+             "default: a cohort folder is expected to hold its images, so a manifest cannot make the export read "
+             "files elsewhere on the machine (e.g. ../../ paths) and the folder stays self-contained.")] = False,
 ) -> None:
     """Export a run's fitted variant as a bundle: fold networks, clinical preprocessors, stage-2 learners, calibration.
 
@@ -263,14 +269,20 @@ def export(
     """
     from breastfusion.bundle import BundleError, export_bundle, load_bundle
     from breastfusion.config import ConfigError
+    from breastfusion.data.manifest import ManifestError
     from breastfusion.onnx_export import OnnxUnavailableError
     from breastfusion.run_artifacts import RunFolderError
 
     try:
-        export_bundle(run_dir, out, variant=variant, onnx=onnx)
+        export_bundle(run_dir, out, variant=variant, onnx=onnx, allow_outside_root=allow_outside_root)
         meta = load_bundle(out).meta
     except (BundleError, RunFolderError, ConfigError, FileNotFoundError, OnnxUnavailableError) as exc:
         fail(str(exc))
+    except ManifestError as exc:  # the run's cohort, refitting the clinical preprocessors
+        outside = "resolves outside" in str(exc) and not allow_outside_root
+        fail(f"the run's cohort: {exc}" + ("\nIf the run was made on these images where they are (e.g. "
+                                             "Experiment.fit on a manifest DataFrame), pass --allow-outside-root."
+                                             if outside else ""))
     metrics = meta["metrics"]
     lo, hi = metrics["auc_ci"] or (float("nan"), float("nan"))
     console.print(f"Bundle: [b]{out}[/b] · variant {meta['variant']} ({' + '.join(meta['modalities'])}) · "

@@ -220,7 +220,8 @@ def preprocess_cohort(cohort, params: dict[str, Params], *, cache: ArrayCache | 
     """Decode and preprocess every image of a cohort, collecting every failure.
 
     Args:
-        cohort: a :class:`breastfusion.data.manifest.Cohort`.
+        cohort: a :class:`breastfusion.data.manifest.Cohort`; the rows it holds decoded (``cohort.decoded``, a case
+            held in memory) are preprocessed from those images, never through a file or the cache.
         params: ``{modality: params}``; rows of other modalities are skipped.
         cache: an :class:`ArrayCache` (``None`` or ``enabled=False``: decode every time).
         exclude_unreadable: leave unreadable images out (listed in ``excluded``) instead of raising.
@@ -234,13 +235,18 @@ def preprocess_cohort(cohort, params: dict[str, Params], *, cache: ArrayCache | 
     from breastfusion.data.readers import ImageReadError
 
     arrays, failures = {}, []
+    decoded = getattr(cohort, "decoded", None) or {}
     for row in cohort.manifest.to_dict("records"):
         if row["modality"] not in params:
             continue
         modality_params = params[row["modality"]]
         masks, box = roi_inputs(row, cohort.root)
         try:
-            arrays[row["path"]] = load_prepared(row["path"], modality_params, cache=cache, roi_masks=masks, roi=box)
+            if row["path"] in decoded:
+                arrays[row["path"]] = preprocess(decoded[row["path"]], modality_params, roi=box).pixels
+            else:
+                arrays[row["path"]] = load_prepared(row["path"], modality_params, cache=cache, roi_masks=masks,
+                                                    roi=box)
         except (ImageReadError, PreprocessError, FileNotFoundError) as exc:
             message = str(exc) if str(row["path"]) in str(exc) else f"{row['path']}: {exc}"
             failures.append({"path": row["path"], "error": message})

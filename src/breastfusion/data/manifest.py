@@ -30,13 +30,18 @@ what was found and what was expected.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import io
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from breastfusion.data.tables import read_table
+
+if TYPE_CHECKING:
+    from breastfusion.data.readers import ImageData
 
 __all__ = [
     "MANIFEST_FILENAME",
@@ -47,6 +52,7 @@ __all__ = [
     "LABELS",
     "ManifestError",
     "Cohort",
+    "cohort_from_frame",
     "load_cohort",
     "validate_manifest",
     "validate_clinical",
@@ -74,17 +80,21 @@ class ManifestError(ValueError):
 
 @dataclass
 class Cohort:
-    """A validated manifest folder.
+    """A validated manifest folder, or a cohort held in memory.
 
     Attributes:
         root: the folder; image paths resolve against it.
         manifest: one row per image, with ``path`` made absolute.
         clinical: one row per subject (``subject_id`` + variables), possibly empty.
+        decoded: images already decoded, keyed by their manifest ``path`` (then a name, not a file): a case
+            predicted from memory (:func:`breastfusion.data.in_memory.case_cohort`) is never written to disk,
+            so its rows are read from here instead of from files. ``None`` for a folder.
     """
 
     root: Path
     manifest: pd.DataFrame
     clinical: pd.DataFrame
+    decoded: dict[str, ImageData] | None = field(default=None, repr=False)
 
     @property
     def lesions(self) -> pd.DataFrame:
@@ -244,13 +254,61 @@ def load_cohort(root: str | Path, *, check_files: bool = True, allow_outside_roo
     manifest = validate_manifest(frame, root=root, file=manifest_file, check_files=check_files,
                                  allow_outside_root=allow_outside_root, require_labels=require_labels)
     clinical_file = root / CLINICAL_FILENAME
-    if clinical_file.is_file():
-        clinical = read_table(clinical_file, dtype={"subject_id": str})
-        clinical = validate_clinical(clinical, file=clinical_file)
-        unknown = sorted(set(clinical["subject_id"]) - set(manifest["subject_id"]))
-        if unknown:
-            raise ManifestError(clinical_file, [f"subject_id(s) {unknown[:10]} have clinical data but no image "
-                                                f"in {manifest_file.name}; expected every subject in the manifest"])
-    else:
-        clinical = pd.DataFrame({"subject_id": pd.Series(dtype=str)})
-    return Cohort(root=root, manifest=manifest, clinical=clinical)
+    clinical = read_table(clinical_file, dtype={"subject_id": str}) if clinical_file.is_file() else None
+    return Cohort(root=root, manifest=manifest,
+                  clinical=_checked_clinical(clinical, manifest, file=clinical_file, manifest_name=manifest_file.name))
+
+
+def _checked_clinical(clinical: pd.DataFrame | None, manifest: pd.DataFrame, *, file: Path,
+                      manifest_name: str) -> pd.DataFrame:
+    """The validated clinical table (an empty one when ``None``), every subject of it in the manifest."""
+    if clinical is None:
+        return pd.DataFrame({"subject_id": pd.Series(dtype=str)})
+    clinical = validate_clinical(clinical, file=file)
+    unknown = sorted(set(clinical["subject_id"]) - set(manifest["subject_id"]))
+    if unknown:
+        raise ManifestError(file, [f"subject_id(s) {unknown[:10]} have clinical data but no image "
+                                   f"in {manifest_name}; expected every subject in the manifest"])
+    return clinical
+
+
+def _as_read(frame: pd.DataFrame, **read_csv) -> pd.DataFrame:
+    """``frame`` as :func:`load_cohort` reads the CSV it would be written to (the text goes through memory only),
+    so a DataFrame's cells get exactly a file's types: ``1`` and ``"1"`` are one subject id, blank is missing."""
+    return pd.read_csv(io.StringIO(frame.to_csv(index=False)), **read_csv)
+
+
+def cohort_from_frame(manifest: pd.DataFrame, clinical: pd.DataFrame | None = None, *,
+                      root: str | Path | None = None, check_files: bool = True, allow_outside_root: bool = True,
+                      require_labels: bool = True) -> Cohort:
+    """A manifest DataFrame (the columns of ``manifest.csv``) and clinical table as a validated cohort, in memory.
+
+    Why: a notebook holds its cohort as DataFrames; validating them where they are (nothing is written)
+    lets :meth:`breastfusion.api.Experiment.fit` and :meth:`breastfusion.bundle.Bundle.predict` accept one,
+    with the checks and messages a folder gets (lines are counted as in the CSV the frame would be written to).
+
+    Args:
+        manifest: one row per image; any dtype (cells are read as text, as from a CSV).
+        clinical: ``subject_id`` + one column per variable, or ``None`` (no clinical data).
+        root: the folder relative image paths resolve against (default: the working directory).
+        check_files, require_labels: as for :func:`load_cohort`.
+        allow_outside_root: accept absolute image paths outside ``root`` (default ``True``: a DataFrame has no
+            folder of its own to keep its images in).
+
+    Raises:
+        ManifestError: a frame breaks the contract (the file named ``<manifest DataFrame>`` / ``<clinical
+            DataFrame>``).
+        TypeError: ``manifest`` or ``clinical`` is not a DataFrame.
+    """
+    for name, frame in (("manifest", manifest), ("clinical", clinical)):
+        if frame is not None and not isinstance(frame, pd.DataFrame):
+            raise TypeError(f"{name}: expected a pandas DataFrame, got {type(frame).__name__}")
+    root = Path(root) if root is not None else Path.cwd()
+    checked = validate_manifest(_as_read(manifest, dtype=str, keep_default_na=False, na_values=[""]), root=root,
+                                file=Path("<manifest DataFrame>"), check_files=check_files,
+                                allow_outside_root=allow_outside_root, require_labels=require_labels)
+    if clinical is not None:
+        clinical = _as_read(clinical, dtype={"subject_id": str} if "subject_id" in clinical else None)
+    return Cohort(root=root, manifest=checked,
+                  clinical=_checked_clinical(clinical, checked, file=Path("<clinical DataFrame>"),
+                                             manifest_name="the manifest DataFrame"))

@@ -41,7 +41,8 @@ from breastfusion.data.tensors import (LesionDataset, LesionImages, build_lesion
 from breastfusion.evaluation.splits import official_split, subject_folds
 from breastfusion.models.network import SeedEnsemble, build_network, member_seed
 from breastfusion.models.score_fusion import average_scores, fit_clinical_model
-from breastfusion.models.stage2 import FeatureTable, Stage2Ensemble, feature_table, group_permutation_importance
+from breastfusion.models.stage2 import (FeatureTable, Stage2Ensemble, feature_table, group_permutation_importance,
+                                        inner_splitter)
 from breastfusion.training.fit import EpochEnd, clear_work_dir, extract_features, fit_predict, predict_probs
 
 __all__ = ["CrossValidation", "MissingModalityError", "NetworkSpec", "network_spec", "check_modalities",
@@ -449,9 +450,10 @@ class _Runner:
         tables = self.features(spec, fold)
         trained = self.network(spec, fold)
         if trained.ensemble is None:
-            fit = self.lesions.iloc[fold.fit_idx]
-            trained.ensemble = Stage2Ensemble(cfg, tables["fit"].values, fit["y"].to_numpy(),
-                                              self.groups(fold.fit_idx))
+            # The inner splitter groups by the outer folds' key (cv_group, else subject): no group on both sides.
+            y, groups = self.lesions["y"].to_numpy()[fold.fit_idx], self.groups(fold.fit_idx)
+            trained.ensemble = Stage2Ensemble(cfg, tables["fit"].values, y, groups,
+                                              cv=inner_splitter(y, groups, cfg.inner_folds, cfg.seed))
         ensemble, head = trained.ensemble, trained.rows
         model = ensemble.model(learner)
         test = head[head["split"] == "test"].copy()

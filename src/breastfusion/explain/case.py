@@ -15,8 +15,10 @@ mean empty one); the heatmaps, each normalised to [0, 1] by pytorch-grad-cam, ar
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -66,13 +68,16 @@ class CaseExplanation:
     heatmaps: list[ImageHeatmap] = field(default_factory=list)
 
 
-def explain_case(bundle, cohort: Cohort | str | Path, *, lesion_id: str | None = None,
+def explain_case(bundle, cohort: Cohort | str | Path | None = None, *, images: Mapping[str, Any] | None = None,
+                 clinical: Mapping[str, Any] | None = None, lesion_id: str | None = None,
                  method: str = "gradcam") -> CaseExplanation:
     """Modality contributions and heatmaps of one lesion of ``cohort`` under ``bundle``'s fold networks.
 
     Args:
         bundle: a loaded :class:`~breastfusion.bundle.Bundle`.
         cohort: a cohort folder (labels optional), its manifest, or a loaded cohort.
+        images, clinical: instead of ``cohort``, one case held in memory, as for
+            :meth:`~breastfusion.bundle.Bundle.predict` (nothing is written).
         lesion_id: the lesion to explain (default: the first of the manifest).
         method: ``gradcam``, ``gradcam++`` or ``scorecam``.
 
@@ -81,7 +86,7 @@ def explain_case(bundle, cohort: Cohort | str | Path, *, lesion_id: str | None =
         BundleError: the lesion has none of the bundle's modalities.
     """
     from breastfusion.bundle import BundleError
-    from breastfusion.predict import as_cohort, fit_to_bundle
+    from breastfusion.predict import cohort_for, fit_to_bundle
 
     if method not in CAM_METHODS:
         raise ValueError(f"unknown heatmap method {method!r}; expected one of {list(CAM_METHODS)}")
@@ -95,7 +100,7 @@ def explain_case(bundle, cohort: Cohort | str | Path, *, lesion_id: str | None =
     if getattr(bundle, "score_learners", None) is not None:
         raise ValueError(f"bundle {bundle.root} averages an image network with a clinical learner (score-level "
                          "fusion); case explanations cover network variants only (export one to explain it)")
-    cohort = fit_to_bundle(bundle, as_cohort(cohort))
+    cohort = fit_to_bundle(bundle, cohort_for(bundle, cohort, images=images, clinical=clinical))
     lesions = cohort.lesions
     ids = lesions["lesion_id"].astype(str).tolist()
     lesion_id = ids[0] if lesion_id is None else str(lesion_id)
