@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from breastfusion import load_bundle
-from breastfusion.cli import app
+from breastfusion.cli.main import app
 from breastfusion.data.manifest import load_cohort
 
 from .conftest import TINY_MODEL
