@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 from pydantic import ValidationError
 
 from breastfusion.config import ConfigError, ExperimentConfig, format_validation_error, load_config
+from breastfusion.experiment.run_folder import RunLayout
 
 if TYPE_CHECKING:  # torch-heavy modules: imported only when used
     import pandas as pd
@@ -134,7 +135,7 @@ class Experiment:
             out = Path(self._tmp.name) / "run"
         self._outside_root = is_frame
         if is_frame:
-            cohort = _write_cohort(cohort, clinical, Path(root or Path.cwd()), Path(out) / "cohort")
+            cohort = _write_cohort(cohort, clinical, Path(root or Path.cwd()), RunLayout(Path(out)).cohort)
             cohort = load_cohort(cohort, allow_outside_root=True)
         elif not isinstance(cohort, Cohort):
             cohort = load_cohort(Path(cohort).resolve())
@@ -160,7 +161,7 @@ class Experiment:
         """The whole ``results.json`` of the last :meth:`fit`: variants, cohort counts, oracle AUCs, versions."""
         self._fitted()
         if self._results is None:  # pragma: no cover - set together with the run folder
-            self._results = json.loads((self.run_dir / "results.json").read_text())
+            self._results = json.loads(RunLayout(self.run_dir).results.read_text())
         return self._results
 
     @property
@@ -169,7 +170,7 @@ class Experiment:
         modalities_used."""
         import pandas as pd
 
-        return pd.read_csv(self.run_dir / "predictions.csv", dtype={"subject_id": str, "lesion_id": str})
+        return pd.read_csv(RunLayout(self.run_dir).predictions, dtype={"subject_id": str, "lesion_id": str})
 
     def export(self, out: str | Path, *, variant: str | None = None, onnx: bool = False) -> Bundle:
         """Write one variant of the run as a bundle folder and load it back (verified) for prediction.

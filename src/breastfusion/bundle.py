@@ -246,14 +246,16 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, variant: str | None =
             or a fold without checkpoint or calibration scores.
         RunFolderError: not a run folder, or its cohort cannot be found unchanged.
     """
-    from breastfusion.run_artifacts import RunFolderError, load_run
-    from breastfusion.run_folder import missing_run_file
+    from breastfusion.experiment.run_artifacts import RunFolderError, load_run
+    from breastfusion.experiment.run_folder import RunLayout
 
     root, out = Path(run_dir), Path(out)
-    problem = missing_run_file(root)
+    layout = RunLayout(root)
+    checkpoints = layout.checkpoints
+    problem = layout.missing_file()
     if problem:
         raise RunFolderError(problem)
-    config = load_config(root / "config.yaml")
+    config = load_config(layout.config)
     variant = variant or reference_variant(config)
     if variant not in config.variants:
         raise BundleError(f"unknown variant {variant!r}; this run has {list(config.variants)}")
@@ -261,16 +263,15 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, variant: str | None =
     n_folds = config.n_folds
     score = config.variant_model(variant).fusion == "score"
     if score:
-        lacking = [k for k in range(n_folds) if not (root / "checkpoints" / variant / f"fold{k}.score.skops").is_file()]
+        lacking = [k for k in range(n_folds) if not checkpoints.learner(variant, k, "score").is_file()]
         if lacking:
-            raise BundleError(f"{root / 'checkpoints' / variant}: no fitted clinical learner of score-level fusion "
+            raise BundleError(f"{checkpoints.variant_dir(variant)}: no fitted clinical learner of score-level fusion "
                               f"for fold(s) {lacking} (runs made before they were saved do not have them); run the "
                               "experiment again")
     if learner != "none":
-        lacking = [k for k in range(n_folds)
-                   if not (root / "checkpoints" / variant / f"fold{k}.stage2.skops").is_file()]
+        lacking = [k for k in range(n_folds) if not checkpoints.learner(variant, k, "stage2").is_file()]
         if lacking:
-            raise BundleError(f"{root / 'checkpoints' / variant}: no fitted stage-2 learner for fold(s) {lacking} "
+            raise BundleError(f"{checkpoints.variant_dir(variant)}: no fitted stage-2 learner for fold(s) {lacking} "
                               f"(runs made before stage-2 learners were saved do not have them); run the "
                               f"experiment again, or export one of the network variants "
                               f"{[v for v in config.variants if config.variant(v).stage2 == 'none']}")
@@ -282,12 +283,12 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, variant: str | None =
 
         require_onnx()
     art = load_run(root, allow_outside_root=allow_outside_root)
-    calibration = pd.read_csv(root / "calibration_predictions.csv", dtype={"subject_id": str, "lesion_id": str})
+    calibration = pd.read_csv(layout.calibration, dtype={"subject_id": str, "lesion_id": str})
     calibration = calibration[(calibration["variant"] == variant)
                               & (calibration.get("repeat", 0) == 0)].reset_index(drop=True)
     lacking = sorted(set(range(n_folds)) - set(calibration["fold"]))
     if lacking:
-        raise BundleError(f"{root / 'calibration_predictions.csv'}: no calibration scores of variant {variant!r} "
+        raise BundleError(f"{layout.calibration}: no calibration scores of variant {variant!r} "
                           f"for fold(s) {lacking}; run the experiment again")
     modalities = config.modalities(variant)
     clinical = "clinical" in modalities
@@ -298,7 +299,7 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, variant: str | None =
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     try:
-        shutil.copyfile(root / "config.yaml", partial / "config.yaml")
+        shutil.copyfile(layout.config, partial / "config.yaml")
         _anonymise_calibration(calibration).to_csv(partial / "calibration.csv", index=False)
         columns: dict[str, list[str]] = {}
         for k in range(n_folds):
@@ -309,9 +310,8 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, variant: str | None =
                 export_bundle_fold(net, partial / onnx_file(k), config, variant,
                                    art.clinical_preprocessor(k).n_features_ if clinical else 0)
             shutil.copyfile(art.checkpoint(variant, k), partial / f"fold{k}.safetensors")
-            for name in ([f"fold{k}.stage2.skops"] if learner != "none" else []) + (
-                    [f"fold{k}.score.skops"] if score else []):
-                shutil.copyfile(root / "checkpoints" / variant / name, partial / name)
+            for kind in (["stage2"] if learner != "none" else []) + (["score"] if score else []):
+                shutil.copyfile(checkpoints.learner(variant, k, kind), partial / f"fold{k}.{kind}.skops")
             if clinical:
                 import skops.io
 
@@ -571,7 +571,7 @@ def load_bundle(path: str | Path) -> Bundle:
             file holding a type outside the allowlist (naming the file and the type), or networks that do
             not fit the configuration.
     """
-    from breastfusion.run_artifacts import RunFolderError, load_network
+    from breastfusion.experiment.run_artifacts import RunFolderError, load_network
 
     root = Path(path)
     if not root.is_dir():

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from breastfusion.cli import app
 from breastfusion.report.figures import FIGURES
-from breastfusion.run_artifacts import load_run
+from breastfusion.experiment.run_artifacts import load_run
 
 
 def test_explain_writes_overlays_results_and_gallery(run_copy, tmp_path):

@@ -39,6 +39,7 @@ from breastfusion.data.preprocess import Params, params_for
 from breastfusion.data.tensors import (LesionDataset, LesionImages, build_lesion_images, clinical_features_for,
                                        modalities_used)
 from breastfusion.evaluation.splits import official_split, subject_folds
+from breastfusion.experiment.run_folder import CheckpointLayout, fold_tag, save_skops
 from breastfusion.models.network import build_network
 from breastfusion.models.score_fusion import average_scores, fit_clinical_model
 from breastfusion.models.stage2 import FeatureTable, Stage2Ensemble, feature_table, group_permutation_importance
@@ -251,7 +252,7 @@ class _Fold:
 
     @property
     def tag(self) -> str:
-        return f"fold{self.k}" if self.repeat == 0 else f"repeat{self.repeat}-fold{self.k}"
+        return fold_tag(self.k, self.repeat)
 
 
 @dataclass
@@ -270,6 +271,7 @@ class _Runner:
         self.cohort, self.config, self.images = cohort, config, images
         self.lesions = cohort.lesions
         self.checkpoint_dir = checkpoint_dir
+        self.layout = CheckpointLayout(checkpoint_dir) if checkpoint_dir is not None else None
         self.on_epoch = on_epoch
         self.trained: dict[tuple[str, int, int], _Trained] = {}
 
@@ -310,10 +312,11 @@ class _Runner:
         return self.trained[slot]
 
     def _paths(self, spec: NetworkSpec, fold: _Fold) -> tuple[Path, Path, Path] | None:
-        if self.checkpoint_dir is None:
+        if self.layout is None:
             return None
-        folder = self.checkpoint_dir / "networks" / spec.key
-        return folder / f"{fold.tag}.safetensors", folder / f"{fold.tag}.csv", folder / f"{fold.tag}-running"
+        args = spec.key, fold.k, fold.repeat
+        return (self.layout.network_weights(*args), self.layout.network_predictions(*args),
+                self.layout.network_work_dir(*args))
 
     def _load(self, spec: NetworkSpec, fold: _Fold) -> _Trained | None:
         paths = self._paths(spec, fold)
@@ -362,7 +365,7 @@ class _Runner:
                                                                                  if "clinical" in spec.modalities
                                                                                  else 0)})
             rows.to_csv(paths[1], index=False)
-            (paths[0].parent / "network.json").write_text(json.dumps(spec.describe(), indent=2))
+            self.layout.network_description(spec.key).write_text(json.dumps(spec.describe(), indent=2))
             clear_work_dir(paths[2])
         return _Trained(state, rows)
 
@@ -463,7 +466,8 @@ def cross_validate(cohort: Cohort, config: ExperimentConfig, *, progress: Progre
     With ``checkpoint_dir``, each trained (network, fold) leaves
     ``networks/{key}/fold{k}.safetensors`` (weights only) and ``.csv`` (its predictions), each
     variant ``{variant}/fold{k}.safetensors`` (a link to its network), and each running fold a
-    checkpoint per epoch: calling again with the same folder skips finished networks and resumes an
+    checkpoint per epoch (the layout is :class:`~breastfusion.experiment.run_folder.CheckpointLayout`):
+    calling again with the same folder skips finished networks and resumes an
     interrupted one from its last epoch, giving the same numbers as an uninterrupted run.
 
     Args:
@@ -478,6 +482,7 @@ def cross_validate(cohort: Cohort, config: ExperimentConfig, *, progress: Progre
         The out-of-fold predictions, each fold's calibration scores, and how images were prepared.
     """
     check_modalities(cohort, config)
+    layout = CheckpointLayout(checkpoint_dir) if checkpoint_dir is not None else None
     repeats = fold_positions(cohort, config, folds)
     used = {m for name in config.variants for m in config.modalities(name)}
     params = preprocessing_params(config, [m for m in IMAGE_MODALITIES if m in used])
@@ -515,19 +520,19 @@ def cross_validate(cohort: Cohort, config: ExperimentConfig, *, progress: Progre
                 trained = runner.network(spec, fold)
                 if config.variant_model(variant).fusion == "score":
                     out, clinical_model = runner.score_fusion(spec, fold)
-                    if checkpoint_dir is not None and r == 0:
-                        _save_skops(checkpoint_dir / variant / f"{fold.tag}.score.skops", clinical_model)
+                    if layout is not None and r == 0:
+                        save_skops(layout.learner(variant, k, "score"), clinical_model)
                 elif learner == "none":
                     out = trained.rows
                 else:
                     out, imp = runner.stage2(variant, spec, fold, learner)
                     importance.append(imp)
-                    if checkpoint_dir is not None and r == 0:
-                        _save_skops(checkpoint_dir / variant / f"{fold.tag}.stage2.skops",
-                                    runner.network(spec, fold).ensemble.model(learner))
+                    if layout is not None and r == 0:
+                        save_skops(layout.learner(variant, k, "stage2"),
+                                   runner.network(spec, fold).ensemble.model(learner))
                 rows.append(out.assign(variant=variant))
-                if checkpoint_dir is not None and r == 0:
-                    _link_variant(checkpoint_dir, variant, spec, fold)
+                if layout is not None and r == 0:
+                    _link_variant(layout, variant, spec, fold)
     every = pd.concat(rows, ignore_index=True)
     columns = ["variant", "repeat", "fold", "subject_id", "lesion_id", "y", "prob", "modalities_used"]
     predictions = every[every["split"] == "test"][columns].copy()
@@ -535,8 +540,8 @@ def cross_validate(cohort: Cohort, config: ExperimentConfig, *, progress: Progre
     predictions = predictions.sort_values(["variant", "repeat", "fold"], kind="stable").astype({"variant": str})
     calibration = every[every["split"] != "test"][columns[:-1] + ["split"]]
     networks = {name: spec.key for name, spec in specs.items()}
-    if checkpoint_dir is not None:
-        (checkpoint_dir / "variants.json").write_text(json.dumps(
+    if layout is not None:
+        layout.variants.write_text(json.dumps(
             {name: {"network": networks[name], "modalities": list(config.modalities(name)),
                     "stage2": config.variant(name).stage2} for name in config.variants}, indent=2))
     return CrossValidation(predictions=predictions.reset_index(drop=True),
@@ -560,24 +565,10 @@ def unique_networks(specs) -> list[NetworkSpec]:
     return list(seen.values())
 
 
-def _save_skops(target: Path, model) -> None:
-    """A fold's fitted scikit-learn learner (skops, not pickle), for bundles: ``{variant}/fold{k}.stage2.skops``
-    (a stage-2 learner) or ``{variant}/fold{k}.score.skops`` (score-level fusion's clinical learner).
-
-    Deflate-compressed: the forests of MPM-MU's stacking shrink about tenfold (26.5 MB → 2.7 MB a fold at the
-    mpm_mu config's settings)."""
-    import zipfile
-
-    import skops.io
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    skops.io.dump(model, target, compression=zipfile.ZIP_DEFLATED)
-
-
-def _link_variant(checkpoint_dir: Path, variant: str, spec: NetworkSpec, fold: _Fold) -> None:
-    """``{variant}/fold{k}.safetensors`` → the variant's network, as a hard link (a copy where links fail)."""
-    source = checkpoint_dir / "networks" / spec.key / f"{fold.tag}.safetensors"
-    target = checkpoint_dir / variant / f"{fold.tag}.safetensors"
+def _link_variant(layout: CheckpointLayout, variant: str, spec: NetworkSpec, fold: _Fold) -> None:
+    """The variant's fold network (repeat 0) → its network's weights, as a hard link (a copy where links fail)."""
+    source = layout.network_weights(spec.key, fold.k, fold.repeat)
+    target = layout.variant_weights(variant, fold.k)
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists():
         target.unlink()

@@ -28,7 +28,7 @@ from breastfusion.explain.faithfulness import (centre_heatmap, deletion_insertio
 from breastfusion.explain.gallery import overlay, plot_gallery, save_overlay, select_cases
 from breastfusion.explain.importance import clinical_permutation_importance
 from breastfusion.explain.shapley import gate_weights, modality_shapley, no_information_prob, shapley_shares
-from breastfusion.run_artifacts import RunArtifacts, load_run, prepare_batch
+from breastfusion.experiment.run_artifacts import RunArtifacts, load_run, prepare_batch
 
 __all__ = ["explain_run", "default_variant", "parse_target_layers"]
 
@@ -65,8 +65,7 @@ def run_subject_scores(art: RunArtifacts, variant: str) -> pd.DataFrame:
     the run's ``evaluation`` says) and ``threshold`` (the Youden threshold of the fold that held the subject out,
     fitted on that fold's calibration scores), so "misclassified" means what the report's confusion matrix means.
     A run without ``calibration_predictions.csv`` falls back to mean-aggregated lesions and 0.5."""
-    calibration = art.root / "calibration_predictions.csv"
-    if calibration.is_file():
+    if art.layout.calibration.is_file():
         scores = load_run_scores(art.root, variant).scores
         return scores.rename(columns={"youden_threshold": "threshold"})[["subject_id", "y", "prob", "threshold"]]
     return subject_level(art.predictions[art.predictions["variant"] == variant]).assign(threshold=0.5)
@@ -175,7 +174,7 @@ def explain_run(
         scorecam_batch: Score-CAM's masked images per forward pass.
         seed: seed of random baselines and shuffles.
         update_run: add ``explanations`` to the run's ``results.json`` and re-render ``report.html``.
-        allow_outside_root: passed to :func:`~breastfusion.run_artifacts.load_run`.
+        allow_outside_root: passed to :func:`~breastfusion.experiment.run_artifacts.load_run`.
         progress: a rich Progress.
 
     Returns:
@@ -192,7 +191,7 @@ def explain_run(
     variant = variant or default_variant(art)
     check_explainable(art, variant)
     modalities = art.modalities(variant)
-    out = Path(out) if out is not None else art.root / "explain"
+    out = Path(out) if out is not None else art.layout.explain
     (out / "heatmaps").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     faith_methods = tuple(faithfulness_methods) if faithfulness_methods is not None else tuple(CAM_METHODS)
@@ -371,9 +370,10 @@ def _summarise_faithfulness(rows: list[dict], records: list[dict], curves: list[
 def _update_run(art: RunArtifacts, explanations: dict[str, Any], gallery: Path | None) -> None:
     from breastfusion.report.html import write_report
 
-    results = json.loads((art.root / "results.json").read_text())
+    layout = art.layout
+    results = json.loads(layout.results.read_text())
     results["explanations"] = explanations
-    (art.root / "results.json").write_text(json.dumps(results, indent=2))
-    write_report(results, roc_png=art.root / "roc.png", config_yaml=(art.root / "config.yaml").read_text(),
-                 path=art.root / "report.html", figures={"gallery": gallery} if gallery else None)
+    layout.results.write_text(json.dumps(results, indent=2))
+    write_report(results, roc_png=layout.roc, config_yaml=layout.config.read_text(),
+                 path=layout.report, figures={"gallery": gallery} if gallery else None)
 

@@ -10,7 +10,7 @@ image normalisation are rebuilt exactly as the run made them:
   network was fitted on (its training subjects, less the inner validation
   subjects when early stopping held some out), as
   :mod:`breastfusion.experiment.crossval` does;
-* fold ``k``'s network is ``checkpoints/{variant}/fold{k}.safetensors``;
+* fold ``k``'s network is the variant's fold checkpoint (:class:`~breastfusion.experiment.run_folder.RunLayout`);
 * images go through the run's per-modality preprocessing (and cache), then
   the training module's own batch normalisation;
 * lesion masks (manifest column ``mask_path``) go through the same crop,
@@ -45,7 +45,7 @@ from breastfusion.data.readers import read_image
 from breastfusion.data.synthetic.cohort import MASK_COLUMN
 from breastfusion.data.tensors import LesionDataset, LesionImages, build_lesion_images, clinical_features_for
 from breastfusion.experiment.crossval import FoldPositions, fold_positions, network_spec, preprocessing_params
-from breastfusion.run_folder import missing_run_file
+from breastfusion.experiment.run_folder import RunLayout
 from breastfusion.models.network import MultimodalNet, build_network
 from breastfusion.training.module import tta_logits
 
@@ -97,6 +97,11 @@ class RunArtifacts:
             self.positions = [FoldPositions(train, test) for train, test in self.folds]
 
     @property
+    def layout(self) -> RunLayout:
+        """Where each file of the run folder lives."""
+        return RunLayout(self.root)
+
+    @property
     def n_folds(self) -> int:
         return len(self.folds)
 
@@ -136,7 +141,7 @@ class RunArtifacts:
             RunFolderError: the checkpoint is missing.
         """
         self.modalities(variant)
-        path = self.root / "checkpoints" / variant / f"fold{fold}.safetensors"
+        path = self.layout.checkpoints.variant_weights(variant, fold)
         if not path.is_file():
             raise RunFolderError(f"no checkpoint {path}; runs made before checkpoints were saved cannot be "
                                  "explained: run the experiment again")
@@ -291,7 +296,7 @@ def load_network(path: Path, config: ExperimentConfig, variant: str,
 
 def _find_cohort(root: Path, config: ExperimentConfig, results: dict[str, Any],
                  allow_outside_root: bool) -> Cohort:
-    candidates = [root / "cohort"]
+    candidates = [RunLayout(root).cohort]
     if config.manifest is not None:
         candidates += [Path(config.manifest), root / config.manifest]
     if results.get("cohort", {}).get("root"):
@@ -324,14 +329,15 @@ def load_run(path: str | Path, *, allow_outside_root: bool = False) -> RunArtifa
             found unchanged.
     """
     root = Path(path)
-    problem = missing_run_file(root)
+    layout = RunLayout(root)
+    problem = layout.missing_file()
     if problem:
         raise RunFolderError(problem)
-    config = load_config(root / "config.yaml")
-    results = json.loads((root / "results.json").read_text())
+    config = load_config(layout.config)
+    results = json.loads(layout.results.read_text())
     cohort = _find_cohort(root, config, results, allow_outside_root)
     lesions = cohort.lesions
     positions = fold_positions(cohort, config)[0]
-    predictions = pd.read_csv(root / "predictions.csv", dtype={"subject_id": str, "lesion_id": str})
+    predictions = pd.read_csv(layout.predictions, dtype={"subject_id": str, "lesion_id": str})
     return RunArtifacts(root=root, config=config, cohort=cohort, results=results, predictions=predictions,
                         lesions=lesions, folds=[(p.train, p.test) for p in positions], positions=positions)
