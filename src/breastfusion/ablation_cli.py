@@ -82,7 +82,7 @@ def _nested(cohort, config, out: Path, inner_folds: int, progress) -> dict:
 
     import pandas as pd
 
-    from breastfusion.evaluation.nested import nested_selection
+    from breastfusion.experiment.nested import nested_selection
     from breastfusion.experiment.run_folder import RunLayout
 
     layout = RunLayout(out)

@@ -15,7 +15,7 @@ from breastfusion.config import load_config, select_variants
 from breastfusion.data.manifest import load_cohort
 from breastfusion.data.synthetic.cohort import generate_cohort
 from breastfusion.experiment.crossval import cross_validate
-from breastfusion.evaluation.nested import nested_selection, restrict_cohort
+from breastfusion.experiment.nested import nested_selection, restrict_cohort
 from breastfusion.experiment.run_folder import RunLayout
 from breastfusion.evaluation.splits import subject_folds
 from breastfusion.evaluation.summary import score_subjects
