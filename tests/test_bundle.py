@@ -473,3 +473,43 @@ def _no_error():
     import contextlib
 
     return contextlib.nullcontext()
+
+
+def test_export_copies_the_runs_saved_preprocessors_so_the_cohort_may_be_gone(small_cohort_dir, tmp_path):
+    """The cross-validation fits each fold's clinical preprocessor once and saves it in the run folder; export
+    copies it, so a clinical variant exports after its cohort folder is deleted, and each bundled preprocessor
+    transforms the clinical table exactly as the run's fold preprocessor (fitted as the run fits it) does. A run
+    without the saved files (made before they were saved) refits them from the cohort, which it then needs."""
+    from breastfusion.config import load_config
+    from breastfusion.experiment.crossval import fit_clinical_preprocessor
+    from breastfusion.experiment.run import run_experiment
+    from breastfusion.experiment.run_artifacts import RunFolderError
+    from breastfusion.experiment.run_folder import RunLayout
+
+    cohort_dir = Path(shutil.copytree(small_cohort_dir, tmp_path / "cohort"))
+    config = load_config(None, name="tiny", manifest=cohort_dir, variants={"clin": ["ultrasound", "clinical"]},
+                         model=TINY_MODEL, training={"epochs": 1, "batch_size": 16},
+                         cv={"n_splits": 2, "bootstrap": 100})
+    run = tmp_path / "run"
+    run_experiment(load_cohort(cohort_dir), config, run)
+    art = load_run(run)
+    clinical = art.cohort.clinical
+    expected = [fit_clinical_preprocessor(art.lesions, clinical, art.config, art.fit_positions(k)).transform(clinical)
+                for k in range(art.n_folds)]
+    saved = [RunLayout(run).checkpoints.clinical_preprocessor(k) for k in range(art.n_folds)]
+    assert all(path.is_file() for path in saved)
+
+    shutil.rmtree(cohort_dir)
+    bundle = load_bundle(export_bundle(run, tmp_path / "moved"))
+    for k in range(art.n_folds):
+        np.testing.assert_array_equal(bundle.clinical_preprocessors[k].transform(clinical), expected[k])
+        assert (bundle.root / f"clinical_fold{k}.skops").read_bytes() == saved[k].read_bytes()
+
+    for path in saved:  # an old run: the preprocessors are refitted from the cohort
+        path.unlink()
+    with pytest.raises(RunFolderError, match="cannot find the run's cohort"):
+        export_bundle(run, tmp_path / "old-run-no-cohort")
+    shutil.copytree(small_cohort_dir, cohort_dir)
+    bundle = load_bundle(export_bundle(run, tmp_path / "old-run"))
+    for k in range(art.n_folds):
+        np.testing.assert_array_equal(bundle.clinical_preprocessors[k].transform(clinical), expected[k])

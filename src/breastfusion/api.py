@@ -54,8 +54,8 @@ def _as_config(config: ExperimentConfig | Mapping[str, Any] | str | Path | None)
 def _write_cohort(manifest: pd.DataFrame, clinical: pd.DataFrame | None, root: Path, folder: Path) -> Path:
     """A manifest DataFrame (and clinical table) as the cohort folder ``folder``, image paths made absolute.
 
-    A run identifies its cohort by the sha256 of a ``manifest.csv`` on disk (export refits the clinical
-    preprocessors from it), so an in-memory cohort is written where the run folder keeps it.
+    A run identifies its cohort by the sha256 of a ``manifest.csv`` on disk (reloading the run, e.g. to explain
+    it, reads the cohort), so an in-memory cohort is written where the run folder keeps it.
     """
     folder.mkdir(parents=True, exist_ok=True)
     frame = manifest.copy()
@@ -139,8 +139,7 @@ class Experiment:
             cohort = load_cohort(cohort, allow_outside_root=True)
         elif not isinstance(cohort, Cohort):
             cohort = load_cohort(Path(cohort).resolve())
-        # Record where the cohort is, so export (which refits the clinical preprocessors from it) finds it
-        # from any working directory.
+        # Record where the cohort is, so reloading the run (explain) finds it from any working directory.
         self.config = self.config.model_copy(update={"manifest": Path(cohort.root).resolve()})
         self._results = run_experiment(cohort, self.config, out)
         self._run_dir = Path(out)

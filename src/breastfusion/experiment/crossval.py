@@ -46,7 +46,8 @@ from breastfusion.models.stage2 import FeatureTable, Stage2Ensemble, feature_tab
 from breastfusion.training.fit import EpochEnd, clear_work_dir, extract_features, fit_predict, predict_probs
 
 __all__ = ["CrossValidation", "MissingModalityError", "NetworkSpec", "network_spec", "check_modalities",
-           "cross_validate", "inner_split", "unique_networks", "preprocessing_params", "fold_seed", "FoldPositions", "fold_positions"]
+           "cross_validate", "inner_split", "unique_networks", "preprocessing_params", "fold_seed", "FoldPositions",
+           "fold_positions", "fit_clinical_preprocessor"]
 
 _RUNTIME_KEYS = {"accelerator", "devices", "num_nodes", "strategy", "num_workers"}  # where it runs, not what it learns
 
@@ -238,6 +239,21 @@ def fold_seed(config: ExperimentConfig, fold: int, repeat: int = 0) -> int:
     return config.training.seed + 1000 * fold + 100_000 * repeat
 
 
+def fit_clinical_preprocessor(lesions: pd.DataFrame, clinical: pd.DataFrame, config: ExperimentConfig,
+                              fit_positions: np.ndarray) -> ClinicalPreprocessor:
+    """The clinical preprocessor of one fold: ``model.clinical``'s columns, fitted on the clinical rows of the
+    subjects the fold's networks are fitted on (``lesions`` at ``fit_positions``), never on its test subjects.
+
+    The one place a fold's preprocessor is fitted: the cross-validation driver saves it in the run folder
+    (:meth:`~breastfusion.experiment.run_folder.CheckpointLayout.clinical_preprocessor`); readers of runs made
+    before it was saved refit it here from the cohort.
+    """
+    cfg = config.model.clinical
+    subjects = lesions.iloc[fit_positions]["subject_id"]
+    rows = clinical[clinical["subject_id"].isin(subjects)]
+    return ClinicalPreprocessor(cfg.numeric, cfg.categorical, cfg.binary).fit(rows)
+
+
 @dataclass
 class _Fold:
     """One fold of one repeat: its positions and datasets (shared by every network of the fold)."""
@@ -249,6 +265,7 @@ class _Fold:
     val_idx: np.ndarray | None
     clinical: dict[str, tuple] = field(default_factory=dict)  # split -> (features, present)
     n_clinical: int = 0
+    preprocessor: ClinicalPreprocessor | None = None  # fitted on fit_idx's subjects, when a variant reads clinical
 
     @property
     def tag(self) -> str:
@@ -277,15 +294,11 @@ class _Runner:
 
     # -- data -------------------------------------------------------------------------------------------------
     def fold(self, repeat: int, k: int, positions: FoldPositions) -> _Fold:
-        train_idx = positions.fit
         fold = _Fold(repeat, k, positions.fit, positions.test, positions.validation)
         if "clinical" in self.cohort.modalities and any("clinical" in self.config.modalities(v)
                                                         for v in self.config.variants):
-            cfg = self.config.model.clinical
-            train = self.lesions.iloc[train_idx]
-            rows = self.cohort.clinical[self.cohort.clinical["subject_id"].isin(train["subject_id"])]
-            pre = ClinicalPreprocessor(cfg.numeric, cfg.categorical, cfg.binary).fit(rows)
-            fold.n_clinical = pre.n_features_
+            pre = fit_clinical_preprocessor(self.lesions, self.cohort.clinical, self.config, positions.fit)
+            fold.preprocessor, fold.n_clinical = pre, pre.n_features_
             for split, idx in self._splits(fold).items():
                 fold.clinical[split] = clinical_features_for(self.lesions.iloc[idx], self.cohort.clinical, pre)
         return fold
@@ -511,6 +524,8 @@ def cross_validate(cohort: Cohort, config: ExperimentConfig, *, progress: Progre
     for r, split in enumerate(repeats):
         for k, positions in enumerate(split):
             fold = runner.fold(r, k, positions)
+            if layout is not None and fold.preprocessor is not None:  # for bundles and reloads: fitted once, here
+                save_skops(layout.clinical_preprocessor(k, r), fold.preprocessor)
             for variant in order:
                 if progress:
                     step = f" · repeat {r + 1}/{len(repeats)}" if len(repeats) > 1 else ""

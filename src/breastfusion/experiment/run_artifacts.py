@@ -6,10 +6,10 @@ image normalisation are rebuilt exactly as the run made them:
 
 * the folds come from :func:`~breastfusion.experiment.crossval.fold_positions`, the function the run
   used (``cv.n_splits`` and ``cv.seed``, or the dataset's own ``cv.split_column``);
-* fold ``k``'s clinical preprocessor is fitted on the subjects fold ``k``'s
-  network was fitted on (its training subjects, less the inner validation
-  subjects when early stopping held some out), as
-  :mod:`breastfusion.experiment.crossval` does;
+* fold ``k``'s clinical preprocessor is the one the run fitted and saved (on the subjects fold ``k``'s
+  network was fitted on: its training subjects, less the inner validation subjects when early stopping
+  held some out), read with the bundle's trusted-types rule; runs made before it was saved refit it from
+  the cohort with :func:`~breastfusion.experiment.crossval.fit_clinical_preprocessor`, as the run did;
 * fold ``k``'s network is the variant's fold checkpoint (:class:`~breastfusion.experiment.run_folder.RunLayout`);
 * images go through the run's per-modality preprocessing (and cache), then
   the training module's own batch normalisation;
@@ -44,12 +44,14 @@ from breastfusion.data.preprocess import Params, preprocess, resize_pad
 from breastfusion.data.readers import read_image
 from breastfusion.data.synthetic.cohort import MASK_COLUMN
 from breastfusion.data.tensors import LesionDataset, LesionImages, build_lesion_images, clinical_features_for
-from breastfusion.experiment.crossval import FoldPositions, fold_positions, network_spec, preprocessing_params
+from breastfusion.experiment.crossval import (FoldPositions, fit_clinical_preprocessor, fold_positions, network_spec,
+                                               preprocessing_params)
 from breastfusion.experiment.run_folder import RunLayout
 from breastfusion.models.network import MultimodalNet, build_network
 from breastfusion.training.module import tta_logits
 
-__all__ = ["RunFolderError", "RunArtifacts", "load_run", "load_network", "prepare_batch", "MASK_COLUMN"]
+__all__ = ["RunFolderError", "RunArtifacts", "load_run", "load_network", "fold_checkpoint", "saved_preprocessor",
+           "prepare_batch", "MASK_COLUMN"]
 
 class RunFolderError(ValueError):
     """A run folder is incomplete or no longer matches its cohort; the message says what is missing."""
@@ -141,11 +143,7 @@ class RunArtifacts:
             RunFolderError: the checkpoint is missing.
         """
         self.modalities(variant)
-        path = self.layout.checkpoints.variant_weights(variant, fold)
-        if not path.is_file():
-            raise RunFolderError(f"no checkpoint {path}; runs made before checkpoints were saved cannot be "
-                                 "explained: run the experiment again")
-        return path
+        return fold_checkpoint(self.layout, variant, fold)
 
     def network(self, variant: str, fold: int) -> MultimodalNet:
         """Fold ``fold``'s trained network of ``variant``, in eval mode on the CPU.
@@ -163,12 +161,12 @@ class RunArtifacts:
         return self.positions[fold].fit
 
     def clinical_preprocessor(self, fold: int) -> ClinicalPreprocessor:
-        """The clinical preprocessor of fold ``fold``, fitted on the subjects its network was fitted on."""
+        """The clinical preprocessor of fold ``fold``, fitted on the subjects its network was fitted on: the
+        run's saved one, else (runs made before it was saved) refitted from the cohort as the run fitted it."""
         if fold not in self._preprocessors:
-            cfg = self.config.model.clinical
-            train = self.lesions.iloc[self.fit_positions(fold)]
-            rows = self.cohort.clinical[self.cohort.clinical["subject_id"].isin(train["subject_id"])]
-            self._preprocessors[fold] = ClinicalPreprocessor(cfg.numeric, cfg.categorical, cfg.binary).fit(rows)
+            saved = saved_preprocessor(self.layout, fold)
+            self._preprocessors[fold] = saved if saved is not None else fit_clinical_preprocessor(
+                self.lesions, self.cohort.clinical, self.config, self.fit_positions(fold))
         return self._preprocessors[fold]
 
     @cached_property
@@ -251,6 +249,31 @@ class RunArtifacts:
         out.insert(0, "fold", self.test_fold)
         out["prob"] = prob
         return out
+
+
+def fold_checkpoint(layout: RunLayout, variant: str, fold: int) -> Path:
+    """Path of fold ``fold``'s network of ``variant`` in the run folder ``layout``.
+
+    Raises:
+        RunFolderError: the checkpoint is missing.
+    """
+    path = layout.checkpoints.variant_weights(variant, fold)
+    if not path.is_file():
+        raise RunFolderError(f"no checkpoint {path}; runs made before checkpoints were saved cannot be "
+                             "explained: run the experiment again")
+    return path
+
+
+def saved_preprocessor(layout: RunLayout, fold: int) -> ClinicalPreprocessor | None:
+    """Fold ``fold``'s clinical preprocessor as the run saved it, or ``None`` (a run made before they were saved).
+
+    Read with the bundle's trusted-types rule (:func:`breastfusion.bundle.load_clinical_preprocessor`): a file
+    holding any other type is refused, never unpickled.
+    """
+    from breastfusion.bundle import load_clinical_preprocessor
+
+    path = layout.checkpoints.clinical_preprocessor(fold)
+    return load_clinical_preprocessor(path) if path.is_file() else None
 
 
 def load_network(path: Path, config: ExperimentConfig, variant: str,

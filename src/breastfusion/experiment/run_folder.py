@@ -167,7 +167,8 @@ class RunLayout:
         return CheckpointLayout(self.root / "checkpoints")
 
     def missing_file(self) -> str | None:
-        """``None`` when the folder holds every file of :data:`RUN_FILES`, else a message naming the first missing one."""
+        """``None`` when the folder holds every file of :data:`RUN_FILES`, else a message naming the first
+        missing one."""
         for name in RUN_FILES:
             if not (self.root / name).is_file():
                 return (f"{self.root} is not a run folder: {name} is missing "
