@@ -18,7 +18,8 @@ from breastfusion.cli import app
 from breastfusion.data.manifest import ManifestError, load_cohort
 from breastfusion.evaluation.summary import score_subjects
 from breastfusion.predict import PREDICTION_COLUMNS
-from breastfusion.experiment.run_artifacts import load_run, prepare_batch
+from breastfusion.data.transforms import prepare_batch
+from breastfusion.experiment.run_artifacts import load_run
 
 from .conftest import TINY_MODEL
 

@@ -44,7 +44,7 @@ from breastfusion.evaluation.external import (TRANSFER_ADVICE, decision_metrics,
                                               score_shift)
 from breastfusion.evaluation.metrics import auc_with_ci
 from breastfusion.evaluation.summary import score_fold
-from breastfusion.experiment.run_artifacts import prepare_batch
+from breastfusion.data.transforms import prepare_batch
 from breastfusion.training.module import tta_logits
 
 __all__ = ["RUNTIMES", "PREDICTION_COLUMNS", "as_cohort", "fit_to_bundle", "predict_lesions", "score_folds",

@@ -12,7 +12,7 @@ image normalisation are rebuilt exactly as the run made them:
   the cohort with :func:`~breastfusion.experiment.crossval.fit_clinical_preprocessor`, as the run did;
 * fold ``k``'s network is the variant's fold checkpoint (:class:`~breastfusion.experiment.run_folder.RunLayout`);
 * images go through the run's per-modality preprocessing (and cache), then
-  the training module's own batch normalisation;
+  the batch normalisation training used (:func:`~breastfusion.data.transforms.prepare_batch`);
 * lesion masks (manifest column ``mask_path``) go through the same crop,
   flip and resize as their image, so they align with what the network saw.
 
@@ -43,6 +43,7 @@ from breastfusion.data.manifest import IMAGE_MODALITIES, MANIFEST_FILENAME, Coho
 from breastfusion.data.preprocess import Params, preprocess, resize_pad
 from breastfusion.data.readers import read_image
 from breastfusion.data.synthetic.cohort import MASK_COLUMN
+from breastfusion.data.transforms import prepare_batch
 from breastfusion.data.tensors import LesionDataset, LesionImages, build_lesion_images, clinical_features_for
 from breastfusion.experiment.crossval import (FoldPositions, fit_clinical_preprocessor, fold_positions, network_spec,
                                                preprocessing_params)
@@ -51,22 +52,10 @@ from breastfusion.models.network import MultimodalNet, build_network
 from breastfusion.training.module import tta_logits
 
 __all__ = ["RunFolderError", "RunArtifacts", "load_run", "load_network", "fold_checkpoint", "saved_preprocessor",
-           "prepare_batch", "MASK_COLUMN"]
+           "MASK_COLUMN"]
 
 class RunFolderError(ValueError):
     """A run folder is incomplete or no longer matches its cohort; the message says what is missing."""
-
-
-def prepare_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """uint8 images → the normalised floats the network was trained on (no augmentation).
-
-    Delegates to :class:`~breastfusion.training.module.LesionClassifier`'s own
-    preparation so explanations see exactly what training and prediction saw.
-    """
-    from breastfusion.training.module import LesionClassifier
-
-    return LesionClassifier(torch.nn.Identity(), lr=1.0, weight_decay=0.0, epochs=1, augment=False) \
-        ._prepare(batch, train=False)
 
 
 @dataclass

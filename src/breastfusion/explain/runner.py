@@ -28,7 +28,8 @@ from breastfusion.explain.faithfulness import (centre_heatmap, deletion_insertio
 from breastfusion.explain.gallery import overlay, plot_gallery, save_overlay, select_cases
 from breastfusion.explain.importance import clinical_permutation_importance
 from breastfusion.explain.shapley import gate_weights, modality_shapley, no_information_prob, shapley_shares
-from breastfusion.experiment.run_artifacts import RunArtifacts, load_run, prepare_batch
+from breastfusion.data.transforms import prepare_batch
+from breastfusion.experiment.run_artifacts import RunArtifacts, load_run
 
 __all__ = ["explain_run", "default_variant", "parse_target_layers"]
 
