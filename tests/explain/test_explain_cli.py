@@ -45,6 +45,25 @@ def test_explain_writes_overlays_results_and_gallery(run_copy, tmp_path):
     assert len(shapley) == 60 and set(shapley["fold"]) == {0, 1}
 
 
+def test_explain_writes_strict_json_with_nan_as_null(run_copy, tmp_path, monkeypatch):
+    """explanations.json and the run's results.json go through the run's one strict JSON writer: a NaN (an
+    undefined figure) is written as null, never as the non-JSON token NaN."""
+    import pytest
+
+    from breastfusion.explain import runner
+
+    monkeypatch.setattr(runner, "_summarise_faithfulness", lambda *args: {"undefined": float("nan")})
+    subjects = pd.read_csv(run_copy / "predictions.csv", dtype={"subject_id": str})["subject_id"].unique()[:1]
+    runner.explain_run(run_copy, subjects=list(subjects), method="gradcam", out=tmp_path / "explained")
+
+    def strict(text: str) -> dict:
+        return json.loads(text, parse_constant=lambda token: pytest.fail(f"non-JSON token {token}"))
+
+    assert strict((tmp_path / "explained" / "explanations.json").read_text())["faithfulness"] == {"undefined": None}
+    results = strict((run_copy / "results.json").read_text())
+    assert results["explanations"]["faithfulness"] == {"undefined": None}
+
+
 def test_explain_errors(run_copy):
     runner = CliRunner()
     result = runner.invoke(app, ["explain", str(run_copy), "--method", "lime"])

@@ -33,7 +33,7 @@ from breastfusion.report.figures import write_figures
 from breastfusion.report.html import write_report
 from breastfusion.versions import library_versions
 
-__all__ = ["run_experiment", "library_versions", "evaluate_predictions", "write_outputs", "write_results"]
+__all__ = ["run_experiment", "library_versions", "evaluate_predictions", "write_outputs", "write_results", "write_json"]
 
 
 def _stage2_importance(table: pd.DataFrame, variant: str) -> list[dict[str, Any]] | None:
@@ -128,14 +128,23 @@ def write_outputs(results: dict[str, Any], scores: dict[str, pd.DataFrame], out:
 
 
 def write_results(results: dict[str, Any], layout: RunLayout) -> dict[str, Any]:
-    """Write ``results.json`` as strict JSON (NaN and infinities as null; the one writer of that file).
+    """Write the run folder's ``results.json`` with :func:`write_json` (every writer of that file goes here).
 
     Returns:
         The results as written.
     """
-    results = _json_safe(results)
-    layout.results.write_text(json.dumps(results, indent=2, allow_nan=False))
-    return results
+    return write_json(layout.results, results)
+
+
+def write_json(path: Path, value: Any) -> Any:
+    """Write ``value`` as strict JSON (NaN and infinities as null, NumPy scalars as Python ones), indented.
+
+    Returns:
+        The value as written.
+    """
+    value = _json_safe(value)
+    Path(path).write_text(json.dumps(value, indent=2, allow_nan=False))
+    return value
 
 
 def _json_safe(value: Any) -> Any:
