@@ -514,3 +514,27 @@ def test_export_copies_the_runs_saved_preprocessors_so_the_cohort_may_be_gone(sm
     bundle = load_bundle(export_bundle(run, tmp_path / "old-run"))
     for k in range(art.n_folds):
         np.testing.assert_array_equal(bundle.clinical_preprocessors[k].transform(clinical), expected[k])
+
+
+def test_the_run_folder_holds_every_file_its_layout_names(run_dir):
+    """RunLayout / CheckpointLayout name the files a run writes (the one place that spells them)."""
+    from breastfusion.config import load_config
+    from breastfusion.experiment.crossval import network_spec
+    from breastfusion.experiment.run_folder import RUN_FILES, RunLayout
+
+    layout = RunLayout(run_dir)
+    assert layout.missing_file() is None and all((run_dir / name).is_file() for name in RUN_FILES)
+    for path in (layout.config, layout.results, layout.predictions, layout.calibration, layout.preprocessing,
+                 layout.roc, layout.report, layout.checkpoints.variants):  # ablation files: `ablate` only
+        assert path.is_file(), path
+    config = load_config(layout.config)
+    checkpoints = layout.checkpoints
+    for k in range(config.n_folds):
+        assert checkpoints.clinical_preprocessor(k).is_file()
+        assert checkpoints.learner("fused_logistic", k, "stage2").is_file()
+        for variant in config.variants:
+            key = network_spec(config, variant).key
+            assert checkpoints.variant_weights(variant, k).read_bytes() == \
+                checkpoints.network_weights(key, k).read_bytes()
+            assert checkpoints.network_predictions(key, k).is_file() and checkpoints.network_description(key).is_file()
+            assert not checkpoints.network_work_dir(key, k).exists()  # cleared once the fold finished
