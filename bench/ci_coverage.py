@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from breastfusion.data.synthetic.latents import MODALITY_LATENTS, oracle_posterior, sample_latents
-from breastfusion.evaluation.clinical import biopsies_avoided
+from breastfusion.evaluation.clinical_utility import biopsies_avoided
 from breastfusion.evaluation.conformal import conformal_sets, empirical_coverage, rule_out_threshold
 from breastfusion.evaluation.delong import delong_ci
 from breastfusion.evaluation.metrics import bootstrap_ci, sensitivity_threshold

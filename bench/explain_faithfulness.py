@@ -58,7 +58,7 @@ def main() -> None:
 
     manifest_dir, run_dir = work / "manifest", work / "run"
     if not (manifest_dir / "manifest.csv").is_file():
-        subprocess.run([sys.executable, "-m", "breastfusion.cli", "data", "prepare", args.dataset,
+        subprocess.run([sys.executable, "-m", "breastfusion", "data", "prepare", args.dataset,
                         "--root", str(args.root or ROOTS[args.dataset]), "--out", str(manifest_dir)], check=True)
     started = time.perf_counter()
     trained = not (run_dir / "results.json").is_file()  # else the run is reused (train_s: null)

@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from breastfusion.app.server import (CaseError, ClinicalField, clinical_fields, create_app,  # noqa: E402
                                      parse_clinical, write_case)
-from breastfusion.data.clinical import ClinicalPreprocessor  # noqa: E402
+from breastfusion.data.clinical_features import ClinicalPreprocessor  # noqa: E402
 
 
 def _png(value: int = 128, size: int = 24) -> bytes:
@@ -137,7 +137,7 @@ def test_serve_binds_to_loopback_by_default_and_warns_otherwise(monkeypatch, cap
 def test_serve_cli_refuses_a_folder_that_is_not_a_bundle(tmp_path):
     from typer.testing import CliRunner
 
-    from breastfusion.cli import app
+    from breastfusion.cli.main import app
 
     result = CliRunner().invoke(app, ["serve", str(tmp_path)])
     assert result.exit_code == 2 and "bundle.json is missing" in " ".join(result.output.split())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from typer.testing import CliRunner
 
 from breastfusion import export_bundle, load_bundle
 from breastfusion.bundle import BundleError
-from breastfusion.cli import app
+from breastfusion.cli.main import app
 from breastfusion.data.manifest import ManifestError, load_cohort
 from breastfusion.evaluation.summary import score_subjects
 from breastfusion.predict import PREDICTION_COLUMNS
@@ -167,6 +168,20 @@ def test_preprocessor_file_with_a_disallowed_type_is_refused(bundle_copy, obj, r
     _write_files_sha(bundle_copy, "clinical_fold0.skops")
     with pytest.raises(BundleError, match=rf"clinical_fold0\.skops: refusing to load type\(s\) \['{refused}'\]"):
         load_bundle(bundle_copy)
+
+
+def test_a_bundle_exported_before_the_clinical_module_rename_still_loads(bundle_copy, small_cohort_dir):
+    """Bundles written while ClinicalPreprocessor lived in ``breastfusion.data.clinical`` name that module."""
+    from .test_bundle_renames import as_exported_under
+
+    before = load_bundle(bundle_copy).predict(small_cohort_dir)
+    for k in range(2):
+        path = bundle_copy / f"clinical_fold{k}.skops"
+        path.write_bytes(as_exported_under(path.read_bytes(), "breastfusion.data.clinical",
+                                           "breastfusion.data.clinical_features"))
+        _write_files_sha(bundle_copy, path.name)
+    assert b'"breastfusion.data.clinical"' in zipfile.ZipFile(bundle_copy / "clinical_fold0.skops").read("schema.json")
+    pd.testing.assert_frame_equal(load_bundle(bundle_copy).predict(small_cohort_dir), before)
 
 
 @pytest.mark.parametrize("blank", ["drop_column", "empty_values"])

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 import breastfusion.experiment.demo as demo_module
-from breastfusion.cli import app
+from breastfusion.cli.main import app
 
 from .conftest import TINY_MODEL, TINY_TRAINING
 

@@ -17,9 +17,9 @@ from sklearn.metrics import precision_score, recall_score, roc_auc_score
 from typer.testing import CliRunner
 
 from breastfusion import export_bundle, load_bundle
-from breastfusion.cli import app
+from breastfusion.cli.main import app
 from breastfusion.data.synthetic.cohort import generate_cohort
-from breastfusion.evaluation._checks import MetricInputError
+from breastfusion.evaluation.input_checks import MetricInputError
 from breastfusion.evaluation.external import TRANSFER_ADVICE, decision_metrics, prevalence_shift, score_shift
 from breastfusion.predict import external_validation, training_scores
 

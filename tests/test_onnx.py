@@ -17,7 +17,7 @@ pytest.importorskip("onnx", reason="ONNX export is an optional extra: pip instal
 
 from breastfusion import export_bundle, load_bundle  # noqa: E402
 from breastfusion.bundle import BundleError  # noqa: E402
-from breastfusion.cli import app  # noqa: E402
+from breastfusion.cli.main import app  # noqa: E402
 from breastfusion.config import load_config  # noqa: E402
 from breastfusion.data.manifest import load_cohort  # noqa: E402
 from breastfusion.data.synthetic.cohort import generate_cohort  # noqa: E402

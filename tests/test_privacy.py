@@ -78,7 +78,7 @@ def test_no_identifying_dicom_value_reaches_any_output(tmp_path, monkeypatch):
 
     from breastfusion import export_bundle, load_bundle
     from breastfusion.app import create_app
-    from breastfusion.cli import app as cli
+    from breastfusion.cli.main import app as cli
     from breastfusion.config import load_config
     from breastfusion.data.manifest import load_cohort
     from breastfusion.data.synthetic.cohort import generate_cohort

@@ -33,7 +33,7 @@ def test_plain_progress_writes_on_changes_and_periodically():
 
 
 def test_a_run_with_output_to_a_pipe_prints_progress_lines(tmp_path):
-    from breastfusion.cli import app
+    from breastfusion.cli.main import app
     from breastfusion.data.synthetic.cohort import generate_cohort
 
     generate_cohort(tmp_path / "c", n_subjects=20, seed=0, image_px=48)

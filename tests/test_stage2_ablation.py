@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 import breastfusion.experiment.demo as demo_module
 from breastfusion.experiment.ablation import ABLATION_COLUMNS, expand_ablation
-from breastfusion.cli import app
+from breastfusion.cli.main import app
 from breastfusion.config import load_config
 from breastfusion.data.manifest import load_cohort
 from breastfusion.experiment.crossval import MissingModalityError, check_modalities, cross_validate, network_spec

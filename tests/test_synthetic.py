@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 from scipy import stats
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import cross_val_predict
 
-from breastfusion.data.images import load_images
 from breastfusion.data.manifest import load_cohort
 from breastfusion.data.synthetic.cohort import generate_cohort, load_oracle
 from breastfusion.data.synthetic.latents import MODALITY_LATENTS, oracle_posterior, sample_latents
@@ -51,7 +51,9 @@ def test_rendered_images_carry_signal(small_cohort_dir, modality):
     """Even a linear model on 16-px thumbnails separates the classes above chance."""
     extra = generate_cohort(small_cohort_dir.parent / f"signal_{modality}", n_subjects=300, seed=8, image_px=64)
     rows = extra.manifest[extra.manifest["modality"] == modality].drop_duplicates("subject_id")
-    x = load_images([str(extra.root / p) for p in rows["path"]], 16).reshape(len(rows), -1) / 255.0
+    thumbnails = [Image.open(extra.root / p).convert("L").resize((16, 16), Image.Resampling.BILINEAR, reducing_gap=2.0)
+                  for p in rows["path"]]  # the cohort's PNGs are square 8-bit greyscale
+    x = np.stack([np.asarray(t) for t in thumbnails]).reshape(len(rows), -1) / 255.0
     y = (rows["label"] == "malignant").astype(int).to_numpy()
     scores = cross_val_predict(LogisticRegression(C=0.05, max_iter=2000), x, y, cv=5, method="predict_proba")[:, 1]
     assert roc_auc_score(y, scores) > 0.6

@@ -41,7 +41,7 @@ Loading never unpickles. Networks are safetensors. The preprocessors are read
 and stage-2 learners are read with ``skops.io.load``, trusting only classes (never functions: a crafted file
 could call a trusted callable, e.g. ``builtins.eval`` or ``numpy.load``) from
 scikit-learn, the array and dtype classes of NumPy, SciPy's sparse matrices,
-plain built-in data types and :class:`~breastfusion.data.clinical.ClinicalPreprocessor`;
+plain built-in data types and :class:`~breastfusion.data.clinical_features.ClinicalPreprocessor`;
 anything else is refused, naming the file and the type. The sha256s detect a
 file changed or damaged after export; they are not a signature (whoever can
 edit the files can edit ``bundle.json``), which is why the loading itself is safe.
@@ -66,9 +66,10 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from breastfusion import __version__
-from breastfusion.bundle_meta import BundleMetaError, validate_meta
+from breastfusion.bundle_meta import BundleError, BundleMetaError, validate_meta
+from breastfusion.bundle_renames import with_current_modules
 from breastfusion.config import ConfigError, ExperimentConfig, load_config, reference_variant
-from breastfusion.data.clinical import ClinicalPreprocessor
+from breastfusion.data.clinical_features import ClinicalPreprocessor
 from breastfusion.data.manifest import IMAGE_MODALITIES, Cohort
 from breastfusion.data.preprocess import Params
 from breastfusion.versions import library_versions
@@ -93,10 +94,6 @@ _SAFE_BUILTINS = frozenset(f"builtins.{name}" for name in (
     "slice", "NoneType"))
 _CALIBRATION_COLUMNS = ["fold", "subject_id", "lesion_id", "y", "prob", "split"]
 _VERSIONED = ("breastfusion", "torch", "timm", "scikit-learn", "numpy", "pandas", "safetensors", "skops")
-
-
-class BundleError(ValueError):
-    """A bundle cannot be written or read; the message names the file and what to do."""
 
 
 @dataclass
@@ -455,6 +452,7 @@ def _load_skops(path: Path, data: bytes, expected: type, what: str) -> Any:
     """A skops file's object, after checking every type it would construct against the allowlist."""
     import skops.io
 
+    data = with_current_modules(data)  # a bundle exported before a module rename names the old module
     try:
         untrusted = skops.io.get_untrusted_types(data=data)
     except Exception as exc:  # a damaged or foreign file: skops raises many kinds
@@ -491,7 +489,7 @@ def load_clinical_preprocessor(path: Path) -> ClinicalPreprocessor:
 
     Raises:
         BundleError: the file is unreadable, would construct a type outside the allowlist (naming it), or
-            holds something other than a :class:`~breastfusion.data.clinical.ClinicalPreprocessor`.
+            holds something other than a :class:`~breastfusion.data.clinical_features.ClinicalPreprocessor`.
     """
     return _load_preprocessor(Path(path), Path(path).read_bytes())
 

@@ -1,8 +1,12 @@
-"""The schema of ``bundle.json`` (pydantic): every key and value a bundle records, checked before anything loads.
+"""The bundle's contract: the schema of ``bundle.json`` (pydantic) and :class:`BundleError`.
+
+:class:`BundleError` lives here, not in :mod:`breastfusion.bundle`, so that :mod:`breastfusion.predict`
+(which :class:`~breastfusion.bundle.Bundle`'s ``predict`` calls) can raise it without importing the
+bundle module back.
 
 :func:`validate_meta` turns each problem into one line that names the key, what was found and what
 was expected, so a hand-edited or damaged ``bundle.json`` (``n_folds: "abc"``, ``variant: ["x"]``, a
-file name with a slash) is refused as a :class:`~breastfusion.bundle.BundleError`, never a
+file name with a slash) is refused as a :class:`BundleError`, never a
 ``TypeError`` three calls later. The model is strict (no "2" for 2) and closed (unknown keys are
 refused): a bundle written by a newer format is refused earlier, by its ``format_version``.
 """
@@ -13,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
-__all__ = ["BundleMeta", "BundleMetaError", "validate_meta"]
+__all__ = ["BundleError", "BundleMeta", "BundleMetaError", "validate_meta"]
 
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 #: A plain file name inside the bundle folder: no separators, not hidden, not ``.``/``..``.
@@ -21,6 +25,10 @@ FileName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.\
 Modality = Literal["mammography", "ultrasound", "clinical"]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Count = Annotated[int, Field(ge=0)]
+
+
+class BundleError(ValueError):
+    """A bundle cannot be written or read; the message names the file and what to do."""
 
 
 class BundleMetaError(ValueError):

@@ -104,6 +104,9 @@ class TrainingConfig(_Strict):
                                           "of each image and its mirror image (validation, calibration, test, "
                                           "bundles)")
     seed: int = 0
+    seeds: int = Field(1, ge=1, le=20, description="networks per fold trained from different seeds (member j: the "
+                       "fold seed + 10^7 j), their logits averaged: a seed ensemble (K x the training time). "
+                       "Stage 2 and Score-CAM need a single network and refuse seeds > 1")
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     augment: bool = True
     finetune_epochs: int = Field(5, ge=1, description="epochs of a multimodal variant whose branches start "
@@ -279,6 +282,10 @@ class ExperimentConfig(_Strict):
     def _check_variant_models(self) -> "ExperimentConfig":
         for name in self.variants:
             self.variant_model(name)  # raises on a bad override
+            if self.training.seeds > 1 and self.variant(name).stage2 != "none":
+                raise ValueError(f"variant {name!r}: stage2 {self.variant(name).stage2!r} learns from one "
+                                 f"network's deep features, but training.seeds is {self.training.seeds} (a seed "
+                                 "ensemble); use training.seeds: 1 or stage2: none")
         return self
 
     @field_serializer("variants")

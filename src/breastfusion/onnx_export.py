@@ -73,9 +73,9 @@ class OnnxFoldNetwork(nn.Module):
         from breastfusion.training.module import LesionClassifier
 
         self.module = LesionClassifier(net.eval(), lr=1.0, weight_decay=0.0, epochs=1, augment=False, tta=tta).eval()
-        self.names = input_names(tuple(net.branches))
+        self.names = input_names(tuple(net.modalities))
         self.features = features
-        self.block_names = list(net.branches) if features else []
+        self.block_names = list(net.modalities) if features else []
 
     def forward(self, *tensors: torch.Tensor):
         batch = dict(zip(self.names, tensors))
@@ -88,7 +88,7 @@ class OnnxFoldNetwork(nn.Module):
 def _example(net: nn.Module, image_sizes: dict[str, int], n_clinical: int, batch: int = 2) -> tuple:
     views = {"mammography": 2, "ultrasound": 1}
     out: list[torch.Tensor] = []
-    for m in net.branches:
+    for m in net.modalities:
         if m in IMAGE_MODALITIES:
             s = image_sizes[m]
             out += [torch.randint(0, 256, (batch, views[m], 1, s, s), dtype=torch.uint8),

@@ -31,12 +31,13 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import torch
 
-from breastfusion.bundle import Bundle, BundleError
+from breastfusion.bundle_meta import BundleError
 from breastfusion.data.cache import ArrayCache
 from breastfusion.data.manifest import LABELS, Cohort, load_cohort
 from breastfusion.data.tensors import LesionDataset, build_lesion_images, clinical_features_for, modalities_used
@@ -46,6 +47,9 @@ from breastfusion.evaluation.metrics import auc_with_ci
 from breastfusion.evaluation.summary import score_fold
 from breastfusion.data.transforms import prepare_batch
 from breastfusion.training.module import tta_logits
+
+if TYPE_CHECKING:  # annotations only: Bundle calls this module, so importing it back would make a circle
+    from breastfusion.bundle import Bundle
 
 __all__ = ["RUNTIMES", "PREDICTION_COLUMNS", "as_cohort", "fit_to_bundle", "predict_lesions", "score_folds",
            "combine_folds", "training_scores", "external_validation"]

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from breastfusion.cli import app
+from breastfusion.cli.main import app
 from breastfusion.data.adapters import (
     ADAPTERS,
     AdapterOptionError,

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from breastfusion.cli import app
+from breastfusion.cli.main import app
 from breastfusion.data.adapters import DatasetLayoutError, get_adapter, write_prepared
 from breastfusion.data.cache import ArrayCache, preprocess_cohort
 from breastfusion.data.manifest import ManifestError, load_cohort

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from breastfusion.cli import app
+from breastfusion.cli.main import app
 from breastfusion.data.adapters import get_adapter, write_prepared
 from breastfusion.data.check import check_cohort, group_duplicates
 from breastfusion.data.manifest import load_cohort

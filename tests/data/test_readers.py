@@ -6,13 +6,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from breastfusion.data.images import read_grayscale
 from breastfusion.data.preprocess import MammographyParams, preprocess
 from breastfusion.data.readers import read_image
 
 from .conftest import assert_named_read_error, breast_phantom, make_dicom
 
 RAMP = (np.arange(40 * 30).reshape(40, 30) % 256).astype(np.uint8)
+
+
+def read_grayscale(path) -> np.ndarray:
+    """``read_image``'s pixels (0..1) back on the 8-bit scale, to compare with the image that was saved."""
+    return np.rint(read_image(path).pixels * 255).astype(np.uint8)
 
 
 @pytest.mark.parametrize("name, save", [

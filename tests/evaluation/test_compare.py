@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from breastfusion.cli import app
+from breastfusion.cli.main import app
 from breastfusion.evaluation.compare import RunComparisonError, compare_runs
 from breastfusion.evaluation.delong import delong_ci, delong_test
 

@@ -7,7 +7,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from breastfusion.config import EvaluationConfig
-from breastfusion.evaluation.clinical import Recalibrator
+from breastfusion.evaluation.clinical_utility import Recalibrator
 from breastfusion.evaluation.delong import delong_test
 from breastfusion.evaluation.metrics import brier_score, expected_calibration_error, youden_threshold
 from breastfusion.evaluation.summary import (

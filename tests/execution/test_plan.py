@@ -89,7 +89,7 @@ def test_cli_executor_flags_change_only_where_it_runs():
 def test_run_refuses_an_unknown_executor(tmp_path):
     from typer.testing import CliRunner
 
-    from breastfusion.cli import app
+    from breastfusion.cli.main import app
 
     result = CliRunner().invoke(app, ["run", "--manifest", str(tmp_path), "--executor", "spark"])
     assert result.exit_code == 2 and "--executor should be one of" in result.output

@@ -133,7 +133,7 @@ def test_restrict_cohort_keeps_the_subjects_rows_and_their_clinical_data(cohort_
 
 
 def test_ablate_cli_writes_the_nested_selection(cohort_dir, tmp_path):
-    from breastfusion.cli import app
+    from breastfusion.cli.main import app
 
     config = tmp_path / "nested.yaml"
     config.write_text("name: nested\ncache: false\nvariants:\n  ultrasound: [ultrasound]\n  clinical: [clinical]\n"

@@ -7,7 +7,7 @@ import json
 import pandas as pd
 from typer.testing import CliRunner
 
-from breastfusion.cli import app
+from breastfusion.cli.main import app
 from breastfusion.report.figures import FIGURES
 from breastfusion.experiment.run_artifacts import load_run
 

@@ -8,8 +8,8 @@ import re
 from rich.console import Console
 from typer.testing import CliRunner
 
-from breastfusion.cli import app
-from breastfusion.models.cli import attention_rows, zoo_rows
+from breastfusion.cli.main import app
+from breastfusion.cli.models import attention_rows, zoo_rows
 from breastfusion.models.zoo import ZOO
 
 runner = CliRunner()
@@ -50,7 +50,7 @@ def _whole(name: str, text: str) -> bool:
 
 def test_models_list_to_a_pipe_prints_every_name_whole_however_narrow(monkeypatch):
     """``breastfusion models list | cat`` on a narrow terminal: no table to ellipsize, one tab-separated row each."""
-    import breastfusion.models.cli as models_cli
+    import breastfusion.cli.models as models_cli
 
     monkeypatch.setattr(models_cli, "console", Console(width=40))  # what a 40-column COLUMNS gives rich
     result = runner.invoke(app, ["models", "list"], env={"COLUMNS": "40"})
@@ -66,7 +66,7 @@ def test_models_list_to_a_pipe_prints_every_name_whole_however_narrow(monkeypatc
 
 def test_models_list_on_a_narrow_terminal_keeps_names_whole(monkeypatch):
     """On a terminal the table stays, but the name column neither wraps nor ellipsizes."""
-    import breastfusion.models.cli as models_cli
+    import breastfusion.cli.models as models_cli
 
     screen = io.StringIO()
     monkeypatch.setattr(models_cli, "console", Console(file=screen, width=60, force_terminal=True, color_system=None))

@@ -8,7 +8,6 @@ from torch import nn
 
 from breastfusion.models.attention import ATTENTIONS, count_parameters
 from breastfusion.models.encoders import ImageEncoder, create_encoder
-from breastfusion.models.targets import default_target_layer
 from breastfusion.models.zoo import FAMILIES, ZOO
 
 SIZE = 32  # every zoo encoder reduces by 32 at most: a 1×1 final map (ViTs: 2×2 patches, dynamic size)
@@ -71,31 +70,6 @@ def test_training_step_reaches_every_parameter():
         encoder(torch.randn(2, 1, 32, 32)).square().mean().backward()
         lost = [n for n, p in encoder.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
         assert not lost, f"{name}: parameters without a finite gradient: {lost[:5]}"
-
-
-@pytest.mark.parametrize(("name", "expected"), [
-    ("resnet18_slim", "backbone.layer4"),
-    ("convnext_atto_slim", "backbone.stages.3"),
-    ("efficientnet_b0", "backbone.bn2"),
-    ("densenet121", "backbone.features.norm5"),
-    ("mobilenetv3_small_050", "backbone.blocks.5"),
-    ("vit_tiny_patch16_224", "feature_map"),
-])
-def test_default_target_layer_is_the_last_spatial_map(name, expected):
-    encoder = create_encoder(name, attention="eca").eval()
-    layer = default_target_layer(encoder)
-    assert dict(encoder.named_modules())[expected] is layer
-    seen = []
-    handle = layer.register_forward_hook(lambda _m, _i, out: seen.append(out))
-    with torch.no_grad():
-        encoder(torch.randn(1, 1, 64, 64))
-    handle.remove()
-    assert seen and seen[0].ndim == 4 and seen[0].shape[-1] >= 1
-
-
-def test_default_target_layer_refuses_other_modules():
-    with pytest.raises(TypeError, match="expects an ImageEncoder, got Linear"):
-        default_target_layer(nn.Linear(2, 2))
 
 
 def test_same_seed_same_encoder():

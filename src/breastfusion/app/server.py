@@ -87,7 +87,7 @@ class ClinicalField:
 
 
 def clinical_fields(preprocessor: Any) -> list[ClinicalField]:
-    """The clinical variables a fitted :class:`~breastfusion.data.clinical.ClinicalPreprocessor` reads, in its order."""
+    """The clinical variables a fitted ``data.clinical_features.ClinicalPreprocessor`` reads, in its order."""
     types = preprocessor.types_
     categories = getattr(preprocessor, "categories_", {})
     out = [ClinicalField(c, "numeric") for c in types.get("numeric", [])]

@@ -28,7 +28,7 @@ from breastfusion.data.preprocess import Box, Params, preprocess
 from breastfusion.data.readers import read_image
 
 __all__ = ["PIPELINE_VERSION", "ArrayCache", "CacheInfo", "CohortImages", "default_cache_dir", "file_digest",
-           "load_prepared", "preprocess_cohort"]
+           "load_prepared", "preprocess_cohort", "read_mask", "roi_inputs"]
 
 #: Bump when decoding or preprocessing code changes what it outputs for the same parameters.
 # 2: DICOM colour, palette, multi-frame and no-window rules (data.dicom);
@@ -130,7 +130,12 @@ class ArrayCache:
         return n
 
 
-def _read_mask(paths: Sequence[str | Path]) -> np.ndarray:
+def read_mask(paths: Sequence[str | Path]) -> np.ndarray:
+    """The union of one image's ROI mask files, as a boolean (H, W) array (any non-zero pixel is inside).
+
+    Raises:
+        ImageReadError: a mask file cannot be read, naming it.
+    """
     from PIL import Image
 
     from breastfusion.data.readers import ImageReadError
@@ -175,7 +180,7 @@ def load_prepared(path: str | Path, params: Params, *, cache: ArrayCache | None 
             cache.hits += 1
             return hit
         cache.misses += 1
-    mask = _read_mask(roi_masks) if params.roi == "mask" and roi_masks else None
+    mask = read_mask(roi_masks) if params.roi == "mask" and roi_masks else None
     pixels = preprocess(read_image(path), params, roi_mask=mask, roi=roi).pixels
     if key is not None:
         cache.put(key, pixels)
@@ -199,7 +204,11 @@ class CohortImages:
     params: dict[str, dict]
 
 
-def _roi_inputs(row, root: Path) -> tuple[list[Path], Box | None]:
+def roi_inputs(row, root: Path) -> tuple[list[Path], Box | None]:
+    """A manifest row's ROI: its mask files (``mask_path``, ``|``-separated, under ``root``) and its box.
+
+    The box is ``roi_box`` as (top, left, bottom, right), or ``None`` when the row has none.
+    """
     masks = [root / p for p in str(row.get("mask_path", "") or "").split("|") if p and p != "nan"]
     box_text = str(row.get("roi_box", "") or "")
     box = tuple(int(v) for v in box_text.split(",")) if box_text and box_text != "nan" else None
@@ -229,7 +238,7 @@ def preprocess_cohort(cohort, params: dict[str, Params], *, cache: ArrayCache | 
         if row["modality"] not in params:
             continue
         modality_params = params[row["modality"]]
-        masks, box = _roi_inputs(row, cohort.root)
+        masks, box = roi_inputs(row, cohort.root)
         try:
             arrays[row["path"]] = load_prepared(row["path"], modality_params, cache=cache, roi_masks=masks, roi=box)
         except (ImageReadError, PreprocessError, FileNotFoundError) as exc:

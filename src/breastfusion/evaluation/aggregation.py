@@ -28,7 +28,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted
 
-from breastfusion.evaluation._checks import MetricInputError, SingleClassError
+from breastfusion.evaluation.input_checks import MetricInputError, SingleClassError
 from breastfusion.evaluation.metrics import subject_level
 
 __all__ = ["AGGREGATIONS", "LearnedAggregator", "aggregate", "subject_features"]

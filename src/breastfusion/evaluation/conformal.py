@@ -29,7 +29,7 @@ import numpy as np
 from crepes import ConformalClassifier
 from scipy.stats import beta as beta_dist
 
-from breastfusion.evaluation._checks import MetricInputError, check_labels_scores, check_probability
+from breastfusion.evaluation.input_checks import MetricInputError, check_labels_scores, check_probability
 
 __all__ = [
     "RuleOutThreshold",

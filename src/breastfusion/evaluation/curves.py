@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import roc_curve
 
-from breastfusion.evaluation._checks import MetricInputError, check_labels_scores, check_probability
+from breastfusion.evaluation.input_checks import MetricInputError, check_labels_scores, check_probability
 
 __all__ = ["roc_band"]
 

@@ -27,7 +27,7 @@ import numpy as np
 from scipy.special import expit, logit
 from scipy.stats import norm, rankdata
 
-from breastfusion.evaluation._checks import MetricInputError, check_labels_scores, check_probability
+from breastfusion.evaluation.input_checks import MetricInputError, check_labels_scores, check_probability
 
 __all__ = [
     "DeLongCI",

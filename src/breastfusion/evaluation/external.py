@@ -30,7 +30,7 @@ import numpy as np
 from scipy.stats import fisher_exact, ks_2samp
 from sklearn.metrics import confusion_matrix
 
-from breastfusion.evaluation._checks import MetricInputError
+from breastfusion.evaluation.input_checks import MetricInputError
 
 __all__ = ["PREVALENCE_ALPHA", "PREVALENCE_TOLERANCE", "SCORE_ALPHA", "TRANSFER_ADVICE", "decision_metrics",
            "prevalence_shift", "score_shift", "json_safe"]

@@ -21,7 +21,7 @@ import pandas as pd
 from scipy.stats import rankdata
 from sklearn.metrics import brier_score_loss, roc_auc_score, roc_curve
 
-from breastfusion.evaluation._checks import (
+from breastfusion.evaluation.input_checks import (
     MetricInputError,
     SingleClassError,
     check_labels_scores,
@@ -43,6 +43,7 @@ __all__ = [
     "bootstrap_cis",
     "youden_threshold",
     "sensitivity_threshold",
+    "bin_index",
 ]
 
 #: Metrics of a thresholded decision (subject positive when ``p >= threshold``).
@@ -82,7 +83,7 @@ def _batched_brier(Y: np.ndarray, P: np.ndarray) -> np.ndarray:
     return np.mean((P - Y) ** 2, axis=1)
 
 
-def _bin_index(P: np.ndarray, n_bins: int) -> np.ndarray:
+def bin_index(P: np.ndarray, n_bins: int) -> np.ndarray:
     """Equal-width bin of each probability: bin b holds [b/B, (b+1)/B), the last bin also holds 1.
 
     The same rule as scikit-learn's ``calibration_curve(strategy="uniform")``.
@@ -93,7 +94,7 @@ def _bin_index(P: np.ndarray, n_bins: int) -> np.ndarray:
 
 def _batched_ece(Y: np.ndarray, P: np.ndarray, n_bins: int = 10) -> np.ndarray:
     B, n = P.shape
-    flat = (_bin_index(P, n_bins) + n_bins * np.arange(B)[:, None]).ravel()
+    flat = (bin_index(P, n_bins) + n_bins * np.arange(B)[:, None]).ravel()
     sum_y = np.bincount(flat, weights=Y.ravel().astype(float), minlength=B * n_bins).reshape(B, n_bins)
     sum_p = np.bincount(flat, weights=P.ravel(), minlength=B * n_bins).reshape(B, n_bins)
     return np.abs(sum_y - sum_p).sum(axis=1) / n  # sum_b (n_b/n) |mean_y_b - mean_p_b|

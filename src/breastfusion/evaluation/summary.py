@@ -28,9 +28,9 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from breastfusion.config import EvaluationConfig
-from breastfusion.evaluation._checks import MetricInputError
+from breastfusion.evaluation.input_checks import MetricInputError
 from breastfusion.evaluation.aggregation import aggregate
-from breastfusion.evaluation.clinical import (
+from breastfusion.evaluation.clinical_utility import (
     Recalibrator,
     biopsies_avoided,
     calibration_curve_data,

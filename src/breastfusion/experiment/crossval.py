@@ -33,14 +33,14 @@ from safetensors.torch import load_file, save_file
 
 from breastfusion.config import ExperimentConfig, ModelConfig, TrainingConfig
 from breastfusion.data.cache import ArrayCache
-from breastfusion.data.clinical import ClinicalPreprocessor
+from breastfusion.data.clinical_features import ClinicalPreprocessor
 from breastfusion.data.manifest import IMAGE_MODALITIES, Cohort
 from breastfusion.data.preprocess import Params, params_for
 from breastfusion.data.tensors import (LesionDataset, LesionImages, build_lesion_images, clinical_features_for,
                                        modalities_used)
 from breastfusion.evaluation.splits import official_split, subject_folds
 from breastfusion.experiment.run_folder import CheckpointLayout, fold_tag, save_skops
-from breastfusion.models.network import build_network
+from breastfusion.models.network import SeedEnsemble, build_network, member_seed
 from breastfusion.models.score_fusion import average_scores, fit_clinical_model
 from breastfusion.models.stage2 import FeatureTable, Stage2Ensemble, feature_table, group_permutation_importance
 from breastfusion.training.fit import EpochEnd, clear_work_dir, extract_features, fit_predict, predict_probs
@@ -110,7 +110,9 @@ class NetworkSpec:
             "fusion_hidden": m.fusion_hidden if m.fusion == "gated" else None,
             "null_slot": True if m.fusion == "gated" and m.fusion_null_slot else None,
             "late_weights": m.late_weights if m.fusion == "late" else None,
-            "training": self.training.model_dump(mode="json", exclude=_RUNTIME_KEYS),
+            # seeds: 1 is left out so the networks trained before seed ensembles existed keep their keys
+            "training": self.training.model_dump(mode="json", exclude=_RUNTIME_KEYS
+                                                 | ({"seeds"} if self.training.seeds == 1 else set())),
             "init": [s.key for s in self.init],
         }
         return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
@@ -336,30 +338,44 @@ class _Runner:
         if paths is None or not (paths[0].is_file() and paths[1].is_file()):
             return None
         if self.on_epoch:
-            for epoch in range(spec.training.epochs):
-                self.on_epoch(EpochEnd(epoch + 1, spec.training.epochs))  # loaded, not trained: no loss
+            for _ in range(spec.training.seeds):
+                for epoch in range(spec.training.epochs):
+                    self.on_epoch(EpochEnd(epoch + 1, spec.training.epochs))  # loaded, not trained: no loss
         return _Trained(load_file(str(paths[0])), pd.read_csv(paths[1], dtype={"subject_id": str, "lesion_id": str}))
 
-    def build(self, spec: NetworkSpec, fold: _Fold, state: dict[str, torch.Tensor] | None = None):
-        net = build_network(spec.modalities, spec.model, fold.n_clinical if "clinical" in spec.modalities else 0)
+    def build(self, spec: NetworkSpec, fold: _Fold, state: dict[str, torch.Tensor] | None = None, *,
+              seeds: int | None = None):
+        """The network of ``spec`` on ``fold`` (a :class:`SeedEnsemble` when ``training.seeds > 1``, unless
+        ``seeds`` says otherwise), with ``state`` loaded when given."""
+        net = build_network(spec.modalities, spec.model, fold.n_clinical if "clinical" in spec.modalities else 0,
+                            seeds=spec.training.seeds if seeds is None else seeds)
         if state is not None:
             net.load_state_dict(state)
         return net
 
     def _train(self, spec: NetworkSpec, fold: _Fold, init: list[_Trained]) -> _Trained:
         seed = fold_seed(self.config, fold.k, fold.repeat)
-        torch.manual_seed(seed)
-        net = self.build(spec, fold)
-        for single, trained in zip(spec.init, init):
-            (m,) = single.modalities
-            prefix = f"branches.{m}."
-            net.branches[m].load_state_dict({n[len(prefix):]: t for n, t in trained.state.items()
-                                             if n.startswith(prefix)})
+        n_members = spec.training.seeds
         paths = self._paths(spec, fold)
         datasets = {split: self.dataset(fold, split, spec.modalities) for split in self._splits(fold)}
-        probs = fit_predict(net, datasets["fit"], datasets["test"], spec.training, seed=seed,
-                            val=datasets.get("validation"), work_dir=paths[2] if paths else None,
-                            on_epoch=self.on_epoch)
+        members = []
+        for j in range(n_members):
+            # Member j: initialised and trained from its own seed (member 0 is the single network seeds: 1 trains).
+            torch.manual_seed(member_seed(seed, j))
+            member = self.build(spec, fold, seeds=1)
+            prefix = f"members.{j}." if n_members > 1 else ""
+            for single, trained in zip(spec.init, init):
+                (m,) = single.modalities
+                start = f"{prefix}branches.{m}."
+                member.branches[m].load_state_dict({n[len(start):]: t for n, t in trained.state.items()
+                                                    if n.startswith(start)})
+            work_dir = None if paths is None else (paths[2] / f"member{j}" if n_members > 1 else paths[2])
+            probs = fit_predict(member, datasets["fit"], datasets["test"], spec.training, seed=member_seed(seed, j),
+                                val=datasets.get("validation"), work_dir=work_dir, on_epoch=self.on_epoch)
+            members.append(member)
+        net = members[0] if n_members == 1 else SeedEnsemble(members)
+        if n_members > 1:
+            probs = predict_probs(net, datasets["test"], tta=spec.training.tta)
         # Calibration scores: the inner validation split when there is one (unseen in fitting), else the
         # training lesions themselves (in-sample).
         calib_split = "validation" if "validation" in datasets else "fit"
@@ -373,7 +389,7 @@ class _Runner:
         if paths is not None:
             paths[0].parent.mkdir(parents=True, exist_ok=True)
             save_file(state, str(paths[0]), metadata={"modalities": ",".join(spec.modalities), "fold": str(fold.k),
-                                                      "repeat": str(fold.repeat),
+                                                      "repeat": str(fold.repeat), "seeds": str(n_members),
                                                       "n_clinical_features": str(fold.n_clinical
                                                                                  if "clinical" in spec.modalities
                                                                                  else 0)})
@@ -506,7 +522,8 @@ def cross_validate(cohort: Cohort, config: ExperimentConfig, *, progress: Progre
                                  on_image=(lambda: progress.advance(decode_task)) if progress else None)
     order = sorted(config.variants, key=lambda name: len(config.modalities(name)) > 1)
     specs = {name: network_spec(config, name) for name in order}
-    total_epochs = sum(len(f) for f in repeats) * sum(s.training.epochs for s in unique_networks(specs.values()))
+    total_epochs = sum(len(f) for f in repeats) * sum(s.training.epochs * s.training.seeds
+                                                           for s in unique_networks(specs.values()))
     if config.execution.executor != "local":  # train every network elsewhere first; the pass below loads them
         from breastfusion.execution import run_trainings
 

@@ -37,8 +37,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from breastfusion.config import ExperimentConfig, load_config
-from breastfusion.data.cache import ArrayCache, _read_mask, _roi_inputs
-from breastfusion.data.clinical import ClinicalPreprocessor
+from breastfusion.data.cache import ArrayCache, read_mask as _read_mask, roi_inputs as _roi_inputs  # old local names
+from breastfusion.data.clinical_features import ClinicalPreprocessor
 from breastfusion.data.manifest import IMAGE_MODALITIES, MANIFEST_FILENAME, Cohort, load_cohort
 from breastfusion.data.preprocess import Params, preprocess, resize_pad
 from breastfusion.data.readers import read_image
@@ -48,7 +48,7 @@ from breastfusion.data.tensors import LesionDataset, LesionImages, build_lesion_
 from breastfusion.experiment.crossval import (FoldPositions, fit_clinical_preprocessor, fold_positions, network_spec,
                                                preprocessing_params)
 from breastfusion.experiment.run_folder import RunLayout
-from breastfusion.models.network import MultimodalNet, build_network
+from breastfusion.models.network import MultimodalNet, SeedEnsemble, build_network
 from breastfusion.training.module import tta_logits
 
 __all__ = ["RunFolderError", "RunArtifacts", "load_run", "load_network", "fold_checkpoint", "saved_preprocessor",
@@ -267,7 +267,7 @@ def saved_preprocessor(layout: RunLayout, fold: int) -> ClinicalPreprocessor | N
 
 def load_network(path: Path, config: ExperimentConfig, variant: str,
                  clinical_preprocessor: ClinicalPreprocessor | None = None, *,
-                 label: str = "the fold") -> MultimodalNet:
+                 label: str = "the fold") -> MultimodalNet | SeedEnsemble:
     """A checkpoint's network of ``variant``, built from ``config``, in eval mode on the CPU.
 
     Args:
@@ -298,7 +298,11 @@ def load_network(path: Path, config: ExperimentConfig, variant: str,
     model = spec.model
     model = model.model_copy(update={m: getattr(model, m).model_copy(update={"weights": None})
                                      for m in IMAGE_MODALITIES})
-    net = build_network(modalities, model, n_clinical)
+    seeds = spec.training.seeds
+    if int(meta.get("seeds", 1)) != seeds:
+        raise RunFolderError(f"{path}: holds a network of {meta['seeds']} seed(s), the config's training.seeds is "
+                             f"{seeds}")
+    net = build_network(modalities, model, n_clinical, seeds=seeds)
     try:
         net.load_state_dict(load_file(str(path)), strict=True)
     except RuntimeError as exc:

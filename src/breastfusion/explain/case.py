@@ -28,6 +28,7 @@ from breastfusion.data.tensors import LesionDataset, build_lesion_images, clinic
 from breastfusion.explain.cams import CAM_METHODS, OneImageModel, compute_cams, find_target_layer
 from breastfusion.explain.shapley import modality_shapley, no_information_prob, shapley_shares
 from breastfusion.data.transforms import prepare_batch
+from breastfusion.models.network import SingleNetworkRequired
 
 __all__ = ["ImageHeatmap", "CaseExplanation", "explain_case"]
 
@@ -87,6 +88,10 @@ def explain_case(bundle, cohort: Cohort | str | Path, *, lesion_id: str | None =
     if getattr(bundle, "stage2_learners", None) is not None:
         raise ValueError(f"bundle {bundle.root} predicts with a stage-2 learner on the networks' deep features; "
                          "case explanations cover network variants only (export one to explain it)")
+    seeds = bundle.config.training.seeds
+    if seeds > 1:
+        raise SingleNetworkRequired(f"bundle {bundle.root} holds seed ensembles (training.seeds: {seeds}); case "
+                                    "explanations (Score-CAM, modality Shapley values) need single networks")
     if getattr(bundle, "score_learners", None) is not None:
         raise ValueError(f"bundle {bundle.root} averages an image network with a clinical learner (score-level "
                          "fusion); case explanations cover network variants only (export one to explain it)")

@@ -94,7 +94,7 @@ def noise_modality_shares(cohort, *, fusion: str = "gated", training: dict[str, 
         ValueError: unknown baseline.
     """
     from breastfusion.config import load_config
-    from breastfusion.data.clinical import ClinicalPreprocessor
+    from breastfusion.data.clinical_features import ClinicalPreprocessor
     from breastfusion.data.tensors import LesionDataset, build_lesion_images, clinical_features_for
     from breastfusion.experiment.crossval import preprocessing_params
     from breastfusion.explain.shapley import (coalition_values, gate_weights, modality_shapley, no_information_prob,

@@ -31,6 +31,7 @@ from breastfusion.explain.faithfulness import (centre_heatmap, deletion_insertio
 from breastfusion.explain.gallery import overlay, plot_gallery, save_overlay, select_cases
 from breastfusion.explain.importance import clinical_permutation_importance
 from breastfusion.explain.shapley import gate_weights, modality_shapley, no_information_prob, shapley_shares
+from breastfusion.models.network import SingleNetworkRequired
 
 __all__ = ["explain_run", "default_variant", "parse_target_layers"]
 
@@ -49,12 +50,18 @@ def default_variant(art: RunArtifacts) -> str:
 
 
 def check_explainable(art: RunArtifacts, variant: str) -> None:
-    """Refuse a score-level fusion variant, naming the variants that can be explained.
+    """Refuse a score-level fusion variant, naming the variants that can be explained, and a seed ensemble.
 
     Raises:
         ValueError: ``variant`` averages an image network with a clinical learner; its heatmaps are its image
             network's and its modality split is fixed (equal weights), so explain the network variants instead.
+        SingleNetworkRequired: the run trained seed ensembles (``training.seeds > 1``).
     """
+    seeds = art.config.training.seeds
+    if seeds > 1:
+        raise SingleNetworkRequired(f"{art.root} trained seed ensembles (training.seeds: {seeds}): Score-CAM "
+                                    "heatmaps and modality Shapley values are defined on one network; rerun "
+                                    "with training.seeds: 1 to explain it")
     if art.config.variant_model(variant).fusion == "score":
         others = [v for v in art.config.variants if art.config.variant_model(v).fusion != "score"]
         raise ValueError(f"variant {variant!r} is score-level fusion (the image network's probability averaged "

@@ -9,7 +9,11 @@ from breastfusion.models.branches import ClinicalBranch, ImageBranch
 from breastfusion.models.encoders import create_encoder
 from breastfusion.models.fusion import create_fusion
 
-__all__ = ["MultimodalNet", "build_network"]
+__all__ = ["MultimodalNet", "SeedEnsemble", "SingleNetworkRequired", "build_network", "member_seed",
+           "require_single_network", "MEMBER_SEED_STRIDE"]
+
+#: Member j of a seed ensemble trains with the fold seed + j x this stride (member 0 is the single network).
+MEMBER_SEED_STRIDE = 10_000_000
 
 
 class MultimodalNet(nn.Module):
@@ -41,8 +45,63 @@ class MultimodalNet(nn.Module):
         return out
 
 
-def build_network(modalities: tuple[str, ...], model_config, n_clinical_features: int) -> MultimodalNet:
-    """Build the network for a modality subset from a :class:`~breastfusion.config.ModelConfig`."""
+class SeedEnsemble(nn.Module):
+    """Networks of one architecture trained from different seeds; its logit is the mean of theirs.
+
+    Averaging the logits of a few independently seeded networks lowers the variance a small medical dataset
+    gives a single training run (``training.seeds``). Member 0 is the network ``training.seeds: 1`` trains, so
+    an ensemble only ever adds members to it. Its weights are the members' (``members.{j}.…`` keys).
+    """
+
+    def __init__(self, members: list[MultimodalNet]):
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError(f"a seed ensemble needs at least two members, got {len(members)}")
+        if len({m.modalities for m in members}) != 1:
+            raise ValueError(f"seed ensemble members read different modalities: {[m.modalities for m in members]}")
+        self.members = nn.ModuleList(members)
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return self.members[0].modalities
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """A batch dict → the members' mean logit (B,)."""
+        return torch.stack([member(batch) for member in self.members]).mean(0)
+
+    def features(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        require_single_network(self, "deep features (stage 2)")
+        raise AssertionError("unreachable")
+
+
+class SingleNetworkRequired(ValueError):
+    """A step that reads one network's internals (its features, its encoder's activations) met a seed ensemble."""
+
+
+def require_single_network(net: nn.Module, what: str) -> MultimodalNet:
+    """``net`` itself when it is one :class:`MultimodalNet`; a clear error for a :class:`SeedEnsemble`.
+
+    Score-CAM, modality Shapley values and stage-2 features are defined on one network's branches; an
+    ensemble of K networks has K of each, and averaging their maps would explain no network that exists.
+    """
+    if isinstance(net, SeedEnsemble):
+        raise SingleNetworkRequired(f"{what} needs a single network, but this is a seed ensemble of "
+                                    f"{len(net.members)} networks (training.seeds: {len(net.members)}); "
+                                    "train with training.seeds: 1 for it")
+    return net
+
+
+def member_seed(seed: int, member: int) -> int:
+    """The training seed of seed-ensemble member ``member`` (0: ``seed`` itself)."""
+    return seed + MEMBER_SEED_STRIDE * member
+
+
+def build_network(modalities: tuple[str, ...], model_config, n_clinical_features: int, *,
+                  seeds: int = 1) -> MultimodalNet | SeedEnsemble:
+    """Build the network for a modality subset from a :class:`~breastfusion.config.ModelConfig`; with
+    ``seeds > 1`` a :class:`SeedEnsemble` of that many (untrained, differently initialised) copies."""
+    if seeds > 1:
+        return SeedEnsemble([build_network(modalities, model_config, n_clinical_features) for _ in range(seeds)])
     branches: dict[str, nn.Module] = {}
     for modality in modalities:
         if modality == "clinical":

@@ -7,15 +7,17 @@ Heavy libraries (torch, timm, Lightning) are imported inside the verbs, so
 from __future__ import annotations
 
 import logging
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from breastfusion import __version__
+from breastfusion.cli.ablation import ablate
+from breastfusion.cli.common import console, default_out, fail, progress_bar
+from breastfusion.cli.data import app as data_app, cache_app  # sub-apps; heavy imports stay inside the verbs
+from breastfusion.cli.models import app as models_app
 
 app = typer.Typer(
     name="breastfusion",
@@ -24,7 +26,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
-console = Console()
 
 
 def _version(value: bool) -> None:
@@ -39,22 +40,6 @@ def main(
                                                     help="Print the version and exit.")] = None,
 ) -> None:
     """Multimodal breast-lesion classification: mammography + ultrasound + clinical data."""
-
-
-def _default_out(name: str) -> Path:
-    return Path("runs") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
-
-
-def _progress():
-    """A live rich progress bar on a terminal; plain periodic lines when output goes to a file or a pipe."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    if not console.is_terminal:
-        from breastfusion.progress import PlainProgress
-
-        return PlainProgress(console.file)
-    return Progress(TextColumn("{task.description:<34}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=False)
 
 
 def _results_table(results: dict[str, Any]) -> Table:
@@ -74,11 +59,6 @@ def _results_table(results: dict[str, Any]) -> Table:
     return table
 
 
-def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}")
-    raise typer.Exit(code=2)
-
-
 @app.command()
 def demo(
     quick: Annotated[bool, typer.Option("--quick", help="A smaller cohort and fewer epochs (under 2 minutes).")] = False,
@@ -93,8 +73,8 @@ def demo(
     """
     from breastfusion.experiment.demo import run_demo
 
-    out = out or _default_out("demo-quick" if quick else "demo")
-    with _progress() as progress:
+    out = out or default_out("demo-quick" if quick else "demo")
+    with progress_bar() as progress:
         results = run_demo(out, quick=quick, seed=seed, progress=progress)
     console.print(_results_table(results))
     console.print(f"Run folder: [b]{out}[/b] (report: {out / 'report.html'}) · {results['runtime_s']:.0f} s")
@@ -134,20 +114,20 @@ def run(
             cfg = select_variants(cfg, [v.strip() for v in variants.split(",") if v.strip()])
         cfg = with_executor(cfg, executor, ray_address)
         if out is not None and RunLayout(out).checkpoints.root.exists() and not resume:
-            _fail(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+            fail(f"{out} already holds a run; pass --resume to continue it or choose another --out")
         if resume and out is not None and RunLayout(out).config.is_file() and not same_experiment(
                 load_config(RunLayout(out).config), cfg):
-            _fail(f"--resume: the configuration differs from the one in {RunLayout(out).config}; "
-                  f"resume with that file (`breastfusion run {out}/config.yaml --resume --out {out}`)")
+            fail(f"--resume: the configuration differs from the one in {RunLayout(out).config}; "
+                 f"resume with that file (`breastfusion run {out}/config.yaml --resume --out {out}`)")
         if cfg.manifest is None:
-            _fail("no manifest: give --manifest DIR or set `manifest:` in the config "
-                  "(or run `breastfusion synthetic --out DIR` to make one)")
+            fail("no manifest: give --manifest DIR or set `manifest:` in the config "
+                 "(or run `breastfusion synthetic --out DIR` to make one)")
         cohort = load_cohort(cfg.manifest)
-        out = out or _default_out(cfg.name)
-        with _progress() as progress:
+        out = out or default_out(cfg.name)
+        with progress_bar() as progress:
             results = run_experiment(cohort, cfg, out, progress=progress)
     except (ConfigError, ManifestError, MissingModalityError, FileNotFoundError, ExecutionError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     console.print(_results_table(results))
     console.print(f"Run folder: [b]{out}[/b]")
 
@@ -168,7 +148,7 @@ def synthetic(
         cohort = generate_cohort(out, n_subjects=n_subjects, seed=seed, prevalence=prevalence,
                                  us_frames=us_frames, missing_rate=missing_rate)
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     auc = ", ".join(f"{m} {a:.3f}" for m, a in cohort.modality_oracle_auc.items())
     console.print(f"Wrote {len(cohort.manifest)} images of {n_subjects} subjects to {out}\n"
                   f"oracle AUC {cohort.oracle_auc:.3f} (per modality: {auc})")
@@ -203,12 +183,12 @@ def explain(
 
     ids = [s.strip() for item in subjects or [] for s in item.split(",") if s.strip()] or None
     try:
-        with _progress() as progress:
+        with progress_bar() as progress:
             result = explain_run(run_dir, subjects=ids, method=method, out=out, variant=variant,
                                  target_layers=parse_target_layers(target_layer), n_cases=n_cases, seed=seed,
                                  progress=progress)
     except (RunFolderError, ValueError, KeyError, FileNotFoundError) as exc:
-        _fail(str(exc).strip("'\""))
+        fail(str(exc).strip("'\""))
     shares = result["contribution"]["share_percent"]
     console.print(f"{result['variant']}: modality contribution " +
                   " / ".join(f"{m} {v:.0f}%" for m, v in shares.items()))
@@ -257,7 +237,7 @@ def compare(
         result = compare_runs(run_a, run_b, variant_a=variant_a, variant_b=variant_b,
                               allow_different_manifest=allow_different_manifest)
     except RunComparisonError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     console.print(_comparison_table(result))
     console.print(f"z = {result['z']:.3f}, p = {result['p']:.3g} (two-sided)"
                   + (f" · left out: {result['n_only_a']} subjects only in A, {result['n_only_b']} only in B"
@@ -291,7 +271,7 @@ def export(
         export_bundle(run_dir, out, variant=variant, onnx=onnx)
         meta = load_bundle(out).meta
     except (BundleError, RunFolderError, ConfigError, FileNotFoundError, OnnxUnavailableError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     metrics = meta["metrics"]
     lo, hi = metrics["auc_ci"] or (float("nan"), float("nan"))
     console.print(f"Bundle: [b]{out}[/b] · variant {meta['variant']} ({' + '.join(meta['modalities'])}) · "
@@ -416,7 +396,7 @@ def predict(
         summary = external_validation(predictions, bundle)  # its shift warnings print through the handler
     except (BundleError, ManifestError, ImageReadError, FileNotFoundError, ValueError,
             OnnxUnavailableError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     finally:
         for logger, level in zip(notes, levels):
             logger.removeHandler(handler)
@@ -447,20 +427,13 @@ def serve(
     try:
         bundle = load_bundle(bundle_dir)
     except (BundleError, FileNotFoundError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     console.print(f"Serving [b]{bundle_dir}[/b] ({bundle.variant}) at http://{host}:{port}/ (Ctrl+C stops)")
     serve_app(bundle, host=host, port=port, max_upload_bytes=int(max_upload_mb * 2**20))
 
-from breastfusion.ablation_cli import ablate  # noqa: E402
-
 app.command()(ablate)
-
-from breastfusion.data.cli import app as data_app, cache_app  # noqa: E402  (sub-apps; heavy imports stay inside)
-
 app.add_typer(data_app, name="data")
 app.add_typer(cache_app, name="cache")
-
-from breastfusion.models.cli import app as models_app  # noqa: E402
 app.add_typer(models_app, name="models")
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from breastfusion.data.clinical import ClinicalPreprocessor, infer_column_types
+from breastfusion.data.clinical_features import ClinicalPreprocessor, infer_column_types
 
 TRAIN = pd.DataFrame({
     "subject_id": ["a", "b", "c", "d"],

@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from breastfusion.cli.common import console, default_out, fail, progress_bar
+
 __all__ = ["ablate"]
 
 
@@ -38,7 +40,6 @@ def ablate(
     (K grouped inner folds), and the chosen models' outer-fold AUC is reported (nested_selection.json).
     """
     from breastfusion.experiment.ablation import expand_ablation
-    from breastfusion.cli import _default_out, _fail, _progress, console
     from breastfusion.config import ConfigError, load_config
     from breastfusion.data.manifest import ManifestError, load_cohort
     from breastfusion.experiment.demo import make_synthetic_cohort, quick_overrides
@@ -48,18 +49,18 @@ def ablate(
     from breastfusion.experiment.run_folder import RunLayout
 
     if dataset not in (None, "synthetic"):
-        _fail(f"--dataset should be `synthetic` (for a real cohort give --manifest DIR), got {dataset!r}")
+        fail(f"--dataset should be `synthetic` (for a real cohort give --manifest DIR), got {dataset!r}")
     if dataset and manifest:
-        _fail("give either --dataset synthetic or --manifest DIR, not both")
+        fail("give either --dataset synthetic or --manifest DIR, not both")
     try:
         cfg = load_config(config, manifest=manifest)
         if quick:
             cfg = quick_overrides(cfg)
         cfg, changes = expand_ablation(with_executor(cfg, executor, ray_address))
-        out = out or _default_out(f"{cfg.name}-ablation")
+        out = out or default_out(f"{cfg.name}-ablation")
         if RunLayout(out).checkpoints.root.exists():
-            _fail(f"{out} already holds a run; choose another --out")
-        with _progress() as progress:
+            fail(f"{out} already holds a run; choose another --out")
+        with progress_bar() as progress:
             if dataset == "synthetic" or cfg.manifest is None:
                 cohort = make_synthetic_cohort(cfg, RunLayout(out).cohort, progress=progress)
             else:
@@ -68,7 +69,7 @@ def ablate(
             nested = _nested(cohort, cfg, out, nested_inner_folds, progress) if nested_inner_folds else None
     except (ConfigError, ManifestError, MissingModalityError, FileNotFoundError, KeyError, ValueError,
             ExecutionError) as exc:
-        _fail(str(exc).strip("'\""))
+        fail(str(exc).strip("'\""))
     console.print(_ablation_table(results))
     if nested is not None:
         console.print(_nested_table(nested))

@@ -1,4 +1,4 @@
-"""Input checks shared by the evaluation statistics (metrics, DeLong, clinical, conformal).
+"""Input checks shared by the evaluation statistics (metrics, DeLong, clinical utility, conformal, curves, aggregation).
 
 Every public statistic validates its inputs here, so a bad call fails the
 same way everywhere: a typed exception whose message names the argument,

@@ -7,7 +7,7 @@ import pytest
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import roc_auc_score
 
-from breastfusion.evaluation.clinical import (
+from breastfusion.evaluation.clinical_utility import (
     Recalibrator,
     biopsies_avoided,
     biopsies_avoided_at_sensitivity,

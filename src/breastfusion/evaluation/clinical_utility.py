@@ -20,13 +20,13 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_curve
 from sklearn.utils.validation import check_is_fitted
 
-from breastfusion.evaluation._checks import (
+from breastfusion.evaluation.input_checks import (
     MetricInputError,
     check_labels_scores,
     check_probability,
     check_unit_interval,
 )
-from breastfusion.evaluation.metrics import _bin_index, sensitivity_threshold, threshold_metrics
+from breastfusion.evaluation.metrics import bin_index, sensitivity_threshold, threshold_metrics
 
 __all__ = [
     "specificity_at_sensitivity",
@@ -190,7 +190,7 @@ def calibration_curve_data(y, p, *, n_bins: int = 10, level: float = 0.95) -> pd
     if int(n_bins) != n_bins or n_bins < 1:
         raise MetricInputError(f"n_bins should be a positive integer, got {n_bins!r}")
     level = check_probability(level, name="level")
-    b = _bin_index(p, int(n_bins))
+    b = bin_index(p, int(n_bins))
     rows = []
     for k in np.unique(b):
         mask = b == k
