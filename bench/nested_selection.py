@@ -5,7 +5,7 @@ Usage:
 
 For each seed: a synthetic cohort (``--subjects`` subjects at 32 px), six candidate variants of similar
 strength (ultrasound with no attention / ECA / CBAM, mammography, clinical, ultrasound + clinical) with timm's
-small test ResNet, 5 outer folds; :func:`breastfusion.evaluation.nested.nested_selection` with ``--inner``
+small test ResNet, 5 outer folds; :func:`breastfusion.experiment.nested.nested_selection` with ``--inner``
 inner folds. Reports per seed the naive AUC (best candidate chosen on the outer test folds), the selected
 AUC (chosen inside each outer training fold), their difference (optimism), the choices per fold and the
 seconds taken. Prints and writes ``bench/results/nested_selection.json``; asserts nothing.
@@ -44,7 +44,7 @@ def main() -> None:
     from breastfusion.config import load_config
     from breastfusion.data.manifest import load_cohort
     from breastfusion.data.synthetic.cohort import generate_cohort
-    from breastfusion.evaluation.nested import nested_selection
+    from breastfusion.experiment.nested import nested_selection
 
     rows = []
     for seed in args.seeds:

@@ -19,7 +19,8 @@ from breastfusion.cli.main import app
 from breastfusion.data.manifest import ManifestError, load_cohort
 from breastfusion.evaluation.summary import score_subjects
 from breastfusion.predict import PREDICTION_COLUMNS
-from breastfusion.run_artifacts import load_run, prepare_batch
+from breastfusion.data.transforms import prepare_batch
+from breastfusion.experiment.run_artifacts import load_run
 
 from .conftest import TINY_MODEL
 
@@ -488,3 +489,67 @@ def _no_error():
     import contextlib
 
     return contextlib.nullcontext()
+
+
+def test_export_copies_the_runs_saved_preprocessors_so_the_cohort_may_be_gone(small_cohort_dir, tmp_path):
+    """The cross-validation fits each fold's clinical preprocessor once and saves it in the run folder; export
+    copies it, so a clinical variant exports after its cohort folder is deleted, and each bundled preprocessor
+    transforms the clinical table exactly as the run's fold preprocessor (fitted as the run fits it) does. A run
+    without the saved files (made before they were saved) refits them from the cohort, which it then needs."""
+    from breastfusion.config import load_config
+    from breastfusion.experiment.crossval import fit_clinical_preprocessor
+    from breastfusion.experiment.run import run_experiment
+    from breastfusion.experiment.run_artifacts import RunFolderError
+    from breastfusion.experiment.run_folder import RunLayout
+
+    cohort_dir = Path(shutil.copytree(small_cohort_dir, tmp_path / "cohort"))
+    config = load_config(None, name="tiny", manifest=cohort_dir, variants={"clin": ["ultrasound", "clinical"]},
+                         model=TINY_MODEL, training={"epochs": 1, "batch_size": 16},
+                         cv={"n_splits": 2, "bootstrap": 100})
+    run = tmp_path / "run"
+    run_experiment(load_cohort(cohort_dir), config, run)
+    art = load_run(run)
+    clinical = art.cohort.clinical
+    expected = [fit_clinical_preprocessor(art.lesions, clinical, art.config, art.fit_positions(k)).transform(clinical)
+                for k in range(art.n_folds)]
+    saved = [RunLayout(run).checkpoints.clinical_preprocessor(k) for k in range(art.n_folds)]
+    assert all(path.is_file() for path in saved)
+
+    shutil.rmtree(cohort_dir)
+    bundle = load_bundle(export_bundle(run, tmp_path / "moved"))
+    for k in range(art.n_folds):
+        np.testing.assert_array_equal(bundle.clinical_preprocessors[k].transform(clinical), expected[k])
+        assert (bundle.root / f"clinical_fold{k}.skops").read_bytes() == saved[k].read_bytes()
+
+    for path in saved:  # an old run: the preprocessors are refitted from the cohort
+        path.unlink()
+    with pytest.raises(RunFolderError, match="cannot find the run's cohort"):
+        export_bundle(run, tmp_path / "old-run-no-cohort")
+    shutil.copytree(small_cohort_dir, cohort_dir)
+    bundle = load_bundle(export_bundle(run, tmp_path / "old-run"))
+    for k in range(art.n_folds):
+        np.testing.assert_array_equal(bundle.clinical_preprocessors[k].transform(clinical), expected[k])
+
+
+def test_the_run_folder_holds_every_file_its_layout_names(run_dir):
+    """RunLayout / CheckpointLayout name the files a run writes (the one place that spells them)."""
+    from breastfusion.config import load_config
+    from breastfusion.experiment.crossval import network_spec
+    from breastfusion.experiment.run_folder import RUN_FILES, RunLayout
+
+    layout = RunLayout(run_dir)
+    assert layout.missing_file() is None and all((run_dir / name).is_file() for name in RUN_FILES)
+    for path in (layout.config, layout.results, layout.predictions, layout.calibration, layout.preprocessing,
+                 layout.roc, layout.report, layout.checkpoints.variants):  # ablation files: `ablate` only
+        assert path.is_file(), path
+    config = load_config(layout.config)
+    checkpoints = layout.checkpoints
+    for k in range(config.n_folds):
+        assert checkpoints.clinical_preprocessor(k).is_file()
+        assert checkpoints.learner("fused_logistic", k, "stage2").is_file()
+        for variant in config.variants:
+            key = network_spec(config, variant).key
+            assert checkpoints.variant_weights(variant, k).read_bytes() == \
+                checkpoints.network_weights(key, k).read_bytes()
+            assert checkpoints.network_predictions(key, k).is_file() and checkpoints.network_description(key).is_file()
+            assert not checkpoints.network_work_dir(key, k).exists()  # cleared once the fold finished

@@ -23,7 +23,7 @@ from breastfusion.data.manifest import load_cohort  # noqa: E402
 from breastfusion.data.synthetic.cohort import generate_cohort  # noqa: E402
 from breastfusion.models.network import build_network  # noqa: E402
 from breastfusion.onnx_export import OnnxFold, export_fold_onnx, input_names, onnx_session  # noqa: E402
-from breastfusion.run_artifacts import prepare_batch  # noqa: E402
+from breastfusion.data.transforms import prepare_batch  # noqa: E402
 from breastfusion.training.module import tta_logits  # noqa: E402
 
 from .conftest import TINY_MODEL  # noqa: E402

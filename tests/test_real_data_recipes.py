@@ -18,7 +18,8 @@ from breastfusion.experiment.crossval import cross_validate, fold_positions
 from breastfusion.evaluation.splits import SplitError, official_split
 from breastfusion.models.network import build_network
 from breastfusion.models.score_fusion import average_scores, fit_clinical_model
-from breastfusion.training.module import LesionClassifier, flip_images, tta_logits
+from breastfusion.data.transforms import flip_images
+from breastfusion.training.module import LesionClassifier, tta_logits
 
 from .conftest import TINY_MODEL, TINY_TRAINING
 from .test_models import MODALITIES, _batch

@@ -17,7 +17,7 @@ from breastfusion.explain.case import explain_case
 from breastfusion.explain.runner import explain_run
 from breastfusion.models.network import (MultimodalNet, SeedEnsemble, SingleNetworkRequired, build_network,
                                          member_seed, require_single_network)
-from breastfusion.run_artifacts import RunFolderError, load_network, load_run
+from breastfusion.experiment.run_artifacts import RunFolderError, load_network, load_run
 
 from .conftest import TINY_MODEL, TINY_TRAINING
 

@@ -15,7 +15,8 @@ from breastfusion.data.synthetic.cohort import generate_cohort
 from breastfusion.experiment.crossval import cross_validate, inner_split, network_spec
 from breastfusion.evaluation.splits import subject_folds
 from breastfusion.models.network import build_network
-from breastfusion.training.module import LesionClassifier, drop_modalities
+from breastfusion.data.transforms import drop_modalities
+from breastfusion.training.module import LesionClassifier
 from breastfusion.training.sampling import EpochSampler
 
 from .conftest import TINY_MODEL, TINY_TRAINING

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 from pydantic import ValidationError
 
 from breastfusion.config import ConfigError, ExperimentConfig, format_validation_error, load_config
+from breastfusion.experiment.run_folder import RunLayout
 
 if TYPE_CHECKING:  # torch-heavy modules: imported only when used
     import pandas as pd
@@ -54,8 +55,8 @@ def _write_cohort(cohort: Cohort, folder: Path) -> Path:
     """A validated in-memory cohort (:func:`~breastfusion.data.manifest.cohort_from_frame`, image paths absolute)
     written as the cohort folder ``folder``.
 
-    A run identifies its cohort by the sha256 of a ``manifest.csv`` on disk (export refits the clinical
-    preprocessors from it), so an in-memory cohort is written where the run folder keeps it.
+    A run identifies its cohort by the sha256 of a ``manifest.csv`` on disk (reloading the run, e.g. to explain
+    it, reads the cohort), so an in-memory cohort is written where the run folder keeps it.
     """
     folder.mkdir(parents=True, exist_ok=True)
     cohort.manifest.to_csv(folder / "manifest.csv", index=False)
@@ -133,11 +134,10 @@ class Experiment:
             out = Path(self._tmp.name) / "run"
         self._outside_root = is_frame
         if is_frame:
-            cohort = load_cohort(_write_cohort(cohort, Path(out) / "cohort"), allow_outside_root=True)
+            cohort = load_cohort(_write_cohort(cohort, RunLayout(Path(out)).cohort), allow_outside_root=True)
         elif not isinstance(cohort, Cohort):
             cohort = load_cohort(Path(cohort).resolve())
-        # Record where the cohort is, so export (which refits the clinical preprocessors from it) finds it
-        # from any working directory.
+        # Record where the cohort is, so reloading the run (explain) finds it from any working directory.
         self.config = self.config.model_copy(update={"manifest": Path(cohort.root).resolve()})
         self._results = run_experiment(cohort, self.config, out)
         self._run_dir = Path(out)
@@ -158,7 +158,7 @@ class Experiment:
         """The whole ``results.json`` of the last :meth:`fit`: variants, cohort counts, oracle AUCs, versions."""
         self._fitted()
         if self._results is None:  # pragma: no cover - set together with the run folder
-            self._results = json.loads((self.run_dir / "results.json").read_text())
+            self._results = json.loads(RunLayout(self.run_dir).results.read_text())
         return self._results
 
     @property
@@ -167,7 +167,7 @@ class Experiment:
         modalities_used."""
         import pandas as pd
 
-        return pd.read_csv(self.run_dir / "predictions.csv", dtype={"subject_id": str, "lesion_id": str})
+        return pd.read_csv(RunLayout(self.run_dir).predictions, dtype={"subject_id": str, "lesion_id": str})
 
     def export(self, out: str | Path, *, variant: str | None = None, onnx: bool = False) -> Bundle:
         """Write one variant of the run as a bundle folder and load it back (verified) for prediction.

@@ -80,7 +80,7 @@ if TYPE_CHECKING:  # torch is imported when a bundle is loaded, not when this mo
     from breastfusion.models.network import MultimodalNet
 
 __all__ = ["BUNDLE_FILE", "PARTIAL_META", "FORMAT", "FORMAT_VERSION", "Bundle", "BundleError", "export_bundle",
-           "load_bundle"]
+           "load_bundle", "load_clinical_preprocessor"]
 
 logger = logging.getLogger(__name__)
 
@@ -250,8 +250,11 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, variant: str | None =
                   allow_outside_root: bool = False) -> Path:
     """Write one variant of a finished run as a bundle folder.
 
-    The run's cohort must still be where the run found it, unchanged: the clinical preprocessors are
-    refitted from it exactly as the run fitted them (runs do not store them).
+    Everything comes from the run folder: each fold's network and learners, and each fold's clinical
+    preprocessor as the cross-validation fitted and saved it, so the cohort may have moved or gone. Runs made
+    before the preprocessors were saved fall back to refitting them from the cohort exactly as the run fitted
+    them (:func:`~breastfusion.experiment.crossval.fit_clinical_preprocessor`): for those, the cohort must
+    still be where the run found it, unchanged.
 
     Args:
         run_dir: a run folder (``breastfusion run`` / ``demo``).
@@ -268,16 +271,20 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, variant: str | None =
     Raises:
         BundleError: unknown or stage-2 variant (the message lists the exportable ones), ``out`` not empty,
             or a fold without checkpoint or calibration scores.
-        RunFolderError: not a run folder, or its cohort cannot be found unchanged.
+        RunFolderError: not a run folder, a missing or unfitting checkpoint, or (an old run without saved
+            clinical preprocessors) its cohort cannot be found unchanged.
     """
-    from breastfusion.run_artifacts import RunFolderError, load_run
-    from breastfusion.run_folder import missing_run_file
+    from breastfusion.experiment.crossval import preprocessing_params
+    from breastfusion.experiment.run_artifacts import RunFolderError, fold_checkpoint, load_network
+    from breastfusion.experiment.run_folder import RunLayout
 
     root, out = Path(run_dir), Path(out)
-    problem = missing_run_file(root)
+    layout = RunLayout(root)
+    checkpoints = layout.checkpoints
+    problem = layout.missing_file()
     if problem:
         raise RunFolderError(problem)
-    config = load_config(root / "config.yaml")
+    config = load_config(layout.config)
     variant = variant or reference_variant(config)
     if variant not in config.variants:
         raise BundleError(f"unknown variant {variant!r}; this run has {list(config.variants)}")
@@ -285,16 +292,15 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, variant: str | None =
     n_folds = config.n_folds
     score = config.variant_model(variant).fusion == "score"
     if score:
-        lacking = [k for k in range(n_folds) if not (root / "checkpoints" / variant / f"fold{k}.score.skops").is_file()]
+        lacking = [k for k in range(n_folds) if not checkpoints.learner(variant, k, "score").is_file()]
         if lacking:
-            raise BundleError(f"{root / 'checkpoints' / variant}: no fitted clinical learner of score-level fusion "
+            raise BundleError(f"{checkpoints.variant_dir(variant)}: no fitted clinical learner of score-level fusion "
                               f"for fold(s) {lacking} (runs made before they were saved do not have them); run the "
                               "experiment again")
     if learner != "none":
-        lacking = [k for k in range(n_folds)
-                   if not (root / "checkpoints" / variant / f"fold{k}.stage2.skops").is_file()]
+        lacking = [k for k in range(n_folds) if not checkpoints.learner(variant, k, "stage2").is_file()]
         if lacking:
-            raise BundleError(f"{root / 'checkpoints' / variant}: no fitted stage-2 learner for fold(s) {lacking} "
+            raise BundleError(f"{checkpoints.variant_dir(variant)}: no fitted stage-2 learner for fold(s) {lacking} "
                               f"(runs made before stage-2 learners were saved do not have them); run the "
                               f"experiment again, or export one of the network variants "
                               f"{[v for v in config.variants if config.variant(v).stage2 == 'none']}")
@@ -305,16 +311,17 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, variant: str | None =
         from breastfusion.onnx_export import require_onnx
 
         require_onnx()
-    art = load_run(root, allow_outside_root=allow_outside_root)
-    calibration = pd.read_csv(root / "calibration_predictions.csv", dtype={"subject_id": str, "lesion_id": str})
+    results = json.loads(layout.results.read_text())
+    calibration = pd.read_csv(layout.calibration, dtype={"subject_id": str, "lesion_id": str})
     calibration = calibration[(calibration["variant"] == variant)
                               & (calibration.get("repeat", 0) == 0)].reset_index(drop=True)
     lacking = sorted(set(range(n_folds)) - set(calibration["fold"]))
     if lacking:
-        raise BundleError(f"{root / 'calibration_predictions.csv'}: no calibration scores of variant {variant!r} "
+        raise BundleError(f"{layout.calibration}: no calibration scores of variant {variant!r} "
                           f"for fold(s) {lacking}; run the experiment again")
     modalities = config.modalities(variant)
     clinical = "clinical" in modalities
+    preprocessors = _fold_preprocessors(layout, n_folds, allow_outside_root) if clinical else None
 
     partial = out.parent / f".{out.name}.partial-{os.getpid()}"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -322,42 +329,47 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, variant: str | None =
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     try:
-        shutil.copyfile(root / "config.yaml", partial / "config.yaml")
+        shutil.copyfile(layout.config, partial / "config.yaml")
         _anonymise_calibration(calibration).to_csv(partial / "calibration.csv", index=False)
         columns: dict[str, list[str]] = {}
         for k in range(n_folds):
-            net = art.network(variant, k)  # fails here, not at prediction time, when a checkpoint does not fit
+            checkpoint = fold_checkpoint(layout, variant, k)
+            preprocessor, saved = preprocessors[k] if clinical else (None, None)
+            # fails here, not at prediction time, when a checkpoint does not fit
+            net = load_network(checkpoint, config, variant, preprocessor, label=f"fold {k}")
             if onnx:
                 from breastfusion.onnx_export import export_bundle_fold, onnx_file
 
                 export_bundle_fold(net, partial / onnx_file(k), config, variant,
-                                   art.clinical_preprocessor(k).n_features_ if clinical else 0)
-            shutil.copyfile(art.checkpoint(variant, k), partial / f"fold{k}.safetensors")
-            for name in ([f"fold{k}.stage2.skops"] if learner != "none" else []) + (
-                    [f"fold{k}.score.skops"] if score else []):
-                shutil.copyfile(root / "checkpoints" / variant / name, partial / name)
+                                   preprocessor.n_features_ if clinical else 0)
+            shutil.copyfile(checkpoint, partial / f"fold{k}.safetensors")
+            for kind in (["stage2"] if learner != "none" else []) + (["score"] if score else []):
+                shutil.copyfile(checkpoints.learner(variant, k, kind), partial / f"fold{k}.{kind}.skops")
             if clinical:
-                import skops.io
+                if saved is not None:  # the run's own file, byte for byte
+                    shutil.copyfile(saved, partial / f"clinical_fold{k}.skops")
+                else:
+                    import skops.io
 
-                preprocessor = art.clinical_preprocessor(k)
-                skops.io.dump(preprocessor, partial / f"clinical_fold{k}.skops")
+                    skops.io.dump(preprocessor, partial / f"clinical_fold{k}.skops")
                 for kind, names in preprocessor.types_.items():
                     columns.setdefault(kind, [])
                     columns[kind] += [c for c in names if c not in columns[kind]]
-        entry = art.results["variants"][variant]
+        entry = results["variants"][variant]
         meta = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "breastfusion_version": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "run_name": config.name, "run_created": art.results.get("created"),
+            "run_name": config.name, "run_created": results.get("created"),
             "variant": variant, "modalities": list(modalities), "n_folds": n_folds, "stage2": learner,
-            "manifest_sha256": art.results.get("manifest_sha256"),
+            "manifest_sha256": results.get("manifest_sha256"),
             "metrics": {"level": "subject, out-of-fold", "auc": entry.get("auc"), "auc_ci": entry.get("auc_ci"),
                         "threshold_metrics": entry.get("threshold_metrics"),
                         "n_subjects": entry.get("n_subjects"), "n_malignant": entry.get("n_malignant")},
             "evaluation": config.evaluation.model_dump(mode="json"),
-            "preprocessing": {m: p.to_dict() for m, p in art.preprocessing.items() if m in modalities},
+            "preprocessing": {m: p.to_dict() for m, p in preprocessing_params(
+                config, [m for m in IMAGE_MODALITIES if m in modalities]).items()},
             "clinical_columns": columns if clinical else None,
-            "versions": library_versions(_VERSIONED), "run_versions": art.results.get("versions"),
+            "versions": library_versions(_VERSIONED), "run_versions": results.get("versions"),
             "files": {f.name: _sha256(f.read_bytes()) for f in sorted(partial.iterdir())},
         }
         _write_synced(partial / PARTIAL_META, json.dumps(meta, indent=2).encode())
@@ -368,6 +380,23 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, variant: str | None =
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return out
+
+
+def _fold_preprocessors(layout, n_folds: int, allow_outside_root: bool
+                        ) -> list[tuple[ClinicalPreprocessor, Path | None]]:
+    """Each fold's clinical preprocessor with the run-folder file it was read from.
+
+    The run's saved files when every fold has one (read with the trusted-types rule); otherwise (a run made
+    before they were saved) refitted from the run's cohort, which must then be found unchanged, with ``None``
+    for the file.
+    """
+    from breastfusion.experiment.run_artifacts import load_run
+
+    saved = [layout.checkpoints.clinical_preprocessor(k) for k in range(n_folds)]
+    if all(path.is_file() for path in saved):
+        return [(load_clinical_preprocessor(path), path) for path in saved]
+    art = load_run(layout.root, allow_outside_root=allow_outside_root)
+    return [(art.clinical_preprocessor(k), None) for k in range(n_folds)]
 
 
 def _write_synced(path: Path, data: bytes) -> None:
@@ -481,6 +510,16 @@ def _load_learners(root: Path, data: dict[str, bytes], n_folds: int, kind: str, 
 
 def _load_preprocessor(path: Path, data: bytes) -> ClinicalPreprocessor:
     return _load_skops(path, data, ClinicalPreprocessor, "clinical preprocessor")
+
+
+def load_clinical_preprocessor(path: Path) -> ClinicalPreprocessor:
+    """A fitted clinical preprocessor from a skops file (a run's or a bundle's), by the trusted-types rule.
+
+    Raises:
+        BundleError: the file is unreadable, would construct a type outside the allowlist (naming it), or
+            holds something other than a :class:`~breastfusion.data.clinical_features.ClinicalPreprocessor`.
+    """
+    return _load_preprocessor(Path(path), Path(path).read_bytes())
 
 
 def _read_meta(root: Path) -> dict[str, Any]:
@@ -597,7 +636,7 @@ def load_bundle(path: str | Path) -> Bundle:
             file holding a type outside the allowlist (naming the file and the type), or networks that do
             not fit the configuration.
     """
-    from breastfusion.run_artifacts import RunFolderError, load_network
+    from breastfusion.experiment.run_artifacts import RunFolderError, load_network
 
     root = Path(path)
     if not root.is_dir():

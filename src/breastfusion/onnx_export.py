@@ -10,7 +10,7 @@ A :class:`~breastfusion.models.network.MultimodalNet` reads a dict batch; ONNX w
 * ``clinical`` float32 (B, F) and ``clinical_present`` bool (B,) when the network reads clinical data.
 
 Everything between those tensors and the output is inside the graph: the uint8 → normalised float
-preparation of :class:`~breastfusion.training.module.LesionClassifier`, the test-time flip of
+preparation of :func:`~breastfusion.data.transforms.prepare_batch`, the test-time flip of
 ``training.tta`` (``hflip``: the mean of the logits of the batch and of its mirror image,
 :func:`~breastfusion.training.module.tta_logits`) and the sigmoid. Output ``prob`` (B,); for a stage-2 variant
 the graph instead returns the deep features (``MultimodalNet.features``, one output ``features_{block}`` per
@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from breastfusion.data.manifest import IMAGE_MODALITIES
+from breastfusion.data.transforms import prepare_batch
 
 __all__ = ["OnnxFoldNetwork", "OnnxUnavailableError", "input_names", "export_fold_onnx", "OnnxFold",
            "onnx_session", "ONNX_OPSET"]
@@ -80,7 +81,7 @@ class OnnxFoldNetwork(nn.Module):
         batch = dict(zip(self.names, tensors))
         if not self.features:
             return torch.sigmoid(self.module(batch).float())  # (B,)
-        blocks = self.module.net.features(self.module._prepare(batch, train=False))
+        blocks = self.module.net.features(prepare_batch(batch))
         return tuple(blocks[name].float() for name in ["fused", *self.block_names])
 
 

@@ -49,7 +49,7 @@ from breastfusion.evaluation.external import (TRANSFER_ADVICE, decision_metrics,
                                               score_shift)
 from breastfusion.evaluation.metrics import auc_with_ci
 from breastfusion.evaluation.summary import score_fold
-from breastfusion.run_artifacts import prepare_batch
+from breastfusion.data.transforms import prepare_batch
 from breastfusion.training.module import tta_logits
 
 if TYPE_CHECKING:  # annotations only: Bundle calls this module, so importing it back would make a circle

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from breastfusion.cli.main import app
 from breastfusion.report.figures import FIGURES
-from breastfusion.run_artifacts import load_run
+from breastfusion.experiment.run_artifacts import load_run
 
 
 def test_explain_writes_overlays_results_and_gallery(run_copy, tmp_path):
@@ -43,6 +43,25 @@ def test_explain_writes_overlays_results_and_gallery(run_copy, tmp_path):
     assert html.count("data:image/png;base64,") == len(FIGURES) + 1  # the run's figures + the gallery
     shapley = pd.read_csv(out / "modality_shapley.csv")
     assert len(shapley) == 60 and set(shapley["fold"]) == {0, 1}
+
+
+def test_explain_writes_strict_json_with_nan_as_null(run_copy, tmp_path, monkeypatch):
+    """explanations.json and the run's results.json go through the run's one strict JSON writer: a NaN (an
+    undefined figure) is written as null, never as the non-JSON token NaN."""
+    import pytest
+
+    from breastfusion.explain import runner
+
+    monkeypatch.setattr(runner, "_summarise_faithfulness", lambda *args: {"undefined": float("nan")})
+    subjects = pd.read_csv(run_copy / "predictions.csv", dtype={"subject_id": str})["subject_id"].unique()[:1]
+    runner.explain_run(run_copy, subjects=list(subjects), method="gradcam", out=tmp_path / "explained")
+
+    def strict(text: str) -> dict:
+        return json.loads(text, parse_constant=lambda token: pytest.fail(f"non-JSON token {token}"))
+
+    assert strict((tmp_path / "explained" / "explanations.json").read_text())["faithfulness"] == {"undefined": None}
+    results = strict((run_copy / "results.json").read_text())
+    assert results["explanations"]["faithfulness"] == {"undefined": None}
 
 
 def test_explain_errors(run_copy):

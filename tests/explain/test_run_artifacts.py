@@ -11,7 +11,7 @@ from PIL import Image
 
 from breastfusion.config import load_config
 from breastfusion.data.manifest import load_cohort
-from breastfusion.run_artifacts import RunArtifacts, RunFolderError, load_run
+from breastfusion.experiment.run_artifacts import RunArtifacts, RunFolderError, load_run
 
 from ..conftest import TINY_MODEL
 

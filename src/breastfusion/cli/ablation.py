@@ -46,6 +46,7 @@ def ablate(
     from breastfusion.experiment.crossval import MissingModalityError
     from breastfusion.execution import ExecutionError, with_executor
     from breastfusion.experiment.run import run_experiment
+    from breastfusion.experiment.run_folder import RunLayout
 
     if dataset not in (None, "synthetic"):
         fail(f"--dataset should be `synthetic` (for a real cohort give --manifest DIR), got {dataset!r}")
@@ -57,11 +58,11 @@ def ablate(
             cfg = quick_overrides(cfg)
         cfg, changes = expand_ablation(with_executor(cfg, executor, ray_address))
         out = out or default_out(f"{cfg.name}-ablation")
-        if (out / "checkpoints").exists():
+        if RunLayout(out).checkpoints.root.exists():
             fail(f"{out} already holds a run; choose another --out")
         with progress_bar() as progress:
             if dataset == "synthetic" or cfg.manifest is None:
-                cohort = make_synthetic_cohort(cfg, out / "cohort", progress=progress)
+                cohort = make_synthetic_cohort(cfg, RunLayout(out).cohort, progress=progress)
             else:
                 cohort = load_cohort(cfg.manifest)
             results = run_experiment(cohort, cfg, out, progress=progress, ablation=changes)
@@ -82,14 +83,16 @@ def _nested(cohort, config, out: Path, inner_folds: int, progress) -> dict:
 
     import pandas as pd
 
-    from breastfusion.evaluation.nested import NESTED_FILE, nested_selection
+    from breastfusion.experiment.nested import nested_selection
+    from breastfusion.experiment.run_folder import RunLayout
 
+    layout = RunLayout(out)
     read = {"dtype": {"subject_id": str, "lesion_id": str}}
     selection = nested_selection(cohort, config, inner_folds=inner_folds,
-                                 outer_predictions=pd.read_csv(out / "predictions.csv", **read),
-                                 outer_calibration=pd.read_csv(out / "calibration_predictions.csv", **read),
+                                 outer_predictions=pd.read_csv(layout.predictions, **read),
+                                 outer_calibration=pd.read_csv(layout.calibration, **read),
                                  progress=progress)
-    (out / NESTED_FILE).write_text(json.dumps(selection.summary, indent=2))
+    layout.nested_selection.write_text(json.dumps(selection.summary, indent=2))
     return selection.summary
 
 

@@ -105,6 +105,7 @@ def run(
     from breastfusion.data.manifest import ManifestError, load_cohort
     from breastfusion.experiment.crossval import MissingModalityError
     from breastfusion.experiment.run import run_experiment
+    from breastfusion.experiment.run_folder import RunLayout
 
     try:
         cfg = load_config(config, manifest=manifest, cache=False if no_cache else None,
@@ -112,11 +113,11 @@ def run(
         if variants:
             cfg = select_variants(cfg, [v.strip() for v in variants.split(",") if v.strip()])
         cfg = with_executor(cfg, executor, ray_address)
-        if out is not None and (out / "checkpoints").exists() and not resume:
+        if out is not None and RunLayout(out).checkpoints.root.exists() and not resume:
             fail(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-        if resume and out is not None and (out / "config.yaml").is_file() and not same_experiment(
-                load_config(out / "config.yaml"), cfg):
-            fail(f"--resume: the configuration differs from the one in {out / 'config.yaml'}; "
+        if resume and out is not None and RunLayout(out).config.is_file() and not same_experiment(
+                load_config(RunLayout(out).config), cfg):
+            fail(f"--resume: the configuration differs from the one in {RunLayout(out).config}; "
                  f"resume with that file (`breastfusion run {out}/config.yaml --resume --out {out}`)")
         if cfg.manifest is None:
             fail("no manifest: give --manifest DIR or set `manifest:` in the config "
@@ -178,7 +179,7 @@ def explain(
     run's results.json and a gallery to its report.html.
     """
     from breastfusion.explain.runner import explain_run, parse_target_layers
-    from breastfusion.run_artifacts import RunFolderError
+    from breastfusion.experiment.run_artifacts import RunFolderError
 
     ids = [s.strip() for item in subjects or [] for s in item.split(",") if s.strip()] or None
     try:
@@ -271,7 +272,7 @@ def export(
     from breastfusion.config import ConfigError
     from breastfusion.data.manifest import ManifestError
     from breastfusion.onnx_export import OnnxUnavailableError
-    from breastfusion.run_artifacts import RunFolderError
+    from breastfusion.experiment.run_artifacts import RunFolderError
 
     try:
         export_bundle(run_dir, out, variant=variant, onnx=onnx, allow_outside_root=allow_outside_root)

@@ -23,7 +23,7 @@ from breastfusion.evaluation.aggregation import aggregate
 from breastfusion.evaluation.delong import delong_ci
 from breastfusion.evaluation.repeats import REPEAT, first_repeat, with_repeat
 from breastfusion.evaluation.summary import CohortMismatchError, paired_delong, score_subjects
-from breastfusion.run_folder import missing_run_file
+from breastfusion.experiment.run_folder import RunLayout
 
 __all__ = ["RunComparisonError", "RunScores", "load_run_scores", "compare_runs"]
 
@@ -64,14 +64,14 @@ def _pick_variant(run: Path, predictions: pd.DataFrame, results: dict[str, Any],
 
 def _scores(run: Path, test: pd.DataFrame, evaluation: EvaluationConfig) -> pd.DataFrame:
     """Subject scores of repeat 0 as the run computed them (see module docstring)."""
-    calibration_file = run / "calibration_predictions.csv"
+    calibration_file = RunLayout(run).calibration
     test = first_repeat(with_repeat(test))
     if calibration_file.is_file():
         calibration = pd.read_csv(calibration_file, dtype=_IDS)
         calibration = calibration[calibration["variant"].astype(str) == str(test["variant"].iloc[0])]
         return score_subjects(test, with_repeat(calibration), evaluation)
     if evaluation.aggregation == "learned" or evaluation.recalibration != "none":
-        raise RunComparisonError(f"{run}: calibration_predictions.csv is missing, and this run's evaluation "
+        raise RunComparisonError(f"{run}: {calibration_file.name} is missing, and this run's evaluation "
                                  f"(aggregation {evaluation.aggregation!r}, recalibration "
                                  f"{evaluation.recalibration!r}) is fitted on it")
     subjects, _ = aggregate(test, evaluation.aggregation)
@@ -85,18 +85,19 @@ def load_run_scores(run: str | Path, variant: str | None = None) -> RunScores:
         RunComparisonError: a needed file is missing or unreadable, or the variant is unknown.
     """
     run = Path(run)
-    problem = missing_run_file(run)
+    layout = RunLayout(run)
+    problem = layout.missing_file()
     if problem:
         raise RunComparisonError(problem)
-    results = _read_json(run / "results.json")
+    results = _read_json(layout.results)
     try:
-        config = load_config(run / "config.yaml")
+        config = load_config(layout.config)
     except ConfigError as exc:
         raise RunComparisonError(str(exc)) from None
-    predictions = pd.read_csv(run / "predictions.csv", dtype=_IDS)
+    predictions = pd.read_csv(layout.predictions, dtype=_IDS)
     missing = [c for c in ("variant", "fold", "subject_id", "y", "prob") if c not in predictions.columns]
     if missing:
-        raise RunComparisonError(f"{run / 'predictions.csv'}: missing columns {missing}")
+        raise RunComparisonError(f"{layout.predictions}: missing columns {missing}")
     chosen = _pick_variant(run, predictions, results, variant)
     test = predictions[predictions["variant"].astype(str) == chosen]
     return RunScores(run=run, variant=chosen, scores=_scores(run, test, config.evaluation),

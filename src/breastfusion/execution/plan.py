@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from breastfusion.experiment.crossval import NetworkSpec, unique_networks
+from breastfusion.experiment.run_folder import CheckpointLayout, fold_tag
 
 __all__ = ["TrainingTask", "plan_trainings", "waves", "finished", "checkpoint_paths"]
 
@@ -36,7 +37,7 @@ class TrainingTask:
     @property
     def tag(self) -> str:
         """The fold's file tag, as the local runner writes it (``fold2``, ``repeat1-fold2``)."""
-        return f"fold{self.fold}" if self.repeat == 0 else f"repeat{self.repeat}-fold{self.fold}"
+        return fold_tag(self.fold, self.repeat)
 
     @property
     def id(self) -> tuple[str, int, int]:
@@ -83,8 +84,8 @@ def waves(tasks: Sequence[TrainingTask]) -> list[list[TrainingTask]]:
 
 def checkpoint_paths(checkpoint_dir: Path, task: TrainingTask) -> tuple[Path, Path]:
     """The weights and predictions files the local runner writes for ``task``."""
-    folder = Path(checkpoint_dir) / "networks" / task.spec.key
-    return folder / f"{task.tag}.safetensors", folder / f"{task.tag}.csv"
+    layout, args = CheckpointLayout(Path(checkpoint_dir)), (task.spec.key, task.fold, task.repeat)
+    return layout.network_weights(*args), layout.network_predictions(*args)
 
 
 def finished(checkpoint_dir: Path, task: TrainingTask) -> bool:

@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from breastfusion.config import ExperimentConfig, VariantConfig, reference_variant
+from breastfusion.experiment.run_folder import RunLayout
 
 __all__ = ["expand_ablation", "ablation_table", "write_ablation", "to_markdown", "format_value", "format_p",
            "ABLATION_COLUMNS"]
@@ -139,8 +140,8 @@ def to_markdown(table: pd.DataFrame, *, title: str) -> str:
 
 
 def write_ablation(table: pd.DataFrame, out_dir: str | Path, *, title: str) -> tuple[Path, Path]:
-    """Write ``ablation.csv`` and ``ablation.md`` into ``out_dir``."""
-    out = Path(out_dir)
-    table.to_csv(out / "ablation.csv", index=False)
-    (out / "ablation.md").write_text(to_markdown(table, title=title))
-    return out / "ablation.csv", out / "ablation.md"
+    """Write ``ablation.csv`` and ``ablation.md`` into the run folder ``out_dir``."""
+    layout = RunLayout(Path(out_dir))
+    table.to_csv(layout.ablation_csv, index=False)
+    layout.ablation_md.write_text(to_markdown(table, title=title))
+    return layout.ablation_csv, layout.ablation_md

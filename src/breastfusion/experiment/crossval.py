@@ -39,6 +39,7 @@ from breastfusion.data.preprocess import Params, params_for
 from breastfusion.data.tensors import (LesionDataset, LesionImages, build_lesion_images, clinical_features_for,
                                        modalities_used)
 from breastfusion.evaluation.splits import official_split, subject_folds
+from breastfusion.experiment.run_folder import CheckpointLayout, fold_tag, save_skops
 from breastfusion.models.network import SeedEnsemble, build_network, member_seed
 from breastfusion.models.score_fusion import average_scores, fit_clinical_model
 from breastfusion.models.stage2 import (FeatureTable, Stage2Ensemble, feature_table, group_permutation_importance,
@@ -46,7 +47,8 @@ from breastfusion.models.stage2 import (FeatureTable, Stage2Ensemble, feature_ta
 from breastfusion.training.fit import EpochEnd, clear_work_dir, extract_features, fit_predict, predict_probs
 
 __all__ = ["CrossValidation", "MissingModalityError", "NetworkSpec", "network_spec", "check_modalities",
-           "cross_validate", "inner_split", "unique_networks", "preprocessing_params", "fold_seed", "FoldPositions", "fold_positions"]
+           "cross_validate", "inner_split", "unique_networks", "preprocessing_params", "fold_seed", "FoldPositions",
+           "fold_positions", "fit_clinical_preprocessor"]
 
 _RUNTIME_KEYS = {"accelerator", "devices", "num_nodes", "strategy", "num_workers"}  # where it runs, not what it learns
 
@@ -240,6 +242,21 @@ def fold_seed(config: ExperimentConfig, fold: int, repeat: int = 0) -> int:
     return config.training.seed + 1000 * fold + 100_000 * repeat
 
 
+def fit_clinical_preprocessor(lesions: pd.DataFrame, clinical: pd.DataFrame, config: ExperimentConfig,
+                              fit_positions: np.ndarray) -> ClinicalPreprocessor:
+    """The clinical preprocessor of one fold: ``model.clinical``'s columns, fitted on the clinical rows of the
+    subjects the fold's networks are fitted on (``lesions`` at ``fit_positions``), never on its test subjects.
+
+    The one place a fold's preprocessor is fitted: the cross-validation driver saves it in the run folder
+    (:meth:`~breastfusion.experiment.run_folder.CheckpointLayout.clinical_preprocessor`); readers of runs made
+    before it was saved refit it here from the cohort.
+    """
+    cfg = config.model.clinical
+    subjects = lesions.iloc[fit_positions]["subject_id"]
+    rows = clinical[clinical["subject_id"].isin(subjects)]
+    return ClinicalPreprocessor(cfg.numeric, cfg.categorical, cfg.binary).fit(rows)
+
+
 @dataclass
 class _Fold:
     """One fold of one repeat: its positions and datasets (shared by every network of the fold)."""
@@ -251,10 +268,11 @@ class _Fold:
     val_idx: np.ndarray | None
     clinical: dict[str, tuple] = field(default_factory=dict)  # split -> (features, present)
     n_clinical: int = 0
+    preprocessor: ClinicalPreprocessor | None = None  # fitted on fit_idx's subjects, when a variant reads clinical
 
     @property
     def tag(self) -> str:
-        return f"fold{self.k}" if self.repeat == 0 else f"repeat{self.repeat}-fold{self.k}"
+        return fold_tag(self.k, self.repeat)
 
 
 @dataclass
@@ -273,20 +291,17 @@ class _Runner:
         self.cohort, self.config, self.images = cohort, config, images
         self.lesions = cohort.lesions
         self.checkpoint_dir = checkpoint_dir
+        self.layout = CheckpointLayout(checkpoint_dir) if checkpoint_dir is not None else None
         self.on_epoch = on_epoch
         self.trained: dict[tuple[str, int, int], _Trained] = {}
 
     # -- data -------------------------------------------------------------------------------------------------
     def fold(self, repeat: int, k: int, positions: FoldPositions) -> _Fold:
-        train_idx = positions.fit
         fold = _Fold(repeat, k, positions.fit, positions.test, positions.validation)
         if "clinical" in self.cohort.modalities and any("clinical" in self.config.modalities(v)
                                                         for v in self.config.variants):
-            cfg = self.config.model.clinical
-            train = self.lesions.iloc[train_idx]
-            rows = self.cohort.clinical[self.cohort.clinical["subject_id"].isin(train["subject_id"])]
-            pre = ClinicalPreprocessor(cfg.numeric, cfg.categorical, cfg.binary).fit(rows)
-            fold.n_clinical = pre.n_features_
+            pre = fit_clinical_preprocessor(self.lesions, self.cohort.clinical, self.config, positions.fit)
+            fold.preprocessor, fold.n_clinical = pre, pre.n_features_
             for split, idx in self._splits(fold).items():
                 fold.clinical[split] = clinical_features_for(self.lesions.iloc[idx], self.cohort.clinical, pre)
         return fold
@@ -313,10 +328,11 @@ class _Runner:
         return self.trained[slot]
 
     def _paths(self, spec: NetworkSpec, fold: _Fold) -> tuple[Path, Path, Path] | None:
-        if self.checkpoint_dir is None:
+        if self.layout is None:
             return None
-        folder = self.checkpoint_dir / "networks" / spec.key
-        return folder / f"{fold.tag}.safetensors", folder / f"{fold.tag}.csv", folder / f"{fold.tag}-running"
+        args = spec.key, fold.k, fold.repeat
+        return (self.layout.network_weights(*args), self.layout.network_predictions(*args),
+                self.layout.network_work_dir(*args))
 
     def _load(self, spec: NetworkSpec, fold: _Fold) -> _Trained | None:
         paths = self._paths(spec, fold)
@@ -379,7 +395,7 @@ class _Runner:
                                                                                  if "clinical" in spec.modalities
                                                                                  else 0)})
             rows.to_csv(paths[1], index=False)
-            (paths[0].parent / "network.json").write_text(json.dumps(spec.describe(), indent=2))
+            self.layout.network_description(spec.key).write_text(json.dumps(spec.describe(), indent=2))
             clear_work_dir(paths[2])
         return _Trained(state, rows)
 
@@ -481,7 +497,8 @@ def cross_validate(cohort: Cohort, config: ExperimentConfig, *, progress: Progre
     With ``checkpoint_dir``, each trained (network, fold) leaves
     ``networks/{key}/fold{k}.safetensors`` (weights only) and ``.csv`` (its predictions), each
     variant ``{variant}/fold{k}.safetensors`` (a link to its network), and each running fold a
-    checkpoint per epoch: calling again with the same folder skips finished networks and resumes an
+    checkpoint per epoch (the layout is :class:`~breastfusion.experiment.run_folder.CheckpointLayout`):
+    calling again with the same folder skips finished networks and resumes an
     interrupted one from its last epoch, giving the same numbers as an uninterrupted run.
 
     Args:
@@ -496,6 +513,7 @@ def cross_validate(cohort: Cohort, config: ExperimentConfig, *, progress: Progre
         The out-of-fold predictions, each fold's calibration scores, and how images were prepared.
     """
     check_modalities(cohort, config)
+    layout = CheckpointLayout(checkpoint_dir) if checkpoint_dir is not None else None
     repeats = fold_positions(cohort, config, folds)
     used = {m for name in config.variants for m in config.modalities(name)}
     params = preprocessing_params(config, [m for m in IMAGE_MODALITIES if m in used])
@@ -525,6 +543,8 @@ def cross_validate(cohort: Cohort, config: ExperimentConfig, *, progress: Progre
     for r, split in enumerate(repeats):
         for k, positions in enumerate(split):
             fold = runner.fold(r, k, positions)
+            if layout is not None and fold.preprocessor is not None:  # for bundles and reloads: fitted once, here
+                save_skops(layout.clinical_preprocessor(k, r), fold.preprocessor)
             for variant in order:
                 if progress:
                     step = f" · repeat {r + 1}/{len(repeats)}" if len(repeats) > 1 else ""
@@ -534,19 +554,19 @@ def cross_validate(cohort: Cohort, config: ExperimentConfig, *, progress: Progre
                 trained = runner.network(spec, fold)
                 if config.variant_model(variant).fusion == "score":
                     out, clinical_model = runner.score_fusion(spec, fold)
-                    if checkpoint_dir is not None and r == 0:
-                        _save_skops(checkpoint_dir / variant / f"{fold.tag}.score.skops", clinical_model)
+                    if layout is not None and r == 0:
+                        save_skops(layout.learner(variant, k, "score"), clinical_model)
                 elif learner == "none":
                     out = trained.rows
                 else:
                     out, imp = runner.stage2(variant, spec, fold, learner)
                     importance.append(imp)
-                    if checkpoint_dir is not None and r == 0:
-                        _save_skops(checkpoint_dir / variant / f"{fold.tag}.stage2.skops",
-                                    runner.network(spec, fold).ensemble.model(learner))
+                    if layout is not None and r == 0:
+                        save_skops(layout.learner(variant, k, "stage2"),
+                                   runner.network(spec, fold).ensemble.model(learner))
                 rows.append(out.assign(variant=variant))
-                if checkpoint_dir is not None and r == 0:
-                    _link_variant(checkpoint_dir, variant, spec, fold)
+                if layout is not None and r == 0:
+                    _link_variant(layout, variant, spec, fold)
     every = pd.concat(rows, ignore_index=True)
     columns = ["variant", "repeat", "fold", "subject_id", "lesion_id", "y", "prob", "modalities_used"]
     predictions = every[every["split"] == "test"][columns].copy()
@@ -554,8 +574,8 @@ def cross_validate(cohort: Cohort, config: ExperimentConfig, *, progress: Progre
     predictions = predictions.sort_values(["variant", "repeat", "fold"], kind="stable").astype({"variant": str})
     calibration = every[every["split"] != "test"][columns[:-1] + ["split"]]
     networks = {name: spec.key for name, spec in specs.items()}
-    if checkpoint_dir is not None:
-        (checkpoint_dir / "variants.json").write_text(json.dumps(
+    if layout is not None:
+        layout.variants.write_text(json.dumps(
             {name: {"network": networks[name], "modalities": list(config.modalities(name)),
                     "stage2": config.variant(name).stage2} for name in config.variants}, indent=2))
     return CrossValidation(predictions=predictions.reset_index(drop=True),
@@ -579,24 +599,10 @@ def unique_networks(specs) -> list[NetworkSpec]:
     return list(seen.values())
 
 
-def _save_skops(target: Path, model) -> None:
-    """A fold's fitted scikit-learn learner (skops, not pickle), for bundles: ``{variant}/fold{k}.stage2.skops``
-    (a stage-2 learner) or ``{variant}/fold{k}.score.skops`` (score-level fusion's clinical learner).
-
-    Deflate-compressed: the forests of MPM-MU's stacking shrink about tenfold (26.5 MB → 2.7 MB a fold at the
-    mpm_mu config's settings)."""
-    import zipfile
-
-    import skops.io
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    skops.io.dump(model, target, compression=zipfile.ZIP_DEFLATED)
-
-
-def _link_variant(checkpoint_dir: Path, variant: str, spec: NetworkSpec, fold: _Fold) -> None:
-    """``{variant}/fold{k}.safetensors`` → the variant's network, as a hard link (a copy where links fail)."""
-    source = checkpoint_dir / "networks" / spec.key / f"{fold.tag}.safetensors"
-    target = checkpoint_dir / variant / f"{fold.tag}.safetensors"
+def _link_variant(layout: CheckpointLayout, variant: str, spec: NetworkSpec, fold: _Fold) -> None:
+    """The variant's fold network (repeat 0) → its network's weights, as a hard link (a copy where links fail)."""
+    source = layout.network_weights(spec.key, fold.k, fold.repeat)
+    target = layout.variant_weights(variant, fold.k)
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists():
         target.unlink()

@@ -11,6 +11,7 @@ from breastfusion.config import ExperimentConfig, deep_merge, load_config
 from breastfusion.data.manifest import load_cohort
 from breastfusion.data.synthetic.cohort import generate_cohort
 from breastfusion.experiment.run import run_experiment
+from breastfusion.experiment.run_folder import RunLayout
 
 __all__ = ["demo_config", "run_demo", "make_synthetic_cohort", "quick_overrides", "DEMO", "QUICK"]
 
@@ -70,5 +71,5 @@ def run_demo(out_dir: str | Path, *, quick: bool = False, seed: int = 0,
     """
     config = demo_config(quick=quick, seed=seed)
     out = Path(out_dir)
-    cohort = make_synthetic_cohort(config, out / "cohort", progress=progress)
+    cohort = make_synthetic_cohort(config, RunLayout(out).cohort, progress=progress)
     return run_experiment(cohort, config, out, progress=progress)

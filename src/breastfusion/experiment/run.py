@@ -1,19 +1,6 @@
 """Run an experiment on a cohort and write its self-describing run folder.
 
-A run folder holds:
-
-* ``config.yaml``       the resolved configuration (every key, defaults included);
-* ``preprocessing.json`` per-modality preprocessing parameters and any unreadable images left out;
-* ``predictions.csv``   out-of-fold predictions: variant, fold, subject, lesion, label, probability;
-* ``calibration_predictions.csv`` each fold's calibration scores (inner validation, or training in-sample);
-* ``results.json``      every number in the report, under keys that say what they are;
-* ``roc.png``           subject-level ROC curves of every variant (and the oracle on synthetic data), with a
-                        bootstrap band for the reference variant;
-* ``calibration.png``, ``decision_curves.png``, ``confusion_matrices.png``: the report's other figures;
-* ``report.html``       a self-contained report (images embedded);
-* ``ablation.csv``, ``ablation.md``: the ablation table (``breastfusion ablate``);
-* ``checkpoints/``      each fold's network, ``networks/{key}/fold{k}.safetensors`` (weights only), linked
-  as ``{variant}/fold{k}.safetensors``; ``variants.json`` maps each variant to its network.
+The folder's layout (every file and what it holds) is :mod:`breastfusion.experiment.run_folder`'s.
 """
 
 from __future__ import annotations
@@ -36,6 +23,7 @@ from breastfusion.config import ExperimentConfig, dump_config, reference_variant
 from breastfusion.data.manifest import MANIFEST_FILENAME, Cohort
 from breastfusion.data.synthetic.cohort import Oracle, load_oracle
 from breastfusion.experiment.crossval import cross_validate
+from breastfusion.experiment.run_folder import RunLayout
 from breastfusion.evaluation.curves import roc_band
 from breastfusion.evaluation.metrics import auc_with_ci
 from breastfusion.evaluation.repeats import first_repeat
@@ -45,7 +33,7 @@ from breastfusion.report.figures import write_figures
 from breastfusion.report.html import write_report
 from breastfusion.versions import library_versions
 
-__all__ = ["run_experiment", "library_versions", "evaluate_predictions", "write_outputs"]
+__all__ = ["run_experiment", "library_versions", "evaluate_predictions", "write_outputs", "write_results", "write_json"]
 
 
 def _stage2_importance(table: pd.DataFrame, variant: str) -> list[dict[str, Any]] | None:
@@ -131,12 +119,32 @@ def write_outputs(results: dict[str, Any], scores: dict[str, pd.DataFrame], out:
     Returns:
         The results as written (strict JSON: NaN as null).
     """
+    layout = RunLayout(out)
     figures = write_figures(results, scores, out, extra_curves=extra_curves)
-    results = _json_safe(results)
-    (out / "results.json").write_text(json.dumps(results, indent=2, allow_nan=False))
-    write_report(results, roc_png=figures.pop("roc"), config_yaml=(out / "config.yaml").read_text(),
-                 path=out / "report.html", figures=figures)
+    results = write_results(results, layout)
+    write_report(results, roc_png=figures.pop("roc"), config_yaml=layout.config.read_text(),
+                 path=layout.report, figures=figures)
     return results
+
+
+def write_results(results: dict[str, Any], layout: RunLayout) -> dict[str, Any]:
+    """Write the run folder's ``results.json`` with :func:`write_json` (every writer of that file goes here).
+
+    Returns:
+        The results as written.
+    """
+    return write_json(layout.results, results)
+
+
+def write_json(path: Path, value: Any) -> Any:
+    """Write ``value`` as strict JSON (NaN and infinities as null, NumPy scalars as Python ones), indented.
+
+    Returns:
+        The value as written.
+    """
+    value = _json_safe(value)
+    Path(path).write_text(json.dumps(value, indent=2, allow_nan=False))
+    return value
 
 
 def _json_safe(value: Any) -> Any:
@@ -173,15 +181,16 @@ def run_experiment(
         The content of ``results.json``.
     """
     out = Path(out_dir)
+    layout = RunLayout(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    dump_config(config, out / "config.yaml")
+    dump_config(config, layout.config)
 
-    cv = cross_validate(cohort, config, progress=progress, checkpoint_dir=out / "checkpoints")
+    cv = cross_validate(cohort, config, progress=progress, checkpoint_dir=layout.checkpoints.root)
     predictions, calibration = cv.predictions, cv.calibration
-    predictions.to_csv(out / "predictions.csv", index=False)
-    calibration.to_csv(out / "calibration_predictions.csv", index=False)
-    (out / "preprocessing.json").write_text(json.dumps(
+    predictions.to_csv(layout.predictions, index=False)
+    calibration.to_csv(layout.calibration, index=False)
+    layout.preprocessing.write_text(json.dumps(
         {"params": cv.preprocessing, "excluded_images": cv.excluded_images}, indent=2))
 
     oracle = load_oracle(cohort.root)

@@ -29,8 +29,8 @@ from breastfusion.data.manifest import IMAGE_MODALITIES, Cohort
 from breastfusion.data.tensors import LesionDataset, build_lesion_images, clinical_features_for, modality_present
 from breastfusion.explain.cams import CAM_METHODS, OneImageModel, compute_cams, find_target_layer
 from breastfusion.explain.shapley import modality_shapley, no_information_prob, shapley_shares
+from breastfusion.data.transforms import prepare_batch
 from breastfusion.models.network import SingleNetworkRequired
-from breastfusion.run_artifacts import prepare_batch
 
 __all__ = ["ImageHeatmap", "CaseExplanation", "explain_case"]
 

@@ -22,7 +22,8 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from breastfusion.evaluation.metrics import subject_level
-from breastfusion.run_artifacts import RunArtifacts, prepare_batch
+from breastfusion.data.transforms import prepare_batch
+from breastfusion.experiment.run_artifacts import RunArtifacts
 
 __all__ = ["clinical_permutation_importance"]
 

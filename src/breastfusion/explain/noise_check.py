@@ -101,7 +101,7 @@ def noise_modality_shares(cohort, *, fusion: str = "gated", training: dict[str, 
                                               shapley_shares)
     from breastfusion.models.fusion import create_fusion
     from breastfusion.models.network import build_network
-    from breastfusion.run_artifacts import prepare_batch
+    from breastfusion.data.transforms import prepare_batch
     from breastfusion.training.fit import fit_predict
 
     if baseline not in ("prior", "network"):

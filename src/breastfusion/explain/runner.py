@@ -19,8 +19,11 @@ import torch
 from rich.progress import Progress
 
 from breastfusion.data.manifest import IMAGE_MODALITIES
+from breastfusion.data.transforms import prepare_batch
 from breastfusion.evaluation.compare import load_run_scores
 from breastfusion.evaluation.metrics import subject_level
+from breastfusion.experiment.run import write_json, write_results
+from breastfusion.experiment.run_artifacts import RunArtifacts, load_run
 from breastfusion.explain.cams import (CAM_METHODS, OneImageModel, TargetLayer, compute_cams, encode_views,
                                        find_target_layer)
 from breastfusion.explain.faithfulness import (centre_heatmap, deletion_insertion, energy_in_mask, pointing_game,
@@ -29,7 +32,6 @@ from breastfusion.explain.gallery import overlay, plot_gallery, save_overlay, se
 from breastfusion.explain.importance import clinical_permutation_importance
 from breastfusion.explain.shapley import gate_weights, modality_shapley, no_information_prob, shapley_shares
 from breastfusion.models.network import SingleNetworkRequired
-from breastfusion.run_artifacts import RunArtifacts, load_run, prepare_batch
 
 __all__ = ["explain_run", "default_variant", "parse_target_layers"]
 
@@ -72,8 +74,7 @@ def run_subject_scores(art: RunArtifacts, variant: str) -> pd.DataFrame:
     the run's ``evaluation`` says) and ``threshold`` (the Youden threshold of the fold that held the subject out,
     fitted on that fold's calibration scores), so "misclassified" means what the report's confusion matrix means.
     A run without ``calibration_predictions.csv`` falls back to mean-aggregated lesions and 0.5."""
-    calibration = art.root / "calibration_predictions.csv"
-    if calibration.is_file():
+    if art.layout.calibration.is_file():
         scores = load_run_scores(art.root, variant).scores
         return scores.rename(columns={"youden_threshold": "threshold"})[["subject_id", "y", "prob", "threshold"]]
     return subject_level(art.predictions[art.predictions["variant"] == variant]).assign(threshold=0.5)
@@ -182,11 +183,11 @@ def explain_run(
         scorecam_batch: Score-CAM's masked images per forward pass.
         seed: seed of random baselines and shuffles.
         update_run: add ``explanations`` to the run's ``results.json`` and re-render ``report.html``.
-        allow_outside_root: passed to :func:`~breastfusion.run_artifacts.load_run`.
+        allow_outside_root: passed to :func:`~breastfusion.experiment.run_artifacts.load_run`.
         progress: a rich Progress.
 
     Returns:
-        The ``explanations`` dict (also written to ``OUT/explanations.json``).
+        The ``explanations`` dict (also written to ``OUT/explanations.json``, strict JSON: NaN as null).
 
     Raises:
         ValueError: unknown method, variant or subject.
@@ -199,31 +200,72 @@ def explain_run(
     variant = variant or default_variant(art)
     check_explainable(art, variant)
     modalities = art.modalities(variant)
-    out = Path(out) if out is not None else art.root / "explain"
+    out = Path(out) if out is not None else art.layout.explain
     (out / "heatmaps").mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    faith_methods = tuple(faithfulness_methods) if faithfulness_methods is not None else tuple(CAM_METHODS)
-    if method not in faith_methods:
-        faith_methods = (method, *faith_methods)
 
     per_subject = run_subject_scores(art, variant)
-    if subjects:
-        unknown = sorted(set(map(str, subjects)) - set(art.lesions["subject_id"]))
-        if unknown:
-            raise ValueError(f"subject(s) {unknown[:10]} are not in the cohort at {art.cohort.root}")
-        chosen = list(dict.fromkeys(map(str, subjects)))
-        called = per_subject["prob"] >= per_subject["threshold"]
-        mis = set(per_subject.loc[called != (per_subject["y"] == 1), "subject_id"])
-        sides = {"correct": [s for s in chosen if s not in mis], "misclassified": [s for s in chosen if s in mis]}
-    else:
-        sides = select_cases(per_subject, n_cases)
-        chosen = sides["correct"] + sides["misclassified"]
-
+    chosen, misclassified = _choose_subjects(art, per_subject, subjects, n_cases)
     result: dict[str, Any] = {"variant": variant, "modalities": list(modalities), "method": method,
                               "folds": art.n_folds, "out_dir": str(out)}
+    result.update(_lesion_explanations(art, variant, out, importance_repeats=importance_repeats, seed=seed,
+                                       progress=progress))
+    heatmaps = _Heatmaps(art, variant, method=method, out=out,
+                         faithfulness_methods=_faithfulness_methods(method, faithfulness_methods),
+                         target_layers=target_layers or {}, scorecam_batch=scorecam_batch,
+                         rng=np.random.default_rng(seed), progress=progress)
+    cases = heatmaps.draw(chosen, misclassified, per_subject)
+    heatmaps.write_tables()
+
+    result["target_layers"] = {m: layer.name for (_, m), layer in heatmaps.layers.items()}
+    result["subjects"] = chosen
+    result["gallery"] = {"correct": [s for s in chosen if s not in misclassified],
+                         "misclassified": [s for s in chosen if s in misclassified]}
+    result["faithfulness"] = _summarise_faithfulness(heatmaps.faith_rows, heatmaps.records, heatmaps.curves, method)
+    gallery = plot_gallery(cases, out / "gallery.png",
+                           title=f"{variant}: {method} heatmaps from the fold network that did not see the subject")
+    result["gallery_png"] = str(gallery) if gallery else None
+    result["runtime_s"] = round(time.perf_counter() - started, 1)
+    write_json(out / "explanations.json", result)
+    if update_run:
+        _update_run(art, result, gallery)
+    return result
+
+
+def _faithfulness_methods(method: str, requested: Sequence[str] | None) -> tuple[str, ...]:
+    """The CAM methods scored against lesion masks: those requested (default: all), always with ``method``."""
+    methods = tuple(requested) if requested is not None else tuple(CAM_METHODS)
+    return methods if method in methods else (method, *methods)
+
+
+def _choose_subjects(art: RunArtifacts, per_subject: pd.DataFrame, subjects: Sequence[str] | None,
+                     n_cases: int) -> tuple[list[str], set[str]]:
+    """The subjects to draw heatmaps for, and which of them the run misclassified.
+
+    Given ``subjects``: those (in order, once each); else the ``n_cases`` most confident correct and
+    misclassified subjects each (:func:`~breastfusion.explain.gallery.select_cases`).
+
+    Raises:
+        ValueError: a subject that is not in the cohort.
+    """
+    if not subjects:
+        sides = select_cases(per_subject, n_cases)
+        return sides["correct"] + sides["misclassified"], set(sides["misclassified"])
+    unknown = sorted(set(map(str, subjects)) - set(art.lesions["subject_id"]))
+    if unknown:
+        raise ValueError(f"subject(s) {unknown[:10]} are not in the cohort at {art.cohort.root}")
+    called = per_subject["prob"] >= per_subject["threshold"]
+    wrong = set(per_subject.loc[called != (per_subject["y"] == 1), "subject_id"])
+    chosen = list(dict.fromkeys(map(str, subjects)))
+    return chosen, {s for s in chosen if s in wrong}
+
+
+def _lesion_explanations(art: RunArtifacts, variant: str, out: Path, *, importance_repeats: int, seed: int,
+                         progress: Progress | None) -> dict[str, Any]:
+    """The explanations of every lesion: modality contributions and, when the variant reads clinical data,
+    the clinical variables' permutation importance (tables written to ``out``)."""
     task = progress.add_task("modality contributions", total=None) if progress else None
-    result["contribution"] = _contributions(art, variant, out)
-    if "clinical" in modalities and len(art.cohort.clinical.columns) > 1:
+    result: dict[str, Any] = {"contribution": _contributions(art, variant, out)}
+    if "clinical" in art.modalities(variant) and len(art.cohort.clinical.columns) > 1:
         if progress:
             progress.update(task, description="clinical permutation importance")
         importance = clinical_permutation_importance(art, variant, n_repeats=importance_repeats, seed=seed)
@@ -232,111 +274,143 @@ def explain_run(
         result["clinical_importance_auc"] = float(importance["auc"].iloc[0]) if len(importance) else None
     if progress:
         progress.remove_task(task)
-
-    image_modalities = [m for m in modalities if m in IMAGE_MODALITIES]
-    lesion_pos = {lid: i for i, lid in enumerate(art.lesions["lesion_id"])}
-    prob_of = per_subject.set_index("subject_id")["prob"]
-    nets: dict[int, Any] = {}
-    layers: dict[tuple[int, str], TargetLayer] = {}
-    target_layers = target_layers or {}
-    records, faith_rows, curves, cases = [], [], [], {"correct": [], "misclassified": []}
-    n_images = sum(int(art.images.views[m][lesion_pos[lid]].sum()) for m in image_modalities
-                   for lid in art.lesions.loc[art.lesions["subject_id"].isin(chosen), "lesion_id"])
-    task = progress.add_task(f"heatmaps ({method})", total=n_images) if progress else None
-    heat_store: dict[str, np.ndarray] = {}
-    for sid in chosen:
-        panels = []
-        for lid in art.lesions.loc[art.lesions["subject_id"] == sid, "lesion_id"]:
-            pos = lesion_pos[lid]
-            k = int(art.test_fold[pos])
-            if k not in nets:
-                nets[k] = art.network(variant, k)
-            net = nets[k]
-            data = art.dataset(variant, k, np.array([pos]))
-            raw = {key: value[:1] for key, value in data.tensors.items()}
-            batch = prepare_batch(raw)
-            with torch.no_grad():
-                branch_outputs = {m: branch(batch) for m, branch in net.branches.items()}
-            for modality in image_modalities:
-                views = art.images.views[modality][pos]
-                if (k, modality) not in layers:
-                    layers[(k, modality)] = find_target_layer(
-                        net.branches[modality].encoder, batch[modality].shape[-1],
-                        name=target_layers.get(modality), in_chans=batch[modality].shape[2])
-                layer = layers[(k, modality)]
-                view_names = _view_names(art, pos, modality)
-                view_features = encode_views(net, batch, modality)
-                for slot in np.flatnonzero(views.numpy()):
-                    mask = art.lesion_mask(pos, modality, int(slot))
-                    methods = faith_methods if mask is not None else (method,)
-                    model = OneImageModel(net, batch, modality, int(slot), branch_outputs=branch_outputs,
-                                          view_features=view_features).eval()
-                    maps, logit = compute_cams(model, methods, target_layer=layer, batch_size=scorecam_batch)
-                    image = _image_to_display(raw[modality][0, slot])
-                    name = f"{sid}_{modality}_{view_names[slot]}".replace("/", "_")
-                    save_overlay(image, maps[method], out / "heatmaps" / f"{name}_{method}.png", mask=mask)
-                    heat_store[name] = maps[method]
-                    panels.append((f"{modality[:5]} {view_names[slot]}", overlay(image, maps[method], mask=mask)))
-                    sign = 1.0 if logit >= 0 else -1.0
-                    curve = deletion_insertion(lambda x: torch.sigmoid(sign * model(x)[:, 0]),
-                                               batch[modality][0, slot], maps[method])
-                    random_curve = deletion_insertion(lambda x: torch.sigmoid(sign * model(x)[:, 0]),
-                                                      batch[modality][0, slot],
-                                                      random_heatmap(maps[method].shape, rng))
-                    curves.append({"modality": modality, "deletion_auc": curve["deletion_auc"],
-                                   "insertion_auc": curve["insertion_auc"],
-                                   "random_deletion_auc": random_curve["deletion_auc"],
-                                   "random_insertion_auc": random_curve["insertion_auc"],
-                                   "deletion": curve["deletion"], "insertion": curve["insertion"]})
-                    record = {"subject_id": sid, "lesion_id": lid, "fold": k, "modality": modality,
-                              "view": view_names[slot], "logit": logit, "target_layer": layer.name}
-                    if mask is not None:
-                        tol = pointing_tolerance(mask.shape[1])
-                        record["mask_fraction"] = float(mask.mean())
-                        record["tolerance_px"] = tol
-                        where = {"subject_id": sid, "lesion_id": lid, "view": view_names[slot]}
-                        for name_m, heat in maps.items():
-                            faith_rows.append({**where, "method": name_m, "modality": modality,
-                                               "energy_in_mask": energy_in_mask(heat, mask),
-                                               "pointing_game": pointing_game(heat, mask, tolerance=tol)})
-                        centre = centre_heatmap(mask.shape)
-                        faith_rows.append({**where, "method": "centre", "modality": modality,
-                                           "energy_in_mask": energy_in_mask(centre, mask),
-                                           "pointing_game": pointing_game(centre, mask, tolerance=tol)})
-                        for _ in range(_RANDOM_DRAWS):
-                            heat = random_heatmap(mask.shape, rng)
-                            faith_rows.append({**where, "method": "random", "modality": modality,
-                                               "energy_in_mask": energy_in_mask(heat, mask),
-                                               "pointing_game": pointing_game(heat, mask, tolerance=tol)})
-                    records.append(record)
-                    if progress:
-                        progress.advance(task)
-        side = "misclassified" if sid in sides["misclassified"] else "correct"
-        y = int(per_subject.set_index("subject_id").loc[sid, "y"]) if sid in prob_of.index else -1
-        label = f"{sid} · {'malignant' if y == 1 else 'benign'} · p={prob_of.get(sid, float('nan')):.2f}"
-        cases[side].append({"label": label, "panels": panels})
-    if progress and task is not None:
-        progress.remove_task(task)
-    pd.DataFrame(records).to_csv(out / "heatmaps.csv", index=False)
-    if faith_rows:  # one row per image and method (random: one per draw), for paired comparisons
-        pd.DataFrame(faith_rows).to_csv(out / "faithfulness.csv", index=False)
-    if heat_store:
-        np.savez_compressed(out / "heatmaps.npz", **heat_store)
-
-    result["target_layers"] = {m: layer.name for (_, m), layer in layers.items()}
-    result["subjects"] = chosen
-    result["gallery"] = {side: list(ids) for side, ids in
-                         {"correct": [s for s in chosen if s not in sides["misclassified"]],
-                          "misclassified": [s for s in chosen if s in sides["misclassified"]]}.items()}
-    result["faithfulness"] = _summarise_faithfulness(faith_rows, records, curves, method)
-    gallery = plot_gallery(cases, out / "gallery.png",
-                           title=f"{variant}: {method} heatmaps from the fold network that did not see the subject")
-    result["gallery_png"] = str(gallery) if gallery else None
-    result["runtime_s"] = round(time.perf_counter() - started, 1)
-    (out / "explanations.json").write_text(json.dumps(result, indent=2))
-    if update_run:
-        _update_run(art, result, gallery)
     return result
+
+
+class _Heatmaps:
+    """Draws and scores the heatmaps of chosen subjects' images, each by the fold network that held it out.
+
+    Collects, image by image: a record (``heatmaps.csv``), the deletion / insertion curves of ``method`` and of
+    a random heatmap, and, where the image has a lesion mask, the faithfulness rows of every method and of the
+    centre and random baselines (``faithfulness.csv``); the heatmaps of ``method`` go to ``heatmaps.npz`` and
+    their overlays to ``out/heatmaps``. Fold networks and target layers are made once each.
+    """
+
+    def __init__(self, art: RunArtifacts, variant: str, *, method: str, out: Path,
+                 faithfulness_methods: tuple[str, ...], target_layers: dict[str, str], scorecam_batch: int,
+                 rng: np.random.Generator, progress: Progress | None):
+        self.art, self.variant, self.method, self.out = art, variant, method, out
+        self.faithfulness_methods, self.target_layers = faithfulness_methods, target_layers
+        self.scorecam_batch, self.rng, self.progress = scorecam_batch, rng, progress
+        self.image_modalities = [m for m in art.modalities(variant) if m in IMAGE_MODALITIES]
+        self.lesion_pos = {lid: i for i, lid in enumerate(art.lesions["lesion_id"])}
+        self.nets: dict[int, Any] = {}
+        self.layers: dict[tuple[int, str], TargetLayer] = {}
+        self.records: list[dict] = []
+        self.faith_rows: list[dict] = []
+        self.curves: list[dict] = []
+        self.store: dict[str, np.ndarray] = {}
+        self._task = None
+
+    def draw(self, chosen: list[str], misclassified: set[str], per_subject: pd.DataFrame) -> dict[str, list]:
+        """Every image of the ``chosen`` subjects; returns the gallery's cases per side."""
+        art = self.art
+        n_images = sum(int(art.images.views[m][self.lesion_pos[lid]].sum()) for m in self.image_modalities
+                       for lid in art.lesions.loc[art.lesions["subject_id"].isin(chosen), "lesion_id"])
+        if self.progress:
+            self._task = self.progress.add_task(f"heatmaps ({self.method})", total=n_images)
+        scores = per_subject.set_index("subject_id")
+        cases: dict[str, list] = {"correct": [], "misclassified": []}
+        for sid in chosen:
+            panels = [panel for lid in art.lesions.loc[art.lesions["subject_id"] == sid, "lesion_id"]
+                      for panel in self._lesion(sid, lid)]
+            y = int(scores.loc[sid, "y"]) if sid in scores.index else -1
+            prob = scores["prob"].get(sid, float("nan"))
+            label = f"{sid} · {'malignant' if y == 1 else 'benign'} · p={prob:.2f}"
+            cases["misclassified" if sid in misclassified else "correct"].append({"label": label, "panels": panels})
+        if self.progress and self._task is not None:
+            self.progress.remove_task(self._task)
+        return cases
+
+    def write_tables(self) -> None:
+        """``heatmaps.csv``, ``faithfulness.csv`` (one row per image and method; random: one per draw, for paired
+        comparisons) and ``heatmaps.npz``, for what was drawn."""
+        pd.DataFrame(self.records).to_csv(self.out / "heatmaps.csv", index=False)
+        if self.faith_rows:
+            pd.DataFrame(self.faith_rows).to_csv(self.out / "faithfulness.csv", index=False)
+        if self.store:
+            np.savez_compressed(self.out / "heatmaps.npz", **self.store)
+
+    def _network(self, k: int):
+        if k not in self.nets:
+            self.nets[k] = self.art.network(self.variant, k)
+        return self.nets[k]
+
+    def _layer(self, k: int, net, modality: str, batch: dict[str, torch.Tensor]) -> TargetLayer:
+        if (k, modality) not in self.layers:
+            self.layers[(k, modality)] = find_target_layer(
+                net.branches[modality].encoder, batch[modality].shape[-1],
+                name=self.target_layers.get(modality), in_chans=batch[modality].shape[2])
+        return self.layers[(k, modality)]
+
+    def _lesion(self, sid: str, lid: str) -> list[tuple[str, np.ndarray]]:
+        """The gallery panels of one lesion's images (every image modality, every present view)."""
+        art = self.art
+        pos = self.lesion_pos[lid]
+        k = int(art.test_fold[pos])
+        net = self._network(k)
+        data = art.dataset(self.variant, k, np.array([pos]))
+        raw = {key: value[:1] for key, value in data.tensors.items()}
+        batch = prepare_batch(raw)
+        with torch.no_grad():
+            branch_outputs = {m: branch(batch) for m, branch in net.branches.items()}
+        panels = []
+        for modality in self.image_modalities:
+            views = art.images.views[modality][pos]
+            layer = self._layer(k, net, modality, batch)
+            view_names = _view_names(art, pos, modality)
+            view_features = encode_views(net, batch, modality)
+            for slot in np.flatnonzero(views.numpy()):
+                model = OneImageModel(net, batch, modality, int(slot), branch_outputs=branch_outputs,
+                                      view_features=view_features).eval()
+                where = {"subject_id": sid, "lesion_id": lid, "fold": k, "modality": modality,
+                         "view": view_names[int(slot)]}
+                panels.append(self._image(model, layer, where, raw[modality][0, slot], batch[modality][0, slot],
+                                          art.lesion_mask(pos, modality, int(slot))))
+                if self.progress:
+                    self.progress.advance(self._task)
+        return panels
+
+    def _image(self, model: OneImageModel, layer: TargetLayer, where: dict[str, Any], raw: torch.Tensor,
+               prepared: torch.Tensor, mask: np.ndarray | None) -> tuple[str, np.ndarray]:
+        """One image's heatmaps, overlay, curves and (with a mask) faithfulness rows; returns its gallery panel."""
+        method, modality, view = self.method, where["modality"], where["view"]
+        methods = self.faithfulness_methods if mask is not None else (method,)
+        maps, logit = compute_cams(model, methods, target_layer=layer, batch_size=self.scorecam_batch)
+        image = _image_to_display(raw)
+        name = f"{where['subject_id']}_{modality}_{view}".replace("/", "_")
+        save_overlay(image, maps[method], self.out / "heatmaps" / f"{name}_{method}.png", mask=mask)
+        self.store[name] = maps[method]
+        sign = 1.0 if logit >= 0 else -1.0
+
+        def prob(x: torch.Tensor) -> torch.Tensor:
+            return torch.sigmoid(sign * model(x)[:, 0])
+
+        curve = deletion_insertion(prob, prepared, maps[method])
+        random_curve = deletion_insertion(prob, prepared, random_heatmap(maps[method].shape, self.rng))
+        self.curves.append({"modality": modality, "deletion_auc": curve["deletion_auc"],
+                            "insertion_auc": curve["insertion_auc"],
+                            "random_deletion_auc": random_curve["deletion_auc"],
+                            "random_insertion_auc": random_curve["insertion_auc"],
+                            "deletion": curve["deletion"], "insertion": curve["insertion"]})
+        record = {**where, "logit": logit, "target_layer": layer.name}
+        if mask is not None:
+            tol = pointing_tolerance(mask.shape[1])
+            record["mask_fraction"] = float(mask.mean())
+            record["tolerance_px"] = tol
+            self._faithfulness(where, maps, mask, tol)
+        self.records.append(record)
+        return f"{modality[:5]} {view}", overlay(image, maps[method], mask=mask)
+
+    def _faithfulness(self, where: dict[str, Any], maps: dict[str, np.ndarray], mask: np.ndarray, tol: int) -> None:
+        """Energy in the mask and the pointing game of every method's heatmap, the centre and random baselines."""
+        row = {"subject_id": where["subject_id"], "lesion_id": where["lesion_id"], "view": where["view"]}
+        baselines = [("centre", centre_heatmap(mask.shape))]
+        baselines += [("random", random_heatmap(mask.shape, self.rng)) for _ in range(_RANDOM_DRAWS)]
+        for method, heat in [*maps.items(), *baselines]:
+            self.faith_rows.append({**row, "method": method, "modality": where["modality"],
+                                    "energy_in_mask": energy_in_mask(heat, mask),
+                                    "pointing_game": pointing_game(heat, mask, tolerance=tol)})
 
 
 def _view_names(art: RunArtifacts, position: int, modality: str) -> list[str]:
@@ -376,11 +450,14 @@ def _summarise_faithfulness(rows: list[dict], records: list[dict], curves: list[
 
 
 def _update_run(art: RunArtifacts, explanations: dict[str, Any], gallery: Path | None) -> None:
+    """Add ``explanations`` to the run's ``results.json`` (through the run's own strict writer) and re-render
+    ``report.html`` with the gallery."""
     from breastfusion.report.html import write_report
 
-    results = json.loads((art.root / "results.json").read_text())
+    layout = art.layout
+    results = json.loads(layout.results.read_text())
     results["explanations"] = explanations
-    (art.root / "results.json").write_text(json.dumps(results, indent=2))
-    write_report(results, roc_png=art.root / "roc.png", config_yaml=(art.root / "config.yaml").read_text(),
-                 path=art.root / "report.html", figures={"gallery": gallery} if gallery else None)
+    results = write_results(results, layout)
+    write_report(results, roc_png=layout.roc, config_yaml=layout.config.read_text(),
+                 path=layout.report, figures={"gallery": gallery} if gallery else None)
 

@@ -27,13 +27,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from breastfusion.evaluation.repeats import first_repeat  # noqa: E402
+from breastfusion.experiment.run_folder import FIGURES  # noqa: E402  (the figure file names)
 from breastfusion.report.plots import plot_roc  # noqa: E402
 
 __all__ = ["FIGURES", "plot_calibration", "plot_decision_curves", "plot_confusion_matrices", "write_figures"]
 
 #: Figure name (as the report embeds it) -> file name in the run folder.
-FIGURES = {"roc": "roc.png", "calibration": "calibration.png", "decision_curves": "decision_curves.png",
-           "confusion_matrices": "confusion_matrices.png"}
 
 
 def _grid(n: int, *, cell: float = 3.0) -> tuple[plt.Figure, np.ndarray]:

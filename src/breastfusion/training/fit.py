@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from breastfusion.config import TrainingConfig
 from breastfusion.data.tensors import LesionDataset
+from breastfusion.data.transforms import prepare_batch
 from breastfusion.training.module import LesionClassifier
 from breastfusion.training.sampling import EpochSampler
 
@@ -191,11 +192,11 @@ def predict_probs(net: torch.nn.Module, dataset: LesionDataset, *, batch_size: i
 def extract_features(net: torch.nn.Module, dataset: LesionDataset, *, batch_size: int = 64) -> dict[str, np.ndarray]:
     """Deep features of every sample (``MultimodalNet.features``: ``fused`` and one block per branch), in eval
     mode, from the same prepared inputs as :func:`predict_probs`."""
-    module = LesionClassifier(net, lr=1.0, weight_decay=0.0, epochs=1).eval()
+    net.eval()
     device = next(net.parameters()).device
     blocks: dict[str, list[np.ndarray]] = {}
     for batch in DataLoader(dataset, batch_size=batch_size):
-        prepared = module._prepare({k: v.to(device) for k, v in batch.items()}, train=False)
+        prepared = prepare_batch({k: v.to(device) for k, v in batch.items()})
         for name, value in net.features(prepared).items():
             blocks.setdefault(name, []).append(value.float().cpu().numpy())
     return {name: np.concatenate(parts).astype(np.float64) for name, parts in blocks.items()}

@@ -6,13 +6,13 @@ image normalisation are rebuilt exactly as the run made them:
 
 * the folds come from :func:`~breastfusion.experiment.crossval.fold_positions`, the function the run
   used (``cv.n_splits`` and ``cv.seed``, or the dataset's own ``cv.split_column``);
-* fold ``k``'s clinical preprocessor is fitted on the subjects fold ``k``'s
-  network was fitted on (its training subjects, less the inner validation
-  subjects when early stopping held some out), as
-  :mod:`breastfusion.experiment.crossval` does;
-* fold ``k``'s network is ``checkpoints/{variant}/fold{k}.safetensors``;
+* fold ``k``'s clinical preprocessor is the one the run fitted and saved (on the subjects fold ``k``'s
+  network was fitted on: its training subjects, less the inner validation subjects when early stopping
+  held some out), read with the bundle's trusted-types rule; runs made before it was saved refit it from
+  the cohort with :func:`~breastfusion.experiment.crossval.fit_clinical_preprocessor`, as the run did;
+* fold ``k``'s network is the variant's fold checkpoint (:class:`~breastfusion.experiment.run_folder.RunLayout`);
 * images go through the run's per-modality preprocessing (and cache), then
-  the training module's own batch normalisation;
+  the batch normalisation training used (:func:`~breastfusion.data.transforms.prepare_batch`);
 * lesion masks (manifest column ``mask_path``) go through the same crop,
   flip and resize as their image, so they align with what the network saw.
 
@@ -43,28 +43,19 @@ from breastfusion.data.manifest import IMAGE_MODALITIES, MANIFEST_FILENAME, Coho
 from breastfusion.data.preprocess import Params, preprocess, resize_pad
 from breastfusion.data.readers import read_image
 from breastfusion.data.synthetic.cohort import MASK_COLUMN
+from breastfusion.data.transforms import prepare_batch
 from breastfusion.data.tensors import LesionDataset, LesionImages, build_lesion_images, clinical_features_for
-from breastfusion.experiment.crossval import FoldPositions, fold_positions, network_spec, preprocessing_params
-from breastfusion.run_folder import missing_run_file
+from breastfusion.experiment.crossval import (FoldPositions, fit_clinical_preprocessor, fold_positions, network_spec,
+                                               preprocessing_params)
+from breastfusion.experiment.run_folder import RunLayout
 from breastfusion.models.network import MultimodalNet, SeedEnsemble, build_network
 from breastfusion.training.module import tta_logits
 
-__all__ = ["RunFolderError", "RunArtifacts", "load_run", "load_network", "prepare_batch", "MASK_COLUMN"]
+__all__ = ["RunFolderError", "RunArtifacts", "load_run", "load_network", "fold_checkpoint", "saved_preprocessor",
+           "MASK_COLUMN"]
 
 class RunFolderError(ValueError):
     """A run folder is incomplete or no longer matches its cohort; the message says what is missing."""
-
-
-def prepare_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """uint8 images → the normalised floats the network was trained on (no augmentation).
-
-    Delegates to :class:`~breastfusion.training.module.LesionClassifier`'s own
-    preparation so explanations see exactly what training and prediction saw.
-    """
-    from breastfusion.training.module import LesionClassifier
-
-    return LesionClassifier(torch.nn.Identity(), lr=1.0, weight_decay=0.0, epochs=1, augment=False) \
-        ._prepare(batch, train=False)
 
 
 @dataclass
@@ -95,6 +86,11 @@ class RunArtifacts:
     def __post_init__(self) -> None:
         if self.positions is None:  # built by hand from (train, test) pairs: no inner validation split
             self.positions = [FoldPositions(train, test) for train, test in self.folds]
+
+    @property
+    def layout(self) -> RunLayout:
+        """Where each file of the run folder lives."""
+        return RunLayout(self.root)
 
     @property
     def n_folds(self) -> int:
@@ -136,11 +132,7 @@ class RunArtifacts:
             RunFolderError: the checkpoint is missing.
         """
         self.modalities(variant)
-        path = self.root / "checkpoints" / variant / f"fold{fold}.safetensors"
-        if not path.is_file():
-            raise RunFolderError(f"no checkpoint {path}; runs made before checkpoints were saved cannot be "
-                                 "explained: run the experiment again")
-        return path
+        return fold_checkpoint(self.layout, variant, fold)
 
     def network(self, variant: str, fold: int) -> MultimodalNet:
         """Fold ``fold``'s trained network of ``variant``, in eval mode on the CPU.
@@ -158,12 +150,12 @@ class RunArtifacts:
         return self.positions[fold].fit
 
     def clinical_preprocessor(self, fold: int) -> ClinicalPreprocessor:
-        """The clinical preprocessor of fold ``fold``, fitted on the subjects its network was fitted on."""
+        """The clinical preprocessor of fold ``fold``, fitted on the subjects its network was fitted on: the
+        run's saved one, else (runs made before it was saved) refitted from the cohort as the run fitted it."""
         if fold not in self._preprocessors:
-            cfg = self.config.model.clinical
-            train = self.lesions.iloc[self.fit_positions(fold)]
-            rows = self.cohort.clinical[self.cohort.clinical["subject_id"].isin(train["subject_id"])]
-            self._preprocessors[fold] = ClinicalPreprocessor(cfg.numeric, cfg.categorical, cfg.binary).fit(rows)
+            saved = saved_preprocessor(self.layout, fold)
+            self._preprocessors[fold] = saved if saved is not None else fit_clinical_preprocessor(
+                self.lesions, self.cohort.clinical, self.config, self.fit_positions(fold))
         return self._preprocessors[fold]
 
     @cached_property
@@ -248,6 +240,31 @@ class RunArtifacts:
         return out
 
 
+def fold_checkpoint(layout: RunLayout, variant: str, fold: int) -> Path:
+    """Path of fold ``fold``'s network of ``variant`` in the run folder ``layout``.
+
+    Raises:
+        RunFolderError: the checkpoint is missing.
+    """
+    path = layout.checkpoints.variant_weights(variant, fold)
+    if not path.is_file():
+        raise RunFolderError(f"no checkpoint {path}; runs made before checkpoints were saved cannot be "
+                             "explained: run the experiment again")
+    return path
+
+
+def saved_preprocessor(layout: RunLayout, fold: int) -> ClinicalPreprocessor | None:
+    """Fold ``fold``'s clinical preprocessor as the run saved it, or ``None`` (a run made before they were saved).
+
+    Read with the bundle's trusted-types rule (:func:`breastfusion.bundle.load_clinical_preprocessor`): a file
+    holding any other type is refused, never unpickled.
+    """
+    from breastfusion.bundle import load_clinical_preprocessor
+
+    path = layout.checkpoints.clinical_preprocessor(fold)
+    return load_clinical_preprocessor(path) if path.is_file() else None
+
+
 def load_network(path: Path, config: ExperimentConfig, variant: str,
                  clinical_preprocessor: ClinicalPreprocessor | None = None, *,
                  label: str = "the fold") -> MultimodalNet | SeedEnsemble:
@@ -295,7 +312,7 @@ def load_network(path: Path, config: ExperimentConfig, variant: str,
 
 def _find_cohort(root: Path, config: ExperimentConfig, results: dict[str, Any],
                  allow_outside_root: bool) -> Cohort:
-    candidates = [root / "cohort"]
+    candidates = [RunLayout(root).cohort]
     if config.manifest is not None:
         candidates += [Path(config.manifest), root / config.manifest]
     if results.get("cohort", {}).get("root"):
@@ -328,14 +345,15 @@ def load_run(path: str | Path, *, allow_outside_root: bool = False) -> RunArtifa
             found unchanged.
     """
     root = Path(path)
-    problem = missing_run_file(root)
+    layout = RunLayout(root)
+    problem = layout.missing_file()
     if problem:
         raise RunFolderError(problem)
-    config = load_config(root / "config.yaml")
-    results = json.loads((root / "results.json").read_text())
+    config = load_config(layout.config)
+    results = json.loads(layout.results.read_text())
     cohort = _find_cohort(root, config, results, allow_outside_root)
     lesions = cohort.lesions
     positions = fold_positions(cohort, config)[0]
-    predictions = pd.read_csv(root / "predictions.csv", dtype={"subject_id": str, "lesion_id": str})
+    predictions = pd.read_csv(layout.predictions, dtype={"subject_id": str, "lesion_id": str})
     return RunArtifacts(root=root, config=config, cohort=cohort, results=results, predictions=predictions,
                         lesions=lesions, folds=[(p.train, p.test) for p in positions], positions=positions)

@@ -46,10 +46,7 @@ from breastfusion.evaluation.repeats import first_repeat
 from breastfusion.evaluation.splits import subject_folds
 from breastfusion.evaluation.summary import score_subjects
 
-__all__ = ["OuterFold", "NestedSelection", "restrict_cohort", "nested_selection", "NESTED_FILE"]
-
-#: What ``breastfusion ablate --nested-inner-folds`` writes into the run folder.
-NESTED_FILE = "nested_selection.json"
+__all__ = ["OuterFold", "NestedSelection", "restrict_cohort", "nested_selection"]
 
 
 def restrict_cohort(cohort: Cohort, subject_ids: Iterable[str]) -> Cohort:

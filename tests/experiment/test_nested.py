@@ -15,7 +15,8 @@ from breastfusion.config import load_config, select_variants
 from breastfusion.data.manifest import load_cohort
 from breastfusion.data.synthetic.cohort import generate_cohort
 from breastfusion.experiment.crossval import cross_validate
-from breastfusion.evaluation.nested import NESTED_FILE, nested_selection, restrict_cohort
+from breastfusion.experiment.nested import nested_selection, restrict_cohort
+from breastfusion.experiment.run_folder import RunLayout
 from breastfusion.evaluation.splits import subject_folds
 from breastfusion.evaluation.summary import score_subjects
 
@@ -142,7 +143,7 @@ def test_ablate_cli_writes_the_nested_selection(cohort_dir, tmp_path):
     result = CliRunner().invoke(app, ["ablate", str(config), "--manifest", str(cohort_dir), "--out", str(out),
                                       "--nested-inner-folds", "2"])
     assert result.exit_code == 0, result.output
-    summary = json.loads((out / NESTED_FILE).read_text())
+    summary = json.loads(RunLayout(out).nested_selection.read_text())
     assert summary["inner_folds"] == 2 and summary["candidates"] == ["ultrasound", "clinical"]
     results = json.loads((out / "results.json").read_text())
     for name, auc in summary["outer_auc"].items():  # the outer folds are the run's own
