@@ -30,10 +30,7 @@ OPTIONAL_PACKAGES = {"ray": "ray", "onnx": "onnx", "onnxruntime": "onnx"}
 
 #: Private imports waiting for a rename in a module that is being edited elsewhere: (importer, imported name)
 #: -> why it is still here. The test fails once an entry is fixed, so the entry goes with the fix.
-PENDING: dict[tuple[str, str], str] = {
-    ("breastfusion.execution.ray_executor", "breastfusion.experiment.crossval._Runner"):
-        "the Ray executor runs the local fold runner; rename crossval._Runner to a public name",
-}
+PENDING: dict[tuple[str, str], str] = {}
 
 
 def module_names(root: Path | None = None, package: str = "breastfusion") -> list[str]:

@@ -3,7 +3,7 @@
 Each training is one Ray task with the CPUs and GPUs of ``execution.cpus_per_task`` /
 ``gpus_per_task``; a network that starts from single-modality networks receives their tasks' results as
 arguments, so Ray starts it as soon as those finish on its fold (a DAG, not a barrier per wave). A task
-trains exactly as the local runner does (:meth:`breastfusion.experiment.crossval._Runner.network`, the same
+trains exactly as the local runner does (:meth:`breastfusion.experiment.crossval.FoldTrainer.network`, the same
 seeds) and writes the same files (``networks/KEY/foldK.safetensors``, ``.csv``, ``network.json``, and
 ``foldK-running/last.ckpt`` after every epoch), so:
 
@@ -60,7 +60,7 @@ def train_task(cohort: Cohort, config: ExperimentConfig, images: LesionImages, c
     """
     import torch
 
-    from breastfusion.experiment.crossval import _Runner
+    from breastfusion.experiment.crossval import FoldTrainer
 
     torch.set_num_threads(max(1, threads))
     # Arrays from Ray's object store are read-only views; the datasets index with them, so own a copy.
@@ -74,7 +74,7 @@ def train_task(cohort: Cohort, config: ExperimentConfig, images: LesionImages, c
                                  "the checkpoint folder must be on a filesystem every Ray node shares")
     done = finished(root, task)
     started = time.perf_counter()
-    runner = _Runner(cohort, config, images, root, None)
+    runner = FoldTrainer(cohort, config, images, root, None)
     fold = runner.fold(task.repeat, task.fold, positions)
     runner.network(task.spec, fold)
     return {"key": task.spec.key, "repeat": task.repeat, "fold": task.fold, "modalities": list(task.spec.modalities),

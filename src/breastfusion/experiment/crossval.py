@@ -47,8 +47,8 @@ from breastfusion.models.stage2 import (FeatureTable, Stage2Ensemble, feature_ta
 from breastfusion.training.fit import EpochEnd, clear_work_dir, extract_features, fit_predict, predict_probs
 
 __all__ = ["CrossValidation", "MissingModalityError", "NetworkSpec", "network_spec", "check_modalities",
-           "cross_validate", "inner_split", "unique_networks", "preprocessing_params", "fold_seed", "FoldPositions",
-           "fold_positions", "fit_clinical_preprocessor"]
+           "cross_validate", "FoldTrainer", "inner_split", "unique_networks", "preprocessing_params", "fold_seed",
+           "FoldPositions", "fold_positions", "fit_clinical_preprocessor"]
 
 _RUNTIME_KEYS = {"accelerator", "devices", "num_nodes", "strategy", "num_workers"}  # where it runs, not what it learns
 
@@ -283,7 +283,7 @@ class _Trained:
     ensemble: Stage2Ensemble | None = None  # every stage-2 learner, fitted once
 
 
-class _Runner:
+class FoldTrainer:
     """Trains each (network, fold) once, on demand, and keeps what variants share."""
 
     def __init__(self, cohort: Cohort, config: ExperimentConfig, images: LesionImages,
@@ -535,7 +535,7 @@ def cross_validate(cohort: Cohort, config: ExperimentConfig, *, progress: Progre
     train_task = progress.add_task("training", total=total_epochs) if progress else None
     # Each epoch advances the bar and shows its network's epoch and mean training loss (PlainProgress prints
     # them on its lines; rich keeps them as task fields).
-    runner = _Runner(cohort, config, images, checkpoint_dir,
+    runner = FoldTrainer(cohort, config, images, checkpoint_dir,
                      (lambda end: progress.update(train_task, advance=1, epoch=f"{end.epoch}/{end.epochs}",
                                                   loss=end.train_loss)) if progress else None)
 
