@@ -258,7 +258,8 @@ def export(
     allow_outside_root: Annotated[bool, typer.Option(
         "--allow-outside-root",
         help="Accept image paths in the run's cohort manifest that lie outside the cohort folder (a run made with "
-             "Experiment.fit on a manifest DataFrame, or a manifest pointing at a shared image store). Off by "
+             "Experiment.fit on a manifest DataFrame, or a manifest pointing at a shared image store). Export reads "
+             "the cohort only to refit clinical preprocessors that an older run did not save. Off by "
              "default: a cohort folder is expected to hold its images, so a manifest cannot make the export read "
              "files elsewhere on the machine (e.g. ../../ paths) and the folder stays self-contained.")] = False,
 ) -> None:
