@@ -65,6 +65,20 @@ def test_graph_gives_the_networks_probabilities(tmp_path, fusion, attention, tta
         assert np.abs(plain.run(_batch())["prob"] - graph.run(_batch())["prob"]).max() > 1e-4
 
 
+def test_a_seed_ensemble_exports_as_one_graph_of_its_mean_logit(tmp_path):
+    torch.manual_seed(0)
+    ensemble = build_network(tuple(FUSED), load_config(None, model=TINY_MODEL).model, 5, seeds=3).eval()
+    path = export_fold_onnx(ensemble, tmp_path / "ensemble.onnx", image_sizes={"mammography": 32, "ultrasound": 32},
+                            n_clinical=5, tta="hflip")
+    graph = OnnxFold(onnx_session(path, threads=1))
+    assert graph.inputs == input_names(tuple(FUSED))
+    with torch.no_grad():
+        prepared = prepare_batch(_batch())
+        members = torch.stack([tta_logits(m, prepared, "hflip") for m in ensemble.members])
+    np.testing.assert_allclose(graph.run(_batch())["prob"], torch.sigmoid(members.mean(0)).numpy(), atol=1e-5)
+    assert np.abs(torch.sigmoid(members[0]).numpy() - graph.run(_batch())["prob"]).max() > 1e-4
+
+
 @pytest.fixture(scope="module")
 def cohort_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("onnx-cohort")
