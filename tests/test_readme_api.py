@@ -24,4 +24,7 @@ def test_readme_python_api_example_runs(tmp_path, monkeypatch, capsys):
     assert re.search(r"^clinical: AUC ", printed, flags=re.M), printed
     assert re.search(r"variant\s+fold\s+subject_id\s+y\s+prob", printed), printed      # out-of-fold predictions
     assert re.search(r"subject_id\s+prob\s+call\n0\s+S\d+\s+0?\.\d+\s+(benign|malignant)", printed), printed
+    memory, folder = re.search(r"^in memory: P\(malignant\) (\d\.\d+); from the folder: (\d\.\d+)$", printed,
+                               flags=re.M).groups()
+    assert abs(float(memory) - float(folder)) <= 1e-4, printed  # the in-memory case is the folder's subject
     assert (tmp_path / "runs/notebook/results.json").is_file() and (tmp_path / "tiny-model/bundle.json").is_file()
