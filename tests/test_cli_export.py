@@ -69,3 +69,16 @@ def test_an_old_run_that_refits_refuses_outside_images_unless_allowed(outside_ru
 def test_export_help_says_what_the_flag_allows():
     helped = CliRunner().invoke(app, ["export", "--help"], env={"COLUMNS": "300"}).output
     assert "--allow-outside-root" in helped and "outside the cohort folder" in helped and "Off by default" in helped
+    assert "pip install 'breastfusion[onnx]'" in helped  # the extra is not eaten as rich markup
+
+
+def test_error_messages_reach_the_user_whole(capsys):
+    import typer
+
+    from breastfusion.cli.common import fail
+
+    with pytest.raises(typer.Exit) as exit_info:
+        fail("ONNX export needs onnx: pip install 'breastfusion[onnx]' (see [b]docs[/b])")
+    assert exit_info.value.exit_code == 2
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "pip install 'breastfusion[onnx]' (see [b]docs[/b])" in printed  # brackets are text, not markup

@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 __all__ = ["console", "default_out", "fail", "progress_bar"]
 
@@ -25,8 +26,11 @@ def default_out(name: str) -> Path:
 
 
 def fail(message: str) -> NoReturn:
-    """Print ``error: MESSAGE`` and leave with exit code 2 (a usage or input error, not a crash)."""
-    console.print(f"[red]error:[/red] {message}")
+    """Print ``error: MESSAGE`` and leave with exit code 2 (a usage or input error, not a crash).
+
+    The message is printed as text, not rich markup, so ``pip install 'breastfusion[onnx]'`` or a path with
+    brackets reaches the user whole."""
+    console.print(f"[red]error:[/red] {escape(message)}")
     raise typer.Exit(code=2)
 
 

@@ -254,7 +254,7 @@ def export(
     variant: Annotated[Optional[str], typer.Option("--variant", help="Variant to export (default: the run's "
                                                    "reference variant).")] = None,
     onnx: Annotated[bool, typer.Option("--onnx", help="Also write each fold network as ONNX (fold{k}.onnx), for "
-                                       "`predict --runtime onnx` (pip install 'breastfusion[onnx]').")] = False,
+                                       "`predict --runtime onnx` (pip install 'breastfusion\\[onnx]').")] = False,
     allow_outside_root: Annotated[bool, typer.Option(
         "--allow-outside-root",
         help="Accept image paths in the run's cohort manifest that lie outside the cohort folder (a run made with "
