@@ -47,7 +47,7 @@ def _latency(bundle, cohort, *, cases: int, threads: int) -> dict:
     from breastfusion.data.cache import ArrayCache
     from breastfusion.data.manifest import Cohort
     from breastfusion.data.tensors import LesionDataset, build_lesion_images, clinical_features_for
-    from breastfusion.predict import _fold_probs, _onnx_fold_probs, fit_to_bundle
+    from breastfusion.predict import fold_probs, onnx_fold_probs, fit_to_bundle
 
     torch.set_num_threads(threads)
     subjects = list(dict.fromkeys(cohort.manifest["subject_id"]))[:cases + 3]
@@ -73,8 +73,8 @@ def _latency(bundle, cohort, *, cases: int, threads: int) -> dict:
                         for k in range(bundle.n_folds)]
             started = time.perf_counter()
             with torch.no_grad():
-                probs = [(_fold_probs(bundle, k, net, datasets[k], 64) if runtime == "torch"
-                          else _onnx_fold_probs(bundle, k, datasets[k], 64)) for k, net in enumerate(bundle.networks)]
+                probs = [(fold_probs(bundle, k, net, datasets[k], 64) if runtime == "torch"
+                          else onnx_fold_probs(bundle, k, datasets[k], 64)) for k, net in enumerate(bundle.networks)]
             if i >= 3:
                 networks.append(time.perf_counter() - started)
             if runtime == "torch":

@@ -165,6 +165,17 @@ def test_no_module_imports_a_private_name_of_another():
     assert not fixed, f"fixed, so remove from PENDING: {fixed}"
 
 
+def test_bench_scripts_use_only_public_names_of_the_package():
+    """The bench scripts drive the package as a user would: through its public names only."""
+    bench = PACKAGE_ROOT.parents[1] / "bench"
+    if not bench.is_dir():
+        pytest.skip(f"no bench/ folder next to {PACKAGE_ROOT.parents[1] / 'src'}")
+    found = [f"{path.name} (line {line}) imports {name}" for path in sorted(bench.glob("*.py"))
+             for line, name in private_imports(path.read_text(), f"bench.{path.stem}")
+             if name.startswith("breastfusion.")]
+    assert not found, "bench scripts import private names of breastfusion:\n" + "\n".join(found)
+
+
 @pytest.mark.parametrize("source, importer, expected", [
     ("from breastfusion.data.cache import ArrayCache, _read_mask\n", "breastfusion.run_artifacts",
      [(1, "breastfusion.data.cache._read_mask")]),

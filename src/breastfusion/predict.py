@@ -56,7 +56,7 @@ if TYPE_CHECKING:  # annotations only: Bundle calls this module, so importing it
     from breastfusion.bundle import Bundle
 
 __all__ = ["RUNTIMES", "PREDICTION_COLUMNS", "as_cohort", "case_cohort_for", "clinical_columns", "cohort_for",
-           "fit_to_bundle", "predict_lesions", "score_folds",
+           "fit_to_bundle", "fold_probs", "onnx_fold_probs", "predict_lesions", "score_folds",
            "combine_folds", "training_scores", "external_validation"]
 
 logger = logging.getLogger(__name__)
@@ -248,8 +248,8 @@ def predict_lesions(bundle: Bundle, cohort: Cohort | pd.DataFrame | str | Path |
         data = LesionDataset(images, positions, lesions["y"].to_numpy(), bundle.modalities, *clinical)
         if used is None:
             used = modalities_used(data.tensors, bundle.modalities)
-        prob = (_fold_probs(bundle, k, net, data, batch_size) if runtime == "torch"
-                else _onnx_fold_probs(bundle, k, data, batch_size))
+        prob = (fold_probs(bundle, k, net, data, batch_size) if runtime == "torch"
+                else onnx_fold_probs(bundle, k, data, batch_size))
         if bundle.score_learners is not None:
             prob = _with_clinical_score(bundle, k, net, data, prob)
         frames.append(pd.DataFrame({"fold": k, "subject_id": lesions["subject_id"].to_numpy(),
@@ -274,7 +274,7 @@ def predict_lesions(bundle: Bundle, cohort: Cohort | pd.DataFrame | str | Path |
     return out
 
 
-def _fold_probs(bundle: Bundle, k: int, net, data: LesionDataset, batch_size: int) -> np.ndarray:
+def fold_probs(bundle: Bundle, k: int, net, data: LesionDataset, batch_size: int) -> np.ndarray:
     """Fold ``k``'s P(malignant) per lesion: the network's output, or for a stage-2 bundle its learner's on the
     network's deep features (the same feature table the run fitted it on)."""
     if not len(data):
@@ -305,8 +305,8 @@ def _with_clinical_score(bundle: Bundle, k: int, net, data: LesionDataset, prob:
     return average_scores(prob, clinical, image_present=image_present, clinical_present=present)
 
 
-def _onnx_fold_probs(bundle: Bundle, k: int, data: LesionDataset, batch_size: int) -> np.ndarray:
-    """:func:`_fold_probs` through fold ``k``'s ONNX graph (probabilities, or deep features for a stage-2 learner)."""
+def onnx_fold_probs(bundle: Bundle, k: int, data: LesionDataset, batch_size: int) -> np.ndarray:
+    """:func:`fold_probs` through fold ``k``'s ONNX graph (probabilities, or deep features for a stage-2 learner)."""
     if not len(data):
         return np.zeros(0)
     out = bundle.onnx_fold(k).predict(data, batch_size=batch_size)
