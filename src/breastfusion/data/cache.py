@@ -235,7 +235,7 @@ def preprocess_cohort(cohort, params: dict[str, Params], *, cache: ArrayCache | 
     from breastfusion.data.readers import ImageReadError
 
     arrays, failures = {}, []
-    decoded = getattr(cohort, "decoded", None) or {}
+    decoded = cohort.decoded or {}
     for row in cohort.manifest.to_dict("records"):
         if row["modality"] not in params:
             continue

@@ -70,8 +70,8 @@ class SeedEnsemble(nn.Module):
         return torch.stack([member(batch) for member in self.members]).mean(0)
 
     def features(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        require_single_network(self, "deep features (stage 2)")
-        raise AssertionError("unreachable")
+        """Refused: stage-2 learners read one network's deep features (:func:`require_single_network`)."""
+        raise SingleNetworkRequired(_ensemble_message(self, "deep features (stage 2)"))
 
 
 class SingleNetworkRequired(ValueError):
@@ -85,10 +85,14 @@ def require_single_network(net: nn.Module, what: str) -> MultimodalNet:
     ensemble of K networks has K of each, and averaging their maps would explain no network that exists.
     """
     if isinstance(net, SeedEnsemble):
-        raise SingleNetworkRequired(f"{what} needs a single network, but this is a seed ensemble of "
-                                    f"{len(net.members)} networks (training.seeds: {len(net.members)}); "
-                                    "train with training.seeds: 1 for it")
+        raise SingleNetworkRequired(_ensemble_message(net, what))
     return net
+
+
+def _ensemble_message(net: SeedEnsemble, what: str) -> str:
+    k = len(net.members)
+    return (f"{what} needs a single network, but this is a seed ensemble of {k} networks (training.seeds: {k}); "
+            "train with training.seeds: 1 for it")
 
 
 def member_seed(seed: int, member: int) -> int:
