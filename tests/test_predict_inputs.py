@@ -20,6 +20,10 @@ from breastfusion.data.readers import ImageReadError
 from .test_bundle import bundle_dir, run_dir  # noqa: F401  (the 2-fold run and its fused bundle)
 
 SUBJECTS = ("S00", "S03", "S07")  # S07 has both mammography views and an ultrasound frame, as every subject
+# One case in memory is a batch of one; the folder predicts its lesions in batches. float32 convolution kernels
+# differ by batch size (CI's CPU: 1.1e-6 on prob_sd), so in-memory vs folder compares to 1e-4, far below any
+# decoding or normalisation mistake (those move probabilities by 1e-2 and more).
+BATCH_TOLERANCE = 1e-4
 SCORES = ["prob", "prob_sd", "threshold", "call", "fold_votes_malignant", "n_lesions", "modalities_used"]
 
 
@@ -90,7 +94,7 @@ def test_one_case_in_memory_predicts_as_the_folder_and_writes_nothing(bundle, sm
             if isinstance(expected[column], str):
                 assert got[column] == expected[column], (subject, column)
             else:
-                assert got[column] == pytest.approx(expected[column], abs=1e-6), (subject, column)
+                assert got[column] == pytest.approx(expected[column], abs=BATCH_TOLERANCE), (subject, column)
     assert not list(tmp_path.iterdir())
 
 
@@ -102,7 +106,7 @@ def test_explain_case_reads_the_in_memory_case(bundle, small_cohort_dir):
     cohort = load_cohort(small_cohort_dir)
     from_folder = explain_case(bundle, cohort, lesion_id=cohort.lesions.set_index("subject_id").loc["S03", "lesion_id"],
                                method="gradcam")
-    assert from_memory.phi == pytest.approx(from_folder.phi, abs=1e-6)
+    assert from_memory.phi == pytest.approx(from_folder.phi, abs=BATCH_TOLERANCE)
     assert sorted((h.modality, h.view) for h in from_memory.heatmaps) == [("mammography", "CC"),
                                                                          ("mammography", "MLO"),
                                                                          ("ultrasound", "frame1")]
@@ -183,6 +187,6 @@ def test_web_page_predicts_uploads_in_memory_as_the_folder(bundle, small_cohort_
     assert reply.status_code == 200, reply.text
     assert calls == [(None, ["mammography", "ultrasound"])]
     expected = folder_predictions.loc[subject]
-    assert reply.json()["prob"] == pytest.approx(float(expected["prob"]), abs=1e-6)
+    assert reply.json()["prob"] == pytest.approx(float(expected["prob"]), abs=BATCH_TOLERANCE)
     assert reply.json()["call"] == expected["call"]
     assert not list(tmp_path.iterdir())
