@@ -45,11 +45,11 @@ from breastfusion.data.cache import ArrayCache
 from breastfusion.data.in_memory import InMemoryCaseError, case_cohort
 from breastfusion.data.manifest import IMAGE_MODALITIES, LABELS, Cohort, cohort_from_frame, load_cohort
 from breastfusion.data.tensors import LesionDataset, build_lesion_images, clinical_features_for, modalities_used
-from breastfusion.evaluation.external import (TRANSFER_ADVICE, decision_metrics, json_safe, prevalence_shift,
-                                              score_shift)
+from breastfusion.evaluation.external import TRANSFER_ADVICE, decision_metrics, prevalence_shift, score_shift
 from breastfusion.evaluation.metrics import auc_with_ci
 from breastfusion.evaluation.summary import score_fold
 from breastfusion.data.transforms import prepare_batch
+from breastfusion.strict_json import json_safe
 from breastfusion.training.module import tta_logits
 
 if TYPE_CHECKING:  # annotations only: Bundle calls this module, so importing it back would make a circle

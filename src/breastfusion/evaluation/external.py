@@ -33,7 +33,7 @@ from sklearn.metrics import confusion_matrix
 from breastfusion.evaluation.input_checks import MetricInputError
 
 __all__ = ["PREVALENCE_ALPHA", "PREVALENCE_TOLERANCE", "SCORE_ALPHA", "TRANSFER_ADVICE", "decision_metrics",
-           "prevalence_shift", "score_shift", "json_safe"]
+           "prevalence_shift", "score_shift"]
 
 #: Fisher's exact test p below which the new cohort's prevalence counts as different from training's.
 PREVALENCE_ALPHA = 0.01
@@ -136,14 +136,3 @@ def score_shift(new, training, *, alpha: float = SCORE_ALPHA) -> dict[str, Any]:
             "shifted": bool(result.pvalue < alpha)}
 
 
-def json_safe(value: Any) -> Any:
-    """``value`` with NaN floats as ``None`` and NumPy scalars as Python ones, nested dicts and lists included."""
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

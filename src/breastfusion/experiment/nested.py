@@ -40,7 +40,7 @@ from sklearn.metrics import roc_auc_score
 from breastfusion.config import ExperimentConfig, select_variants
 from breastfusion.data.manifest import Cohort
 from breastfusion.experiment.crossval import cross_validate
-from breastfusion.evaluation.external import json_safe
+from breastfusion.strict_json import json_safe
 from breastfusion.evaluation.metrics import auc_with_ci
 from breastfusion.evaluation.repeats import first_repeat
 from breastfusion.evaluation.splits import subject_folds

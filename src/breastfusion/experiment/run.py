@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,9 +30,10 @@ from breastfusion.evaluation.summary import paired_delong, score_subjects, summa
 from breastfusion.report.cohort import cohort_summary
 from breastfusion.report.figures import write_figures
 from breastfusion.report.html import write_report
+from breastfusion.strict_json import json_safe, write_json
 from breastfusion.versions import library_versions
 
-__all__ = ["run_experiment", "library_versions", "evaluate_predictions", "write_outputs", "write_results", "write_json"]
+__all__ = ["run_experiment", "library_versions", "evaluate_predictions", "write_outputs", "write_results"]
 
 
 def _stage2_importance(table: pd.DataFrame, variant: str) -> list[dict[str, Any]] | None:
@@ -136,30 +136,6 @@ def write_results(results: dict[str, Any], layout: RunLayout) -> dict[str, Any]:
     return write_json(layout.results, results)
 
 
-def write_json(path: Path, value: Any) -> Any:
-    """Write ``value`` as strict JSON (NaN and infinities as null, NumPy scalars as Python ones), indented.
-
-    Returns:
-        The value as written.
-    """
-    value = _json_safe(value)
-    Path(path).write_text(json.dumps(value, indent=2, allow_nan=False))
-    return value
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN and infinities as null, so results.json is strict JSON."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
 def run_experiment(
     cohort: Cohort, config: ExperimentConfig, out_dir: str | Path, *, progress: Progress | None = None,
     ablation: dict[str, str] | None = None,
@@ -211,7 +187,7 @@ def run_experiment(
         entry.update(stage2=config.variant(name).stage2, network=cv.networks.get(name),
                      stage2_feature_importance=_stage2_importance(cv.stage2_importance, name))
     if ablation is not None:
-        table = ablation_table(_json_safe(results), ablation)
+        table = ablation_table(json_safe(results), ablation)
         write_ablation(table, out, title=f"{config.name}: ablation (reference: {reference_variant(config)})")
         results["ablation"] = table.to_dict(orient="records")
     results["runtime_s"] = round(time.perf_counter() - started, 1)

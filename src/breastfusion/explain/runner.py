@@ -22,7 +22,8 @@ from breastfusion.data.manifest import IMAGE_MODALITIES
 from breastfusion.data.transforms import prepare_batch
 from breastfusion.evaluation.compare import load_run_scores
 from breastfusion.evaluation.metrics import subject_level
-from breastfusion.experiment.run import write_json, write_results
+from breastfusion.experiment.run import write_results
+from breastfusion.strict_json import write_json
 from breastfusion.experiment.run_artifacts import RunArtifacts, load_run
 from breastfusion.explain.cams import (CAM_METHODS, OneImageModel, TargetLayer, compute_cams, encode_views,
                                        find_target_layer)
