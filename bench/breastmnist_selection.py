@@ -59,6 +59,15 @@ def with_overrides(config, overrides: dict):
     return type(config).model_validate(data)
 
 
+def record_run(results: Path, entry: dict) -> None:
+    """Print ``entry`` and put it in ``results``' ``runs`` list, replacing an earlier run of the same name."""
+    print(entry)
+    previous = json.loads(results.read_text()) if results.is_file() else {"runs": []}
+    previous["runs"] = [r for r in previous["runs"] if r["name"] != entry["name"]] + [entry]
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps(previous, indent=2) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("name")
@@ -82,11 +91,7 @@ def main() -> None:
     auc = json.loads((out / "results.json").read_text())["variants"]["ultrasound"]["auc"]
     entry = {"name": args.name, "overrides": overrides, "selection_auc": auc,
              "seconds": round(time.perf_counter() - start, 1)}
-    print(entry)
-    previous = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"runs": []}
-    previous["runs"] = [r for r in previous["runs"] if r["name"] != args.name] + [entry]
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(previous, indent=2) + "\n")
+    record_run(RESULTS, entry)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     args = parser.parse_args()
 
-    from breastmnist_selection import with_overrides
+    from breastmnist_selection import record_run, with_overrides
     from real_data import prepare, variant_entry
 
     from breastfusion.config import load_config, select_variants
@@ -57,11 +57,7 @@ def main() -> None:
     entry = {"name": args.name, "config": str(args.config), "overrides": overrides, "cv_seed": config.cv.seed,
              "selection_auc": e["auc"], "selection_auc_ci": e["auc_ci"],
              "seconds": round(time.perf_counter() - start, 1)}
-    print(entry)
-    previous = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"runs": []}
-    previous["runs"] = [r for r in previous["runs"] if r["name"] != args.name] + [entry]
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(previous, indent=2) + "\n")
+    record_run(RESULTS, entry)
 
 
 if __name__ == "__main__":
