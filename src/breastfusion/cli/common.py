@@ -30,7 +30,7 @@ def fail(message: str) -> NoReturn:
 
     The message is printed as text, not rich markup, so ``pip install 'breastfusion[onnx]'`` or a path with
     brackets reaches the user whole."""
-    console.print(f"[red]error:[/red] {escape(message)}")
+    console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code=2)
 
 

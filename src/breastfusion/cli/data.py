@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
+
+from breastfusion.cli.common import fail
 
 __all__ = ["app", "cache_app"]
 
@@ -19,17 +20,12 @@ cache_app = typer.Typer(help="The preprocessed-array cache.", no_args_is_help=Tr
 console = Console()
 
 
-def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)  # text, not markup
-    raise typer.Exit(code=2)
-
-
 def _pairs(values: list[str], what: str) -> dict[str, str]:
     out = {}
     for value in values:
         key, sep, val = value.partition("=")
         if not sep or not key or not val:
-            _fail(f"{what} {value!r}: expected KEY=VALUE")
+            fail(f"{what} {value!r}: expected KEY=VALUE")
         out[key.strip()] = val.strip()
     return out
 
@@ -65,9 +61,9 @@ def prepare(
         prepared = get_adapter(name)(root, **options)
         write_prepared(prepared, out, images=images)
     except KeyError as exc:
-        _fail(exc.args[0])
+        fail(exc.args[0])
     except (DatasetLayoutError, AdapterOptionError, ManifestError, ValueError, OSError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     summary = json.loads((out / "dataset.json").read_text())
     counts = ", ".join(f"{k} {v}" for k, v in summary["counts"].items())
     console.print(f"{summary['dataset']}: {summary['n_images']} images of {summary['n_subjects']} subjects "
@@ -96,7 +92,7 @@ def check(
     try:
         cohort = load_cohort(manifest_dir, check_files=False, allow_outside_root=allow_outside_root)
     except (ManifestError, FileNotFoundError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     report = check_cohort(cohort, max_distance=max_distance)
     console.print(f"{report.n_images} images, {report.n_subjects} subjects, {report.n_lesions} lesions")
     for modality, balance in report.class_balance.items():
@@ -173,7 +169,7 @@ def preprocess_cmd(
         cache = ArrayCache(cache_dir, enabled=not no_cache)
         result = preprocess_cohort(cohort, params, cache=cache, exclude_unreadable=exclude_unreadable)
     except (ManifestError, FileNotFoundError, PreprocessError, ImageReadError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     record = record or cohort.root / "preprocess.json"
     record.write_text(json.dumps({"params": result.params, "n_images": len(result.arrays),
                                   "excluded_unreadable": result.failures, "cache": str(cache.root) if

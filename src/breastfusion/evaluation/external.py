@@ -134,5 +134,3 @@ def score_shift(new, training, *, alpha: float = SCORE_ALPHA) -> dict[str, Any]:
             "n_new": int(new.size), "n_training": int(training.size),
             "test": "two-sample Kolmogorov-Smirnov, two-sided", "alpha": alpha,
             "shifted": bool(result.pvalue < alpha)}
-
-
