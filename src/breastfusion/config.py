@@ -59,6 +59,10 @@ class ImageBranchConfig(_Strict):
                                                      "or after every stage")
     weights: Path | None = None
     image_size: int = Field(64, ge=16, le=1024)
+    mask_loss: float = Field(0.0, ge=0, description="weight of an auxiliary lesion-mask loss: a 1x1 convolution "
+                             "on the encoder's final feature map learns where the lesion is, from the training "
+                             "images' masks (manifest mask_path; images without one add nothing). Held-out "
+                             "images' masks are never read; prediction does not use the head. 0: off")
     preprocess: dict[str, Any] = Field(default_factory=dict, description="overrides of the modality's "
                                        "preprocessing (breastfusion.data.preprocess: crop, chest_wall, normalise, "
                                        "roi, ...)")

@@ -18,17 +18,17 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from breastfusion.data.preprocess import Box, Params, preprocess
+from breastfusion.data.preprocess import Box, Params, PreprocessError, align_mask, preprocess
 from breastfusion.data.readers import read_image
 
 __all__ = ["PIPELINE_VERSION", "ArrayCache", "CacheInfo", "CohortImages", "default_cache_dir", "file_digest",
-           "load_prepared", "preprocess_cohort", "read_mask", "roi_inputs"]
+           "load_lesion_mask", "load_prepared", "preprocess_cohort", "read_mask", "roi_inputs"]
 
 #: Bump when decoding or preprocessing code changes what it outputs for the same parameters.
 # 2: DICOM colour, palette, multi-frame and no-window rules (data.dicom);
@@ -169,22 +169,57 @@ def load_prepared(path: str | Path, params: Params, *, cache: ArrayCache | None 
         ImageReadError: the image or a mask cannot be decoded.
         PreprocessError: the ROI does not fit the image.
     """
-    key = None
-    if cache is not None and cache.enabled:
-        extra = [file_digest(m) for m in roi_masks] if params.roi == "mask" else []
+    def extra() -> list[str]:
         if params.roi == "box":
-            extra = [json.dumps(list(roi) if roi is not None else None)]
-        key = cache.key(path, params.to_dict(), extra=extra)
-        hit = cache.get(key)
-        if hit is not None:
-            cache.hits += 1
-            return hit
-        cache.misses += 1
-    mask = read_mask(roi_masks) if params.roi == "mask" and roi_masks else None
-    pixels = preprocess(read_image(path), params, roi_mask=mask, roi=roi).pixels
-    if key is not None:
-        cache.put(key, pixels)
-    return pixels
+            return [json.dumps(list(roi) if roi is not None else None)]
+        return [file_digest(m) for m in roi_masks] if params.roi == "mask" else []
+
+    def compute() -> np.ndarray:
+        mask = read_mask(roi_masks) if params.roi == "mask" and roi_masks else None
+        return preprocess(read_image(path), params, roi_mask=mask, roi=roi).pixels
+
+    return _through_cache(cache, path, params, extra, compute)
+
+
+def _through_cache(cache: ArrayCache | None, path: str | Path, params: Params, extra: Callable[[], list[str]],
+                   compute: Callable[[], np.ndarray]) -> np.ndarray:
+    """``compute()``, or the cache's entry for (``path``'s content, ``params``, ``extra()``), stored on a miss."""
+    if cache is None or not cache.enabled:
+        return compute()
+    key = cache.key(path, params.to_dict(), extra=extra())
+    hit = cache.get(key)
+    if hit is not None:
+        cache.hits += 1
+        return hit
+    cache.misses += 1
+    array = compute()
+    cache.put(key, array)
+    return array
+
+
+def load_lesion_mask(path: str | Path, params: Params, mask_files: Sequence[str | Path], *,
+                     cache: ArrayCache | None = None, roi: Box | None = None) -> np.ndarray:
+    """One image's lesion mask (the union of ``mask_files``) through the image's preprocessing geometry
+    (:func:`~breastfusion.data.preprocess.align_mask`), through the cache when one is given.
+
+    Returns:
+        uint8 (S, S): the share of each pixel inside the lesion, times 255.
+
+    Raises:
+        ImageReadError: the image or a mask cannot be decoded.
+        PreprocessError: the mask's size differs from the image's, or the ROI does not fit the image.
+    """
+    def compute() -> np.ndarray:
+        image, mask = read_image(path), read_mask(mask_files)
+        if mask.shape != image.pixels.shape:
+            raise PreprocessError(f"{path}: its lesion mask ({', '.join(str(m) for m in mask_files)}) is "
+                                  f"{mask.shape[0]}x{mask.shape[1]} px, the image {image.pixels.shape[0]}x"
+                                  f"{image.pixels.shape[1]}; a mask must cover its image pixel for pixel")
+        prepared = preprocess(image, params, roi_mask=mask, roi=roi)
+        return np.rint(align_mask(mask, prepared, params) * 255).astype(np.uint8)
+
+    return _through_cache(cache, path, params, lambda: ["lesion-mask", *(file_digest(m) for m in mask_files),
+                                                        json.dumps(list(roi) if roi else None)], compute)
 
 
 @dataclass
@@ -196,12 +231,15 @@ class CohortImages:
         failures: ``[{"path", "error"}]`` for every image that was not.
         excluded: the failed paths that were left out because ``exclude_unreadable`` was set (else empty).
         params: ``{modality: params.to_dict()}`` as used (record these with the run).
+        masks: ``{absolute path: uint8 (S, S)}`` lesion masks aligned with ``arrays`` (:func:`load_lesion_mask`),
+            for the images of the ``masks_for`` modalities that list mask files; empty unless asked for.
     """
 
     arrays: dict[str, np.ndarray]
     failures: list[dict]
     excluded: list[str]
     params: dict[str, dict]
+    masks: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def roi_inputs(row, root: Path) -> tuple[list[Path], Box | None]:
@@ -216,7 +254,8 @@ def roi_inputs(row, root: Path) -> tuple[list[Path], Box | None]:
 
 
 def preprocess_cohort(cohort, params: dict[str, Params], *, cache: ArrayCache | None = None,
-                      exclude_unreadable: bool = False, on_image=None) -> CohortImages:
+                      exclude_unreadable: bool = False, on_image=None,
+                      masks_for: Collection[str] = ()) -> CohortImages:
     """Decode and preprocess every image of a cohort, collecting every failure.
 
     Args:
@@ -226,15 +265,16 @@ def preprocess_cohort(cohort, params: dict[str, Params], *, cache: ArrayCache | 
         cache: an :class:`ArrayCache` (``None`` or ``enabled=False``: decode every time).
         exclude_unreadable: leave unreadable images out (listed in ``excluded``) instead of raising.
         on_image: called after each image (progress).
+        masks_for: image modalities whose lesion masks (manifest ``mask_path``) are also prepared, aligned with
+            their images (``masks``: mask supervision); a mask that cannot be read fails its row like its image.
 
     Raises:
         ImageReadError: some images could not be read and ``exclude_unreadable`` is not set; the message
             lists every one with its reason.
     """
-    from breastfusion.data.preprocess import PreprocessError
     from breastfusion.data.readers import ImageReadError
 
-    arrays, failures = {}, []
+    arrays, failures, lesion_masks = {}, [], {}
     decoded = cohort.decoded or {}
     for row in cohort.manifest.to_dict("records"):
         if row["modality"] not in params:
@@ -247,6 +287,9 @@ def preprocess_cohort(cohort, params: dict[str, Params], *, cache: ArrayCache | 
             else:
                 arrays[row["path"]] = load_prepared(row["path"], modality_params, cache=cache, roi_masks=masks,
                                                     roi=box)
+                if masks and row["modality"] in masks_for:
+                    lesion_masks[row["path"]] = load_lesion_mask(row["path"], modality_params, masks, cache=cache,
+                                                                 roi=box)
         except (ImageReadError, PreprocessError, FileNotFoundError) as exc:
             message = str(exc) if str(row["path"]) in str(exc) else f"{row['path']}: {exc}"
             failures.append({"path": row["path"], "error": message})
@@ -259,4 +302,5 @@ def preprocess_cohort(cohort, params: dict[str, Params], *, cache: ArrayCache | 
                              f"(pass exclude_unreadable / --exclude-unreadable to leave them out, recorded):"
                              f"\n  - {listed}{more}")
     return CohortImages(arrays, failures, [f["path"] for f in failures] if exclude_unreadable else [],
-                        {m: p.to_dict() for m, p in params.items()})
+                        {m: p.to_dict() for m, p in params.items()},
+                        {p: m for p, m in lesion_masks.items() if p in arrays})

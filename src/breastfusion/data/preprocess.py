@@ -38,6 +38,7 @@ __all__ = [
     "roi_box",
     "resize_pad",
     "normalise",
+    "align_mask",
 ]
 
 Box = tuple[int, int, int, int]  # (top, left, bottom, right), bottom/right exclusive
@@ -332,3 +333,21 @@ def preprocess(image: ImageData, params: Params, *, roi_mask: np.ndarray | None 
     out = resize_pad(np.ascontiguousarray(crop), params.size, anchor=anchor)
     result.pixels = np.rint(out * 255).astype(np.uint8)
     return result
+
+
+def align_mask(mask: np.ndarray, prepared: Prepared, params: Params) -> np.ndarray:
+    """A lesion mask of an image through that image's preprocessing geometry.
+
+    The mask (H, W) of the original image is cropped to the box :func:`preprocess` chose for the image
+    (``prepared.crop``), mirrored when the image was, then resized and padded as the image was, so it lies
+    over the pixels the network sees (explanations score heatmaps against it; mask supervision trains on it).
+
+    Returns:
+        float32 (S, S) in [0, 1]: the share of each output pixel inside the lesion.
+    """
+    top, left, bottom, right = prepared.crop
+    crop = np.asarray(mask, dtype=np.float32)[top:bottom, left:right]
+    if prepared.flipped:
+        crop = crop[:, ::-1]
+    anchor = params.chest_wall if params.modality == "mammography" and params.chest_wall != "none" else "center"
+    return np.clip(resize_pad(np.ascontiguousarray(crop), params.size, anchor=anchor), 0.0, 1.0)

@@ -5,7 +5,9 @@ A sample is a dict keyed by modality:
 * ``{image modality}``: uint8 (V, 1, S, S), V view slots (e.g. CC and MLO),
   ``{image modality}_views``: bool (V,) which slots hold an image;
 * ``clinical``: float32 (F,) preprocessed features, ``clinical_present``: bool;
-* ``label``: float32 (1 = malignant).
+* ``label``: float32 (1 = malignant);
+* with mask supervision (training lesions only), ``{image modality}_mask``: uint8 (V, 1, S, S) lesion masks
+  aligned with the images, and ``{image modality}_mask_views``: bool (V,) which slots have one.
 
 Images are decoded once per run and kept in memory as uint8; conversion to
 float, normalisation and augmentation happen on the batch, in the model step.
@@ -51,20 +53,26 @@ class LesionImages:
         views: ``{modality: bool tensor (L, V)}``.
         excluded: unreadable image paths left out (only with ``exclude_unreadable``).
         params: the preprocessing parameters used, per modality (recorded with the run).
+        masks: ``{modality: uint8 tensor (L, V, 1, S, S)}`` lesion masks aligned with ``images``, for the
+            modalities asked for (``build_lesion_images(masks_for=...)``); zeros where a slot has none.
+        mask_views: ``{modality: bool tensor (L, V)}``: which slots have a mask.
     """
 
     def __init__(self, lesion_ids: list[str], images: dict[str, torch.Tensor], views: dict[str, torch.Tensor],
-                 *, excluded: list[str] | None = None, params: dict[str, dict] | None = None):
+                 *, excluded: list[str] | None = None, params: dict[str, dict] | None = None,
+                 masks: dict[str, torch.Tensor] | None = None, mask_views: dict[str, torch.Tensor] | None = None):
         self.lesion_ids = lesion_ids
         self.images = images
         self.views = views
         self.excluded = excluded or []
         self.params = params or {}
+        self.masks = masks or {}
+        self.mask_views = mask_views or {}
 
 
 def build_lesion_images(
     cohort: Cohort, params: dict[str, Params], *, cache: ArrayCache | None = None, exclude_unreadable: bool = False,
-    on_image: Callable[[], None] | None = None,
+    on_image: Callable[[], None] | None = None, masks_for: tuple[str, ...] = (),
 ) -> LesionImages:
     """Decode and preprocess every image of the requested modalities into per-lesion view slots.
 
@@ -74,15 +82,17 @@ def build_lesion_images(
         cache: the preprocessed-array cache (``None``: decode every time).
         exclude_unreadable: leave unreadable images out (recorded in ``excluded``) instead of failing.
         on_image: called after each image (progress).
+        masks_for: image modalities whose lesion masks (manifest ``mask_path``) are prepared too, aligned with
+            the images (``LesionImages.masks``), for mask supervision.
 
     Raises:
         ImageReadError: listing every unreadable image, unless ``exclude_unreadable``.
     """
     prepared = preprocess_cohort(cohort, params, cache=cache, exclude_unreadable=exclude_unreadable,
-                                 on_image=on_image)
+                                 on_image=on_image, masks_for=masks_for)
     lesion_ids = cohort.lesions["lesion_id"].tolist()
     row_of = {lid: i for i, lid in enumerate(lesion_ids)}
-    images, views = {}, {}
+    images, views, masks, mask_views = {}, {}, {}, {}
     for modality, modality_params in params.items():
         rows = cohort.manifest[(cohort.manifest["modality"] == modality)
                                & cohort.manifest["path"].isin(list(prepared.arrays))]
@@ -98,7 +108,16 @@ def build_lesion_images(
             stack[lesion_rows, slot, 0] = torch.from_numpy(pixels)
             present[lesion_rows, slot] = True
         images[modality], views[modality] = stack, present
-    return LesionImages(lesion_ids, images, views, excluded=prepared.excluded, params=prepared.params)
+        if modality in masks_for:
+            has = torch.as_tensor(rows["path"].isin(list(prepared.masks)).to_numpy(copy=True))
+            masks[modality] = torch.zeros_like(stack)
+            mask_views[modality] = torch.zeros_like(present)
+            if bool(has.any()):
+                masks[modality][lesion_rows[has], slot[has], 0] = torch.from_numpy(
+                    np.stack([prepared.masks[p] for p in rows["path"][has.numpy()]]))
+                mask_views[modality][lesion_rows[has], slot[has]] = True
+    return LesionImages(lesion_ids, images, views, excluded=prepared.excluded, params=prepared.params,
+                        masks=masks, mask_views=mask_views)
 
 
 class LesionDataset(Dataset):
@@ -111,10 +130,13 @@ class LesionDataset(Dataset):
         modalities: the modalities this network reads.
         clinical: float32 (len(index), F) features, or ``None``.
         clinical_present: bool (len(index),), or ``None``.
+        with_masks: include the lesion masks ``images`` holds for these modalities (training lesions of a
+            mask-supervised network; never held-out ones).
     """
 
     def __init__(self, images: LesionImages, index: np.ndarray, labels: np.ndarray, modalities: tuple[str, ...],
-                 clinical: np.ndarray | None = None, clinical_present: np.ndarray | None = None):
+                 clinical: np.ndarray | None = None, clinical_present: np.ndarray | None = None, *,
+                 with_masks: bool = False):
         self.tensors: dict[str, torch.Tensor] = {"label": torch.tensor(np.asarray(labels), dtype=torch.float32)}
         index_t = torch.as_tensor(index, dtype=torch.long)
         for modality in modalities:
@@ -126,6 +148,9 @@ class LesionDataset(Dataset):
             else:
                 self.tensors[modality] = images.images[modality][index_t]
                 self.tensors[f"{modality}_views"] = images.views[modality][index_t]
+                if with_masks and modality in images.masks:
+                    self.tensors[f"{modality}_mask"] = images.masks[modality][index_t]
+                    self.tensors[f"{modality}_mask_views"] = images.mask_views[modality][index_t]
 
     def __len__(self) -> int:
         return len(self.tensors["label"])

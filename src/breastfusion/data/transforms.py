@@ -16,7 +16,8 @@ import torch.nn.functional as F
 
 from breastfusion.data.manifest import IMAGE_MODALITIES
 
-__all__ = ["MEAN", "STD", "normalise_images", "augment_images", "drop_modalities", "flip_images", "prepare_batch"]
+__all__ = ["MEAN", "STD", "normalise_images", "augment_images", "augment_with_masks", "drop_modalities", "flip_images",
+           "prepare_batch"]
 
 #: Intensity normalisation of [0, 1] images: ``(x - MEAN) / STD``.
 MEAN, STD = 0.5, 0.25
@@ -35,27 +36,47 @@ def augment_images(x: torch.Tensor, *, modality: str) -> torch.Tensor:
         modality: ``mammography`` also flips top-bottom; ``ultrasound`` does not (posterior
             shadowing points away from the probe) but gets multiplicative speckle noise.
     """
+    return augment_with_masks(x, None, modality=modality)[0]
+
+
+def augment_with_masks(x: torch.Tensor, masks: torch.Tensor | None, *, modality: str
+                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`augment_images`, moving lesion masks (B, V, 1, H, W) in [0, 1] with their images: the same flips
+    and affine warp (the same random draws, so an image augments alike with or without its mask); gain and
+    speckle touch the images only."""
     b, v = x.shape[:2]
     flat = x.reshape(b * v, *x.shape[2:])
+    flat_masks = None if masks is None else masks.reshape(b * v, *masks.shape[2:])
     n = flat.shape[0]
 
     def rand(*shape: int) -> torch.Tensor:
         return torch.rand(*shape, device=x.device)
 
-    flat = torch.where(rand(n, 1, 1, 1) < 0.5, flat.flip(-1), flat)
+    def both(transform, where: torch.Tensor | None = None):
+        nonlocal flat, flat_masks
+        flat = transform(flat) if where is None else torch.where(where, transform(flat), flat)
+        if flat_masks is not None:
+            flat_masks = transform(flat_masks) if where is None else torch.where(where, transform(flat_masks),
+                                                                                 flat_masks)
+
+    both(lambda t: t.flip(-1), rand(n, 1, 1, 1) < 0.5)
     if modality == "mammography":
-        flat = torch.where(rand(n, 1, 1, 1) < 0.5, flat.flip(-2), flat)
+        both(lambda t: t.flip(-2), rand(n, 1, 1, 1) < 0.5)
     angle = (rand(n) - 0.5) * (2 * math.pi / 18)
     scale = 1 + (rand(n) - 0.5) * 0.2
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     shift = (rand(n, 2) - 0.5) * 0.16
     theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
-    grid = F.affine_grid(theta, list(flat.shape), align_corners=False)
-    flat = F.grid_sample(flat, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+    def warp(t: torch.Tensor) -> torch.Tensor:
+        grid = F.affine_grid(theta, list(t.shape), align_corners=False)
+        return F.grid_sample(t, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+    both(warp)
     flat = flat * (1 + 0.1 * torch.randn(n, 1, 1, 1, device=x.device))
     if modality == "ultrasound":
         flat = flat * (1 + 0.1 * torch.randn_like(flat)).clamp(min=0)
-    return flat.reshape(x.shape)
+    return flat.reshape(x.shape), None if masks is None else flat_masks.reshape(masks.shape)
 
 
 def flip_images(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -90,7 +111,8 @@ def prepare_batch(batch: dict[str, torch.Tensor], *, augment: bool = False, moda
 
     Args:
         batch: a modality-keyed batch (not changed; a new dict is returned).
-        augment: :func:`augment_images` each image modality (between scaling to [0, 1] and normalising).
+        augment: :func:`augment_images` each image modality (between scaling to [0, 1] and normalising); lesion
+            masks (``{modality}_mask``, uint8) become [0, 1] floats and move with their images.
         modality_dropout: :func:`drop_modalities`' chance to hide each present modality of a sample.
         modalities: the network's modalities, which modality dropout may hide (needed when it is > 0).
     """
@@ -99,9 +121,12 @@ def prepare_batch(batch: dict[str, torch.Tensor], *, augment: bool = False, moda
         if modality not in batch:
             continue
         x = batch[modality].float().div_(255.0)  # (B, V, 1, H, W)
+        masks = batch[f"{modality}_mask"].float().div_(255.0) if f"{modality}_mask" in batch else None
         if augment:
-            x = augment_images(x, modality=modality)
+            x, masks = augment_with_masks(x, masks, modality=modality)
         batch[modality] = normalise_images(x)
+        if masks is not None:
+            batch[f"{modality}_mask"] = masks
     if modality_dropout > 0:
         batch = drop_modalities(batch, modalities, modality_dropout)
     return batch

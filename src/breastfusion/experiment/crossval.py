@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,6 +186,12 @@ def preprocessing_params(config: ExperimentConfig, modalities: list[str]) -> dic
     return out
 
 
+def mask_supervised(config: ExperimentConfig, modalities: list[str]) -> tuple[str, ...]:
+    """The image modalities some variant trains with an auxiliary mask loss (``model.{modality}.mask_loss`` > 0)."""
+    return tuple(m for m in modalities
+                 if any(getattr(config.variant_model(name), m).mask_loss > 0 for name in config.variants))
+
+
 def inner_split(lesions: pd.DataFrame, train_idx: np.ndarray, *, fraction: float, seed: int):
     """Split a fold's training positions into (fit, validation), grouped by subject and stratified."""
     n_splits = max(2, round(1 / fraction))
@@ -314,9 +321,12 @@ class FoldTrainer:
         return out
 
     def dataset(self, fold: _Fold, split: str, modalities: tuple[str, ...]) -> LesionDataset:
+        """Fold ``fold``'s ``split`` lesions; the fitting lesions carry their lesion masks when the run prepared
+        any (mask supervision), the held-out and validation lesions never do."""
         idx = self._splits(fold)[split]
         features = fold.clinical.get(split, (None, None)) if "clinical" in modalities else (None, None)
-        return LesionDataset(self.images, idx, self.lesions.iloc[idx]["y"].to_numpy(), modalities, *features)
+        return LesionDataset(self.images, idx, self.lesions.iloc[idx]["y"].to_numpy(), modalities, *features,
+                             with_masks=split == "fit")
 
     # -- stage 1 ----------------------------------------------------------------------------------------------
     def network(self, spec: NetworkSpec, fold: _Fold) -> _Trained:
@@ -521,7 +531,12 @@ def cross_validate(cohort: Cohort, config: ExperimentConfig, *, progress: Progre
     decode_task = progress.add_task("decoding + preprocessing images", total=n_images) if progress else None
     images = build_lesion_images(cohort, params, cache=ArrayCache(enabled=config.cache),
                                  exclude_unreadable=config.exclude_unreadable,
-                                 on_image=(lambda: progress.advance(decode_task)) if progress else None)
+                                 on_image=(lambda: progress.advance(decode_task)) if progress else None,
+                                 masks_for=mask_supervised(config, list(params)))
+    for modality, slots in images.mask_views.items():
+        if not bool(slots.any()):
+            warnings.warn(f"model.{modality}.mask_loss > 0, but no {modality} image of the cohort has a lesion mask "
+                          "(manifest column mask_path): the mask head learns nothing", stacklevel=2)
     order = sorted(config.variants, key=lambda name: len(config.modalities(name)) > 1)
     specs = {name: network_spec(config, name) for name in order}
     total_epochs = sum(len(f) for f in repeats) * sum(s.training.epochs * s.training.seeds

@@ -40,7 +40,7 @@ from breastfusion.config import ExperimentConfig, load_config
 from breastfusion.data.cache import ArrayCache, read_mask as _read_mask, roi_inputs as _roi_inputs  # old local names
 from breastfusion.data.clinical_features import ClinicalPreprocessor
 from breastfusion.data.manifest import IMAGE_MODALITIES, MANIFEST_FILENAME, Cohort, load_cohort
-from breastfusion.data.preprocess import Params, preprocess, resize_pad
+from breastfusion.data.preprocess import Params, align_mask, preprocess
 from breastfusion.data.readers import read_image
 from breastfusion.data.synthetic.cohort import MASK_COLUMN
 from breastfusion.data.transforms import prepare_batch
@@ -201,12 +201,7 @@ class RunArtifacts:
         params = self.preprocessing[modality]
         mask = _read_mask(mask_files)
         prepared = preprocess(read_image(row["path"]), params, roi_mask=mask, roi=box)
-        top, left, bottom, right = prepared.crop
-        mask = mask[top:bottom, left:right].astype(np.float32)
-        if prepared.flipped:
-            mask = mask[:, ::-1]
-        anchor = params.chest_wall if modality == "mammography" and params.chest_wall != "none" else "center"
-        return resize_pad(np.ascontiguousarray(mask), params.size, anchor=anchor) >= 0.5
+        return align_mask(mask, prepared, params) >= 0.5
 
     def clinical_inputs(self, fold: int, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Fold ``fold``'s clinical features (n, F) and presence (n,) for the lesions at ``positions``."""

@@ -155,9 +155,13 @@ class ImageEncoder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) → features (N, F), pooled by the backbone's own head (``pre_logits``)."""
+        return self.forward_with_map(images)[0]
+
+    def forward_with_map(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, C, H, W) → (features (N, F), the attended final feature map (N, C', h, w) they were pooled from)."""
         feats = self.backbone.forward_features(images)
         fmap = self.attention(self.feature_map(self._to_map(feats, tuple(images.shape[-2:]))))
-        return self.backbone.forward_head(self._from_map(fmap, feats), pre_logits=True)
+        return self.backbone.forward_head(self._from_map(fmap, feats), pre_logits=True), fmap
 
 
 def create_encoder(

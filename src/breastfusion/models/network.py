@@ -34,6 +34,21 @@ class MultimodalNet(nn.Module):
         """A batch dict (see the branches for keys) → logits (B,)."""
         return self.fusion({m: branch(batch) for m, branch in self.branches.items()})
 
+    def forward_with_mask_logits(self, batch: dict[str, torch.Tensor]
+                                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """:meth:`forward`, plus each mask-supervised image branch's mask logits ``{modality: (B, V, h, w)}``
+        (:meth:`~breastfusion.models.branches.ImageBranch.forward_with_mask_logits`), from one pass."""
+        outputs, mask_logits = {}, {}
+        for m, branch in self.branches.items():
+            if getattr(branch, "mask_head", None) is None:
+                outputs[m] = branch(batch)
+                continue
+            feats, present, logits = branch.forward_with_mask_logits(batch)
+            outputs[m] = (feats, present)
+            if logits is not None:
+                mask_logits[m] = logits
+        return self.fusion(outputs), mask_logits
+
     def features(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Deep features for stage-2 learners: ``fused`` (the fusion head's input) and, per branch, its
         features zeroed where the modality is absent, followed by its presence flag (B, F + 1)."""
@@ -116,7 +131,7 @@ def build_network(modalities: tuple[str, ...], model_config, n_clinical_features
             encoder = create_encoder(cfg.encoder, in_chans=1, attention=cfg.attention,
                                      attention_stages=cfg.attention_stages, weights=cfg.weights,
                                      **cfg.encoder_kwargs)
-            branches[modality] = ImageBranch(modality, encoder, pooling=cfg.view_pooling)
+            branches[modality] = ImageBranch(modality, encoder, pooling=cfg.view_pooling, mask_loss=cfg.mask_loss)
     return MultimodalNet(branches, model_config.fusion, dropout=model_config.dropout,
                          hidden=model_config.fusion_hidden, late_weights=model_config.late_weights,
                          null_slot=model_config.fusion_null_slot)

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from breastfusion.data.manifest import IMAGE_MODALITIES
 from breastfusion.data.transforms import flip_images, prepare_batch
 
-__all__ = ["LesionClassifier", "tta_logits", "TTA_MODES"]
+__all__ = ["LesionClassifier", "mask_loss", "tta_logits", "TTA_MODES"]
 
 #: Test-time augmentation: ``none``, or ``hflip`` (the logits of each image and its left-right mirror averaged).
 TTA_MODES = ("none", "hflip")
@@ -41,8 +42,28 @@ def tta_logits(net: nn.Module, batch: dict[str, torch.Tensor], tta: str = "none"
     return logits
 
 
+def mask_loss(mask_logits: torch.Tensor, batch: dict[str, torch.Tensor], modality: str) -> torch.Tensor:
+    """Binary cross-entropy of a branch's mask logits (B, V, h, w) against the batch's lesion masks.
+
+    Each target cell is the share of its pixels inside the lesion (the [0, 1] mask of
+    :func:`~breastfusion.data.transforms.prepare_batch`, area-averaged onto the feature map's grid); only view
+    slots that hold an image and a mask count (modality dropout and missing masks add nothing).
+    """
+    masks = batch[f"{modality}_mask"]  # (B, V, 1, H, W) in [0, 1]
+    b, v = masks.shape[:2]
+    keep = (batch[f"{modality}_views"] & batch[f"{modality}_mask_views"]).reshape(-1)
+    if not bool(keep.any()):
+        return mask_logits.sum() * 0.0
+    targets = F.adaptive_avg_pool2d(masks.reshape(b * v, *masks.shape[2:]).float(), mask_logits.shape[-2:])
+    logits = mask_logits.reshape(b * v, *mask_logits.shape[-2:]).float()
+    return F.binary_cross_entropy_with_logits(logits[keep], targets[:, 0][keep])
+
+
 class LesionClassifier(L.LightningModule):
     """Trains a :class:`~breastfusion.models.network.MultimodalNet` with BCE, AdamW and a cosine schedule.
+
+    A branch with a mask head (``model.{modality}.mask_loss`` > 0) adds its weight times :func:`mask_loss` on the
+    training batches that carry lesion masks; validation, prediction and export read the classification logit only.
 
     All training randomness (augmentation, modality dropout, dropout layers) is
     reseeded from (seed, epoch, batch) before each batch, so a run resumed from
@@ -88,8 +109,19 @@ class LesionClassifier(L.LightningModule):
         torch.manual_seed(hash((self.seed, self.current_epoch, batch_idx)) % (2**63))
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        logits = self.net(self._prepare(batch, train=True))
-        loss = self.loss(logits.float(), batch["label"])
+        prepared = self._prepare(batch, train=True)
+        supervised = [m for m, branch in self.net.branches.items()
+                      if getattr(branch, "mask_head", None) is not None and f"{m}_mask" in prepared] \
+            if hasattr(self.net, "branches") else []
+        if not supervised:
+            logits = self.net(prepared)
+            loss = self.loss(logits.float(), batch["label"])
+        else:
+            logits, mask_logits = self.net.forward_with_mask_logits(prepared)
+            loss = self.loss(logits.float(), batch["label"])
+            for m in supervised:
+                if m in mask_logits:
+                    loss = loss + self.net.branches[m].mask_loss * mask_loss(mask_logits[m], prepared, m)
         self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(logits))
         return loss
 
