@@ -381,8 +381,10 @@ class FoldTrainer:
                 member.branches[m].load_state_dict({n[len(start):]: t for n, t in trained.state.items()
                                                     if n.startswith(start)})
             work_dir = None if paths is None else (paths[2] / f"member{j}" if n_members > 1 else paths[2])
-            probs = fit_predict(member, datasets["fit"], datasets["test"], spec.training, seed=member_seed(seed, j),
-                                val=datasets.get("validation"), work_dir=work_dir, on_epoch=self.on_epoch)
+            # An ensemble predicts once, below, with the mean of its members' logits.
+            probs = fit_predict(member, datasets["fit"], datasets["test"] if n_members == 1 else None, spec.training,
+                                seed=member_seed(seed, j), val=datasets.get("validation"), work_dir=work_dir,
+                                on_epoch=self.on_epoch)
             members.append(member)
         net = members[0] if n_members == 1 else SeedEnsemble(members)
         if n_members > 1:

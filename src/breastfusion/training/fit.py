@@ -102,7 +102,7 @@ class _SaveLast(L.Callback):
 def fit_predict(
     net: torch.nn.Module,
     train: LesionDataset,
-    test: LesionDataset,
+    test: LesionDataset | None,
     config: TrainingConfig,
     *,
     seed: int,
@@ -110,7 +110,7 @@ def fit_predict(
     work_dir: Path | None = None,
     on_epoch: Callable[[EpochEnd], None] | Callable[[], None] | None = None,
 ) -> np.ndarray:
-    """Train ``net`` on ``train``, then return P(malignant) for ``test``.
+    """Train ``net`` on ``train``, then return P(malignant) for ``test`` (``None``: train only, return an empty array).
 
     Without ``val`` it trains for ``config.epochs``; with ``val`` it stops early
     on the validation loss (patience ``config.patience``) and predicts with the
@@ -172,6 +172,8 @@ def fit_predict(
         if best is not None and best.best_model_path:
             state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
             module.load_state_dict(state)
+        if test is None:
+            return np.empty(0)
         batches = trainer.predict(module, DataLoader(test, batch_size=eval_batch, **loading))
     return torch.cat(batches).cpu().numpy().astype(float)
 
