@@ -46,17 +46,9 @@ def selection_manifest(root: Path, seed: int = 0) -> Path:
 
 def with_overrides(config, overrides: dict):
     """``config`` with the nested ``overrides`` merged in, validated again."""
-    data = config.model_dump()
+    from breastfusion.config import deep_merge
 
-    def merge(into: dict, new: dict) -> None:
-        for key, value in new.items():
-            if isinstance(value, dict) and isinstance(into.get(key), dict):
-                merge(into[key], value)
-            else:
-                into[key] = value
-
-    merge(data, overrides)
-    return type(config).model_validate(data)
+    return type(config).model_validate(deep_merge(config.model_dump(), overrides))
 
 
 def record_run(results: Path, entry: dict) -> None:
