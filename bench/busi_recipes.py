@@ -13,11 +13,9 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -27,29 +25,18 @@ RESULTS = ROOT / "bench" / "results" / "busi_recipes.json"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("name")
-    parser.add_argument("config", type=Path)
-    parser.add_argument("overrides", nargs="?", default="{}")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/bf/real"))
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
-    args = parser.parse_args()
-
     from breastmnist_selection import record_run, with_overrides
-    from real_data import prepare, variant_entry
+    from real_data import prepare
+    from ultrasound_selection import recipe_args, run_ultrasound
 
-    from breastfusion.config import load_config, select_variants
-    from breastfusion.experiment.run import run_experiment
+    from breastfusion.config import load_config
 
+    args = recipe_args(__doc__)
     cohort = prepare("busi", args.data, args.work, group_duplicates=True)
     overrides = json.loads(args.overrides)
-    config = with_overrides(select_variants(load_config(args.config), ["ultrasound"]), overrides)
-    out = args.work / "busi_recipes" / args.name
-    start = time.perf_counter()
-    run_experiment(cohort, config, out)
-    e = variant_entry(json.loads((out / "results.json").read_text()), "ultrasound")
-    record_run(RESULTS, {"name": args.name, "config": str(args.config), "overrides": overrides,
-                         "auc": e["auc"], "auc_ci": e["auc_ci"], "seconds": round(time.perf_counter() - start, 1),
+    measured = run_ultrasound(cohort, with_overrides(load_config(args.config), overrides),
+                              args.work / "busi_recipes" / args.name)
+    record_run(RESULTS, {"name": args.name, "config": str(args.config), "overrides": overrides, **measured,
                          "command": "python bench/busi_recipes.py " + " ".join(sys.argv[1:])})
 
 

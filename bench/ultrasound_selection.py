@@ -29,35 +29,47 @@ RESULTS = ROOT / "bench" / "results" / "ultrasound_selection.json"
 SELECTION_CV_SEED = 1
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def recipe_args(doc: str) -> argparse.Namespace:
+    """NAME CONFIG ['OVERRIDES'] [--work] [--data]: the command line of this script and ``busi_recipes.py``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("name")
     parser.add_argument("config", type=Path)
     parser.add_argument("overrides", nargs="?", default="{}")
     parser.add_argument("--work", type=Path, default=Path("/tmp/bf/real"))
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def run_ultrasound(cohort, config, out: Path) -> dict:
+    """The ``ultrasound`` variant of ``config`` run on ``cohort`` into ``out``: its pooled AUC, CI and seconds."""
+    from real_data import variant_entry
+
+    from breastfusion.config import select_variants
+    from breastfusion.experiment.run import run_experiment
+
+    start = time.perf_counter()
+    run_experiment(cohort, select_variants(config, ["ultrasound"]), out)
+    e = variant_entry(json.loads((out / "results.json").read_text()), "ultrasound")
+    return {"auc": e["auc"], "auc_ci": e["auc_ci"], "seconds": round(time.perf_counter() - start, 1)}
+
+
+def main() -> None:
+    args = recipe_args(__doc__)
 
     from breastmnist_selection import record_run, with_overrides
-    from real_data import prepare, variant_entry
+    from real_data import prepare
 
-    from breastfusion.config import load_config, select_variants
-    from breastfusion.experiment.run import run_experiment
+    from breastfusion.config import load_config
 
     cohort = prepare("breast_lesions_usg", args.data, args.work)
     overrides = json.loads(args.overrides)
-    config = select_variants(load_config(args.config), ["ultrasound"])
-    config = with_overrides(config, {"cv": {"seed": SELECTION_CV_SEED}} | overrides)
+    config = with_overrides(load_config(args.config), {"cv": {"seed": SELECTION_CV_SEED}} | overrides)
     if config.cv.seed == 0:
         raise SystemExit("cv.seed 0 gives the reported BrEaST folds; selection must use other folds")
-    out = args.work / "us_selection" / args.name
-    start = time.perf_counter()
-    run_experiment(cohort, config, out)
-    e = variant_entry(json.loads((out / "results.json").read_text()), "ultrasound")
-    entry = {"name": args.name, "config": str(args.config), "overrides": overrides, "cv_seed": config.cv.seed,
-             "selection_auc": e["auc"], "selection_auc_ci": e["auc_ci"],
-             "seconds": round(time.perf_counter() - start, 1)}
-    record_run(RESULTS, entry)
+    measured = run_ultrasound(cohort, config, args.work / "us_selection" / args.name)
+    record_run(RESULTS, {"name": args.name, "config": str(args.config), "overrides": overrides,
+                         "cv_seed": config.cv.seed, "selection_auc": measured["auc"],
+                         "selection_auc_ci": measured["auc_ci"], "seconds": measured["seconds"]})
 
 
 if __name__ == "__main__":
