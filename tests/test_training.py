@@ -16,6 +16,9 @@ from breastfusion.experiment.crossval import cross_validate, inner_split, networ
 from breastfusion.evaluation.splits import subject_folds
 from breastfusion.models.network import build_network
 from breastfusion.data.transforms import drop_modalities
+from breastfusion.data.preprocess import params_for
+from breastfusion.data.tensors import LesionDataset, build_lesion_images
+from breastfusion.training.fit import channels_last, fit_predict, predict_probs
 from breastfusion.training.module import LesionClassifier
 from breastfusion.training.sampling import EpochSampler
 
@@ -144,3 +147,40 @@ def test_interrupted_cross_validation_resumes_to_the_same_numbers(tmp_path, smal
     assert not (us / "fold1-running").exists()
     # every variant's checkpoint is its network's, linked, not trained again
     assert (tmp_path / "run" / "us" / "fold3.safetensors").samefile(us / "fold3.safetensors")
+
+
+def test_channels_last_holds_the_weights_in_that_layout_only_while_training():
+    net = build_network(("ultrasound",), load_config(None, model=TINY_MODEL).model, 0)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    convs = [p for p in net.parameters() if p.ndim == 4]
+    assert convs and all(p.is_contiguous() for p in convs)
+    with channels_last(net):
+        assert all(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous() for p in convs
+                   if p.shape[1] > 1 and p.shape[-1] > 1)  # (a 1-channel or 1x1 kernel is both)
+    assert all(p.is_contiguous() for p in net.parameters())
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # the layout moved, not the values
+
+
+def test_fit_predict_trains_channels_last_and_returns_a_contiguous_network(tmp_path, monkeypatch):
+    root = tmp_path / "cohort"
+    generate_cohort(root, n_subjects=24, seed=3, image_px=32)
+    cohort = load_cohort(root)
+    config = _config()
+    images = build_lesion_images(cohort, {"ultrasound": params_for("ultrasound", size=32)}, cache=None)
+    labels = cohort.lesions["y"].to_numpy()
+    data = LesionDataset(images, np.arange(len(labels)), labels, ("ultrasound",))
+    net = build_network(("ultrasound",), config.model, 0)
+    layouts = []
+    original = LesionClassifier.training_step
+
+    def record_layout(self, batch, batch_idx):
+        layouts.append(all(p.is_contiguous(memory_format=torch.channels_last) for p in self.net.parameters()
+                           if p.ndim == 4))
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(LesionClassifier, "training_step", record_layout)
+    probs = fit_predict(net, data, data, config.training, seed=0)
+    assert layouts and all(layouts)
+    assert all(p.is_contiguous() for p in net.parameters())
+    # what training returned for the held-out lesions is what the (contiguous) network predicts afterwards
+    np.testing.assert_allclose(probs, predict_probs(net, data, tta=config.training.tta), atol=1e-5)

