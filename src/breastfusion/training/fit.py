@@ -184,7 +184,8 @@ def channels_last(net: torch.nn.Module) -> Iterator[None]:
     """Hold ``net``'s 4-D weights in channels-last memory while training, and give them back contiguous.
 
     oneDNN's and cuDNN's convolutions run faster on channels-last tensors (training steps on this project's CPU,
-    1 thread, 128 px: EfficientNet-Lite0 1.4-1.7x, Lite2 1.3x, ResNet-18 1.1x; ``bench/train_throughput.py``).
+    1 thread, median of 3 rounds: EfficientNet-Lite0 x1.53 at 128 px and x1.63 at 224 px, Lite2 x1.37,
+    ``resnet18_half`` x1.25; ``bench/channels_last.py``, ``bench/results/channels_last.json``).
     The values are the same; only their layout changes, so what the network predicts after training (and what a
     bundle, ONNX or a reloaded run predicts from the saved weights) is computed on the usual layout.
     """
