@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-
 from .bench_scripts import load_bench
 
 
