@@ -214,8 +214,9 @@ def create_encoder(
     if per_stage:
         stage_attention_family(backbone)  # fail before reading any weights
     if weights is not None:
-        package = WEIGHT_PACKAGES.get(str(weights).removeprefix(PACKAGE_PREFIX))
-        if str(weights).startswith(PACKAGE_PREFIX) and package is not None and timm_name != package.timm_name:
+        text = str(weights)
+        package = WEIGHT_PACKAGES.get(text.removeprefix(PACKAGE_PREFIX)) if text.startswith(PACKAGE_PREFIX) else None
+        if package is not None and timm_name != package.timm_name:
             raise WeightsError(f"weights {weights} fit timm's {package.timm_name} only, not encoder {name!r}")
         added = tuple(f"{n}." for n in attention_modules(backbone))  # block attention no checkpoint has
         load_into(backbone, read_state_dict(weights), source=str(weights), may_miss=lambda k: k.startswith(added))
