@@ -33,7 +33,8 @@ def images_per_second(net: torch.nn.Module, size: int, *, batch: int, steps: int
     """Training steps per second × batch on random images, after one untimed warm-up step."""
     net.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
-    inputs = {MODALITY: torch.randn(batch, 1, 1, size, size), f"{MODALITY}_views": torch.ones(batch, 1, dtype=torch.bool)}
+    inputs = {MODALITY: torch.randn(batch, 1, 1, size, size),
+              f"{MODALITY}_views": torch.ones(batch, 1, dtype=torch.bool)}
     labels = torch.randint(0, 2, (batch,)).float()
     start = 0.0
     for step in range(steps + 1):
@@ -69,14 +70,15 @@ def main(argv: list[str] | None = None) -> dict:
                 rates[layout].append(images_per_second(net, int(size), batch=args.batch, steps=args.steps,
                                                        channels_last=layout))
         ratios = [cl / usual for cl, usual in zip(rates[True], rates[False])]
-        results[spec] = {"contiguous_images_per_s": statistics.median(rates[False]),
-                         "channels_last_images_per_s": statistics.median(rates[True]),
-                         "speedup_median": statistics.median(ratios), "speedup_per_round": ratios}
-        print(f"{spec:>24}: contiguous {statistics.median(rates[False]):6.1f} img/s, channels-last "
-              f"{statistics.median(rates[True]):6.1f} img/s, speed-up x{statistics.median(ratios):.2f} "
+        row = results[spec] = {"contiguous_images_per_s": statistics.median(rates[False]),
+                               "channels_last_images_per_s": statistics.median(rates[True]),
+                               "speedup_median": statistics.median(ratios), "speedup_per_round": ratios}
+        print(f"{spec:>24}: contiguous {row['contiguous_images_per_s']:6.1f} img/s, channels-last "
+              f"{row['channels_last_images_per_s']:6.1f} img/s, speed-up x{row['speedup_median']:.2f} "
               f"(rounds {', '.join(f'{x:.2f}' for x in ratios)})", flush=True)
-    record = {"command": "python bench/channels_last.py " + " ".join(sys.argv[1:] if argv is None else argv), "threads": args.threads,
-              "batch": args.batch, "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
+    command = "python bench/channels_last.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    record = {"command": command, "threads": args.threads, "batch": args.batch, "torch": torch.__version__,
+              "machine": platform.processor() or platform.machine(),
               "models": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2) + "\n")

@@ -25,7 +25,8 @@ from breastfusion.data.transforms import prepare_batch
 from breastfusion.training.module import LesionClassifier
 from breastfusion.training.sampling import EpochSampler
 
-__all__ = ["EpochEnd", "channels_last", "fit_predict", "predict_probs", "extract_features", "select_device", "clear_work_dir"]
+__all__ = ["EpochEnd", "channels_last", "fit_predict", "predict_probs", "extract_features", "select_device",
+           "clear_work_dir"]
 
 for _name in ("lightning", "lightning.pytorch", "lightning.fabric"):
     logging.getLogger(_name).setLevel(logging.ERROR)
