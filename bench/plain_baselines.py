@@ -19,13 +19,32 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-__all__ = ["load_images", "plain_cnn_probs", "plain_clinical_probs", "plain_average"]
+__all__ = ["load_images", "load_roi_images", "plain_cnn_probs", "plain_clinical_probs", "plain_average"]
 
 
 def load_images(paths: list[str], size: int) -> torch.Tensor:
     """Greyscale images resized (not padded) to ``size`` x ``size``, as floats (N, 1, size, size) in [0, 1]."""
     arrays = [np.asarray(Image.open(p).convert("L").resize((size, size), Image.BILINEAR), dtype=np.float32) / 255
               for p in paths]
+    return torch.from_numpy(np.stack(arrays))[:, None]
+
+
+def load_roi_images(paths: list[str], masks: list[list[str]], size: int, *, margin: float) -> torch.Tensor:
+    """Like :func:`load_images`, but each image first cropped to its lesion: the bounding box of the union of its
+    mask files, widened by ``margin`` x the box's height and width on every side (clipped to the image)."""
+    arrays = []
+    for path, mask_files in zip(paths, masks, strict=True):
+        image = Image.open(path).convert("L")
+        union = np.zeros((image.height, image.width), bool)
+        for m in mask_files:
+            union |= np.asarray(Image.open(m).convert("L")) > 0
+        rows, cols = np.nonzero(union)
+        if rows.size == 0:
+            raise ValueError(f"{path}: its masks {mask_files} mark no lesion pixel")
+        top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+        dy, dx = int((bottom - top) * margin), int((right - left) * margin)
+        box = (max(0, left - dx), max(0, top - dy), min(image.width, right + dx), min(image.height, bottom + dy))
+        arrays.append(np.asarray(image.crop(box).resize((size, size), Image.BILINEAR), dtype=np.float32) / 255)
     return torch.from_numpy(np.stack(arrays))[:, None]
 
 

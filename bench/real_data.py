@@ -2,7 +2,8 @@
 
 Usage:
     python bench/real_data.py [--data ../shared/data] [--work DIR] [--epochs-scale 1.0]
-        [--sections busi,busi_pretrained,busi_plain,busi_plain_pretrained,breast,breastmnist]
+        [--sections busi,busi_pretrained,busi_plain,busi_plain_pretrained,busi_roi,busi_roi_plain,breast,
+                    breast_roi,breastmnist]
 
 Sections (each prepares its dataset through the toolkit's adapters, read in place):
 
@@ -12,8 +13,13 @@ Sections (each prepares its dataset through the toolkit's adapters, read in plac
   ImageNet weights of the ``pretrained-lite0`` extra);
 * ``busi_plain``: a plain timm ResNet-18 from scratch at 128 px (``bench/plain_baselines.py``) on the same folds;
 * ``busi_plain_pretrained``: the plain script fine-tuning the same ImageNet EfficientNet-Lite0 weights, same folds;
+* ``busi_roi``: the same folds with ``configs/bus_clinical_roi.yaml``: from scratch, each image cropped to its
+  lesion (the dataset's mask box with a margin), the task when a reader marks the lesion;
+* ``busi_roi_plain``: the plain ResNet-18 script on the same lesion crops (same margin), same folds;
 * ``breast``: BrEaST-Lesions, ``configs/bus_clinical.yaml`` (clinical, ultrasound, fused), the DeLong test of
   fused vs ultrasound, and on the same folds the plain logistic regression + plain CNN average;
+* ``breast_roi``: the same with ``configs/bus_clinical_roi.yaml`` (clinical, ultrasound, fused), the plain CNN on
+  the same lesion crops;
 * ``breastmnist``: ``configs/breastmnist.yaml``: trained on the official train split (val for early stopping
   and thresholds), reported on the official test split.
 
@@ -38,7 +44,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 RESULTS = ROOT / "bench" / "results" / "real_data.json"
-SECTIONS = ("busi", "busi_pretrained", "busi_plain", "busi_plain_pretrained", "breast", "breastmnist")
+SECTIONS = ("busi", "busi_pretrained", "busi_plain", "busi_plain_pretrained", "busi_roi", "busi_roi_plain", "breast",
+            "breast_roi", "breastmnist")
+#: The lesion-ROI (reader-marked lesion) config; its ultrasound ``roi_margin`` is the plain ROI script's too.
+ROI_CONFIG = ROOT / "configs" / "bus_clinical_roi.yaml"
 
 
 def prepare(name: str, data: Path, work: Path, *, group_duplicates: bool = False):
@@ -164,19 +173,64 @@ def section_busi_plain_pretrained(data: Path, work: Path, args) -> dict:
                                      "hflip, Adam 1e-3, 12 epochs"}
 
 
+def section_busi_roi(data: Path, work: Path, args) -> dict:
+    cohort = prepare("busi", data, work, group_duplicates=True)
+    results, seconds, _ = run_config(cohort, ROI_CONFIG, work / "runs" / "busi_roi", variants=["ultrasound"],
+                                     epochs_scale=args.epochs_scale)
+    e = variant_entry(results, "ultrasound")
+    return {"busi_roi_auc": e["auc"], "busi_roi_auc_ci": e["auc_ci"], "busi_roi_seconds": seconds}
+
+
+def lesion_masks(cohort) -> list[list[str]]:
+    """Each lesion's mask files (``mask_path``, ``|``-separated), in ``cohort.lesions`` order."""
+    first = cohort.manifest.drop_duplicates("lesion_id").set_index("lesion_id")["mask_path"]
+    return [[str(cohort.root / m) for m in str(first[lid]).split("|") if m] for lid in cohort.lesions["lesion_id"]]
+
+
+def section_busi_roi_plain(data: Path, work: Path, args) -> dict:
+    from breastfusion.config import load_config
+    from plain_baselines import load_roi_images, plain_cnn_probs
+
+    config = load_config(ROI_CONFIG)
+    margin = float(config.model.ultrasound.preprocess["roi_margin"])
+    cohort = prepare("busi", data, work, group_duplicates=True)
+    folds = same_folds(cohort, config)
+    y = cohort.lesions["y"].to_numpy()
+    start = time.perf_counter()
+    prob = plain_cnn_probs(load_roi_images(image_paths(cohort), lesion_masks(cohort), 128, margin=margin), y, folds,
+                           arch="resnet18", epochs=max(1, round(20 * args.epochs_scale)))
+    e = auc_entry(y, prob)
+    return {"busi_roi_plain_auc": e["auc"], "busi_roi_plain_auc_ci": e["auc_ci"],
+            "busi_roi_plain_seconds": time.perf_counter() - start,
+            "busi_roi_plain": f"timm resnet18 from scratch on the mask box widened by {margin:g} a side, 128 px "
+                              "squashed, hflip, Adam 1e-3, 20 epochs"}
+
+
 def section_breast(data: Path, work: Path, args) -> dict:
+    return _breast_rows(data, work, args, ROOT / "configs" / "bus_clinical.yaml", "breast")
+
+
+def section_breast_roi(data: Path, work: Path, args) -> dict:
+    """BrEaST with the lesion-ROI config; the plain CNN gets the same lesion crops."""
+    return _breast_rows(data, work, args, ROI_CONFIG, "breast_roi", variants=["clinical", "ultrasound", "fused"])
+
+
+def _breast_rows(data: Path, work: Path, args, config_path: Path, prefix: str, *,
+                 variants: list[str] | None = None) -> dict:
+    """BrEaST-Lesions with ``config_path``: every variant's AUC, DeLong fused vs ultrasound, and the plain
+    logistic regression + plain CNN average on the same folds (the CNN on the config's ROI crops if it crops)."""
     from breastfusion.evaluation.delong import delong_test
-    from plain_baselines import load_images, plain_average, plain_clinical_probs, plain_cnn_probs
+    from plain_baselines import load_images, load_roi_images, plain_average, plain_clinical_probs, plain_cnn_probs
 
     cohort = prepare("breast_lesions_usg", data, work)
-    results, seconds, config = run_config(cohort, ROOT / "configs" / "bus_clinical.yaml", work / "runs" / "breast",
-                                          epochs_scale=args.epochs_scale)
-    out = {"breast_seconds": seconds, "breast_n_lesions": int(len(cohort.lesions))}
+    run = work / "runs" / prefix
+    results, seconds, config = run_config(cohort, config_path, run, variants=variants, epochs_scale=args.epochs_scale)
+    out = {f"{prefix}_seconds": seconds, f"{prefix}_n_lesions": int(len(cohort.lesions))}
     for name in results["variants"]:
         e = variant_entry(results, name)
-        out[f"breast_{name}_auc"], out[f"breast_{name}_auc_ci"] = e["auc"], e["auc_ci"]
+        out[f"{prefix}_{name}_auc"], out[f"{prefix}_{name}_auc_ci"] = e["auc"], e["auc_ci"]
     delong = results["variants"]["ultrasound"]["delong"]  # ultrasound vs the reference (fused)
-    out["breast_fused_vs_ultrasound_p"] = delong["p"] if delong else None
+    out[f"{prefix}_fused_vs_ultrasound_p"] = delong["p"] if delong else None
     # The plain script: logistic regression on the clinical table + a plain CNN, averaged, on the same folds.
     folds = same_folds(cohort, config)
     lesions = cohort.lesions
@@ -184,16 +238,20 @@ def section_breast(data: Path, work: Path, args) -> dict:
     table = cohort.clinical.set_index("subject_id").reindex(lesions["subject_id"]).reset_index(drop=True)
     start = time.perf_counter()
     clinical = plain_clinical_probs(table, y, folds)
-    image = plain_cnn_probs(load_images(image_paths(cohort), 128), y, folds, arch="resnet18",
-                            epochs=max(1, round(20 * args.epochs_scale)))
+    roi = config.model.ultrasound.preprocess
+    images = (load_roi_images(image_paths(cohort), lesion_masks(cohort), 128, margin=float(roi["roi_margin"]))
+              if roi.get("roi") == "mask" else load_images(image_paths(cohort), 128))
+    image = plain_cnn_probs(images, y, folds, arch="resnet18", epochs=max(1, round(20 * args.epochs_scale)))
     plain = plain_average(clinical, image)
-    fused = _subject_probs(work / "runs" / "breast", "fused", lesions)
+    fused = _subject_probs(run, "fused", lesions)
     test = delong_test(y, fused, plain)
     plain_entry = auc_entry(y, plain)
-    out.update({"breast_plain_baseline_auc": plain_entry["auc"], "breast_plain_baseline_auc_ci": plain_entry["auc_ci"],
-                "breast_plain_clinical_auc": auc_entry(y, clinical)["auc"],
-                "breast_plain_cnn_auc": auc_entry(y, image)["auc"],
-                "breast_fused_vs_plain_p": float(test.p_value), "breast_plain_seconds": time.perf_counter() - start})
+    out.update({f"{prefix}_plain_baseline_auc": plain_entry["auc"],
+                f"{prefix}_plain_baseline_auc_ci": plain_entry["auc_ci"],
+                f"{prefix}_plain_clinical_auc": auc_entry(y, clinical)["auc"],
+                f"{prefix}_plain_cnn_auc": auc_entry(y, image)["auc"],
+                f"{prefix}_fused_vs_plain_p": float(test.p_value),
+                f"{prefix}_plain_seconds": time.perf_counter() - start})
     return out
 
 
