@@ -45,3 +45,32 @@ def test_roi_config_crops_ultrasound_to_the_lesion_and_names_an_image_without_a_
     manifest.to_csv(root / "manifest.csv", index=False)
     with pytest.raises(ImageReadError, match=rf"{manifest.loc[blank, 'path']}: roi='mask' but no mask"):
         preprocess_cohort(load_cohort(root), roi)
+
+
+def test_an_roi_bundle_predicts_marked_cases_names_an_unmarked_image_and_refuses_in_memory_cases(
+        small_cohort_dir, tmp_path):
+    from breastfusion import export_bundle, load_bundle
+    from breastfusion.data.in_memory import InMemoryCaseError
+    from breastfusion.experiment.run import run_experiment
+
+    from .conftest import TINY_MODEL
+
+    model = {**TINY_MODEL, "ultrasound": {**TINY_MODEL.get("ultrasound", {}),
+                                          "preprocess": {"roi": "mask", "roi_margin": 0.5}}}
+    config = load_config(None, name="tiny_roi", variants={"ultrasound": ["ultrasound"]}, model=model,
+                         training={"epochs": 1, "batch_size": 16}, cv={"n_splits": 2, "bootstrap": 100})
+    run_experiment(load_cohort(small_cohort_dir), config, tmp_path / "run")
+    bundle = load_bundle(export_bundle(tmp_path / "run", tmp_path / "bundle"))
+    assert bundle.preprocessing["ultrasound"].roi == "mask"
+    predicted = bundle.predict(small_cohort_dir)
+    assert len(predicted) == len(load_cohort(small_cohort_dir).lesions) and predicted["prob"].between(0, 1).all()
+
+    root = Path(shutil.copytree(small_cohort_dir, tmp_path / "unmarked"))
+    manifest = pd.read_csv(root / "manifest.csv")
+    blank = manifest.index[manifest["modality"] == "ultrasound"][0]
+    manifest.loc[blank, "mask_path"] = ""
+    manifest.to_csv(root / "manifest.csv", index=False)
+    with pytest.raises(ImageReadError, match=rf"{manifest.loc[blank, 'path']}: roi='mask' but no mask"):
+        bundle.predict(root)
+    with pytest.raises(InMemoryCaseError, match="lesion ROI"):
+        bundle.predict(images={"ultrasound": {"frame1": np.zeros((64, 64), np.uint8)}})
