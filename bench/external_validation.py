@@ -43,7 +43,8 @@ def busi_to_breast(config_path: Path, data: Path, work: Path, *, epochs_scale: f
     breast = prepare("breast_lesions_usg", data, work)
     run = work / "runs" / f"external_{config_path.stem}"
     start = time.perf_counter()
-    if (run / "results.json").is_file() and epochs_scale == 1.0:
+    reused = (run / "results.json").is_file() and epochs_scale == 1.0
+    if reused:
         print(f"  reusing the finished run {run}", flush=True)
     else:
         run_config(busi, config_path, run, variants=["ultrasound"], epochs_scale=epochs_scale)
@@ -58,7 +59,7 @@ def busi_to_breast(config_path: Path, data: Path, work: Path, *, epochs_scale: f
             "breast_at_threshold": summary["at_threshold"],
             "busi_at_threshold_out_of_fold": summary["training"]["at_threshold_out_of_fold"],
             "prevalence_shift": summary["prevalence_shift"], "score_shift": summary["score_shift"],
-            "warnings": summary["warnings"], "fit_seconds": fit_seconds,
+            "warnings": summary["warnings"], "fit_seconds": None if reused else fit_seconds, "fit_reused": reused,
             "predict_seconds": time.perf_counter() - start}
 
 
