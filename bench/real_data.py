@@ -114,23 +114,23 @@ def image_paths(cohort) -> list[str]:
     return [str(cohort.root / first[lid]) for lid in cohort.lesions["lesion_id"]]
 
 
-def section_busi(data: Path, work: Path, args) -> dict:
+def _busi_ultrasound(data: Path, work: Path, args, config_path: Path, run_name: str, key: str) -> dict:
+    """The ``ultrasound`` variant of ``config_path`` on grouped BUSI: ``{key}_auc``, ``_auc_ci``, ``_seconds``."""
     cohort = prepare("busi", data, work, group_duplicates=True)
-    results, seconds, _ = run_config(cohort, ROOT / "configs" / "bus_clinical.yaml", work / "runs" / "busi",
-                                     variants=["ultrasound"], epochs_scale=args.epochs_scale)
+    results, seconds, _ = run_config(cohort, config_path, work / "runs" / run_name, variants=["ultrasound"],
+                                     epochs_scale=args.epochs_scale)
     e = variant_entry(results, "ultrasound")
-    return {"busi_default_auc": e["auc"], "busi_default_auc_ci": e["auc_ci"], "busi_default_seconds": seconds,
+    return {f"{key}_auc": e["auc"], f"{key}_auc_ci": e["auc_ci"], f"{key}_seconds": seconds,
             "busi_n_lesions": int(len(cohort.lesions))}
 
 
+def section_busi(data: Path, work: Path, args) -> dict:
+    return _busi_ultrasound(data, work, args, ROOT / "configs" / "bus_clinical.yaml", "busi", "busi_default")
+
+
 def section_busi_pretrained(data: Path, work: Path, args) -> dict:
-    cohort = prepare("busi", data, work, group_duplicates=True)
-    results, seconds, _ = run_config(cohort, ROOT / "configs" / "bus_clinical_lite0.yaml",
-                                     work / "runs" / "busi_lite0", variants=["ultrasound"],
-                                     epochs_scale=args.epochs_scale)
-    e = variant_entry(results, "ultrasound")
-    return {"busi_pretrained_auc": e["auc"], "busi_pretrained_auc_ci": e["auc_ci"],
-            "busi_pretrained_seconds": seconds}
+    return _busi_ultrasound(data, work, args, ROOT / "configs" / "bus_clinical_lite0.yaml", "busi_lite0",
+                            "busi_pretrained")
 
 
 def section_busi_plain(data: Path, work: Path, args) -> dict:
@@ -174,11 +174,7 @@ def section_busi_plain_pretrained(data: Path, work: Path, args) -> dict:
 
 
 def section_busi_roi(data: Path, work: Path, args) -> dict:
-    cohort = prepare("busi", data, work, group_duplicates=True)
-    results, seconds, _ = run_config(cohort, ROI_CONFIG, work / "runs" / "busi_roi", variants=["ultrasound"],
-                                     epochs_scale=args.epochs_scale)
-    e = variant_entry(results, "ultrasound")
-    return {"busi_roi_auc": e["auc"], "busi_roi_auc_ci": e["auc_ci"], "busi_roi_seconds": seconds}
+    return _busi_ultrasound(data, work, args, ROI_CONFIG, "busi_roi", "busi_roi")
 
 
 def lesion_masks(cohort) -> list[list[str]]:
