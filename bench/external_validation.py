@@ -52,7 +52,8 @@ def busi_to_breast(config_path: Path, data: Path, work: Path, *, epochs_scale: f
     bundle = load_bundle(export_bundle(run, work / "bundles" / f"external_{config_path.stem}", variant="ultrasound"))
     start = time.perf_counter()
     summary = external_validation(bundle.predict(breast), bundle)
-    return {"config": str(config_path.relative_to(ROOT)), "train": "BUSI (647 lesions, 5 fold networks)",
+    return {"config": str(config_path.relative_to(ROOT)),
+            "train": f"BUSI ({len(busi.lesions)} lesions, {len(bundle.networks)} fold networks)",
             "test": f"BrEaST-Lesions ({summary['n_subjects']} lesions)",
             "busi_out_of_fold_auc": summary["training"]["auc_out_of_fold"],
             "breast_auc": summary["auc"], "breast_auc_ci": summary["auc_ci"],

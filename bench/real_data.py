@@ -108,10 +108,14 @@ def same_folds(cohort, config) -> list:
     return [(p.train, p.test) for p in fold_positions(cohort, config)[0]]
 
 
+def first_rows(cohort):
+    """Each lesion's first manifest row, in ``cohort.lesions`` order (these datasets have one image a lesion)."""
+    return cohort.manifest.drop_duplicates("lesion_id").set_index("lesion_id").loc[cohort.lesions["lesion_id"]]
+
+
 def image_paths(cohort) -> list[str]:
-    """One image path per lesion, in ``cohort.lesions`` order (these datasets have one image a lesion)."""
-    first = cohort.manifest.drop_duplicates("lesion_id").set_index("lesion_id")["path"]
-    return [str(cohort.root / first[lid]) for lid in cohort.lesions["lesion_id"]]
+    """One image path per lesion, in ``cohort.lesions`` order."""
+    return [str(cohort.root / p) for p in first_rows(cohort)["path"]]
 
 
 def _busi_ultrasound(data: Path, work: Path, args, config_path: Path, run_name: str, key: str) -> dict:
@@ -178,9 +182,10 @@ def section_busi_roi(data: Path, work: Path, args) -> dict:
 
 
 def lesion_masks(cohort) -> list[list[str]]:
-    """Each lesion's mask files (``mask_path``, ``|``-separated), in ``cohort.lesions`` order."""
-    first = cohort.manifest.drop_duplicates("lesion_id").set_index("lesion_id")["mask_path"]
-    return [[str(cohort.root / m) for m in str(first[lid]).split("|") if m] for lid in cohort.lesions["lesion_id"]]
+    """Each lesion's mask files (manifest ``mask_path``, read as the toolkit reads it), in ``cohort.lesions`` order."""
+    from breastfusion.data.cache import roi_inputs
+
+    return [[str(m) for m in roi_inputs(row, cohort.root)[0]] for _, row in first_rows(cohort).iterrows()]
 
 
 def section_busi_roi_plain(data: Path, work: Path, args) -> dict:
