@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-__all__ = ["load_images", "load_roi_images", "plain_cnn_probs", "plain_clinical_probs", "plain_average"]
+__all__ = ["load_images", "load_roi_images", "plain_cnn_probs", "plain_cnn_probs_on", "plain_clinical_probs", "plain_average"]
 
 
 def load_images(paths: list[str], size: int) -> torch.Tensor:
@@ -48,8 +48,8 @@ def load_roi_images(paths: list[str], masks: list[list[str]], size: int, *, marg
     return torch.from_numpy(np.stack(arrays))[:, None]
 
 
-def _train_predict(x_train: torch.Tensor, y_train: np.ndarray, x_test: torch.Tensor, *, arch: str, epochs: int,
-                   seed: int, state_dict: dict | None) -> np.ndarray:
+def _train_predict(x_train: torch.Tensor, y_train: np.ndarray, x_tests: list[torch.Tensor], *, arch: str,
+                   epochs: int, seed: int, state_dict: dict | None) -> list[np.ndarray]:
     import timm
 
     torch.manual_seed(seed)
@@ -74,7 +74,8 @@ def _train_predict(x_train: torch.Tensor, y_train: np.ndarray, x_test: torch.Ten
             optimiser.step()
     model.eval()
     with torch.no_grad():
-        return torch.cat([torch.sigmoid(model((xb - 0.5) / 0.25)[:, 0]) for xb in x_test.split(64)]).numpy()
+        return [torch.cat([torch.sigmoid(model((xb - 0.5) / 0.25)[:, 0]) for xb in x_test.split(64)]).numpy()
+                for x_test in x_tests]
 
 
 def plain_cnn_probs(images: torch.Tensor, y: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]], *,
@@ -91,10 +92,21 @@ def plain_cnn_probs(images: torch.Tensor, y: np.ndarray, folds: list[tuple[np.nd
         seed: seeds initialisation and shuffling (fold k uses seed + k).
         state_dict: pretrained weights (a 1-channel stem; the classifier is left new).
     """
-    out = np.full(len(y), np.nan)
+    return plain_cnn_probs_on(images, y, folds, {"images": images}, arch=arch, epochs=epochs, seed=seed,
+                              state_dict=state_dict)["images"]
+
+
+def plain_cnn_probs_on(images: torch.Tensor, y: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]],
+                       test_sets: dict[str, torch.Tensor], *, arch: str = "resnet18", epochs: int = 20, seed: int = 0,
+                       state_dict: dict | None = None) -> dict[str, np.ndarray]:
+    """Like :func:`plain_cnn_probs`, but each fold's network (trained on ``images``) predicts its held-out rows
+    from every one of ``test_sets`` (other versions of the same N images, e.g. other crops): ``{name: probs}``."""
+    out = {name: np.full(len(y), np.nan) for name in test_sets}
     for k, (train, test) in enumerate(folds):
-        out[test] = _train_predict(images[train], y[train], images[test], arch=arch, epochs=epochs, seed=seed + k,
-                                   state_dict=state_dict)
+        probs = _train_predict(images[train], y[train], [x[test] for x in test_sets.values()], arch=arch,
+                               epochs=epochs, seed=seed + k, state_dict=state_dict)
+        for name, p in zip(test_sets, probs):
+            out[name][test] = p
     return out
 
 

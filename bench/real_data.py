@@ -2,8 +2,8 @@
 
 Usage:
     python bench/real_data.py [--data ../shared/data] [--work DIR] [--epochs-scale 1.0]
-        [--sections busi,busi_pretrained,busi_plain,busi_plain_pretrained,busi_roi,busi_roi_plain,breast,
-                    breast_roi,breastmnist]
+        [--sections busi,busi_pretrained,busi_plain,busi_plain_pretrained,busi_roi,busi_roi_plain,busi_localised,
+                    breast,breast_roi,breastmnist]
 
 Sections (each prepares its dataset through the toolkit's adapters, read in place):
 
@@ -16,6 +16,9 @@ Sections (each prepares its dataset through the toolkit's adapters, read in plac
 * ``busi_roi``: the same folds with ``configs/bus_clinical_roi.yaml``: from scratch, each image cropped to its
   lesion (the dataset's mask box with a margin), the task when a reader marks the lesion;
 * ``busi_roi_plain``: the plain ResNet-18 script on the same lesion crops (same margin), same folds;
+* ``busi_localised``: the same folds with ``configs/bus_clinical_localised.yaml``: the whole-frame task again, each
+  held-out image cropped to the box of a lesion localiser fitted on the fold's training masks (no mask is read for
+  a held-out image); also the localisers' box IoU with the readers' masks;
 * ``breast``: BrEaST-Lesions, ``configs/bus_clinical.yaml`` (clinical, ultrasound, fused), the DeLong test of
   fused vs ultrasound, and on the same folds the plain logistic regression + plain CNN average;
 * ``breast_roi``: the same with ``configs/bus_clinical_roi.yaml`` (clinical, ultrasound, fused), the plain CNN on
@@ -44,8 +47,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 RESULTS = ROOT / "bench" / "results" / "real_data.json"
-SECTIONS = ("busi", "busi_pretrained", "busi_plain", "busi_plain_pretrained", "busi_roi", "busi_roi_plain", "breast",
-            "breast_roi", "breastmnist")
+SECTIONS = ("busi", "busi_pretrained", "busi_plain", "busi_plain_pretrained", "busi_roi", "busi_roi_plain",
+            "busi_localised", "breast", "breast_roi", "breastmnist")
 #: The lesion-ROI (reader-marked lesion) config; its ultrasound ``roi_margin`` is the plain ROI script's too.
 ROI_CONFIG = ROOT / "configs" / "bus_clinical_roi.yaml"
 
@@ -179,6 +182,14 @@ def section_busi_plain_pretrained(data: Path, work: Path, args) -> dict:
 
 def section_busi_roi(data: Path, work: Path, args) -> dict:
     return _busi_ultrasound(data, work, args, ROI_CONFIG, "busi_roi", "busi_roi")
+
+
+def section_busi_localised(data: Path, work: Path, args) -> dict:
+    out = _busi_ultrasound(data, work, args, ROOT / "configs" / "bus_clinical_localised.yaml", "busi_localised",
+                           "busi_localised")
+    results = json.loads((work / "runs" / "busi_localised" / "results.json").read_text())
+    out["busi_localised_box_iou"] = results["localisation"]["ultrasound"]
+    return out
 
 
 def lesion_masks(cohort) -> list[list[str]]:

@@ -25,6 +25,9 @@ Files:
   learners) on the network's deep features, for a stage-2 variant;
 * ``fold{k}.score.skops``: fold ``k``'s fitted clinical learner, for a score-level fusion variant
   (``model.fusion: score``: its probability is averaged with the image network's);
+* ``localiser_{modality}_fold{k}.safetensors``: fold ``k``'s lesion localiser, for a modality cropped to a
+  localiser's box (``preprocess.roi: predicted``; :mod:`breastfusion.experiment.localisation`): a new image is
+  cropped to the box of the mean of the folds' probability maps;
 * ``calibration.csv``: each fold's calibration lesion scores (repeat 0) with
   anonymous ids (``s0001`` / ``l0001``): the grouping of lesions into subjects is
   kept, the identity of the run's subjects is not.
@@ -115,6 +118,8 @@ class Bundle:
             network variant, whose prediction is the network's output).
         score_learners: each fold's fitted clinical learner of score-level fusion (``None`` unless the variant
             has ``model.fusion: score``), averaged with the fold's image network.
+        localisers: ``{modality: the K fold lesion localisers}`` for each modality with ``preprocess.roi:
+            predicted`` (empty otherwise).
     """
 
     root: Path
@@ -126,6 +131,7 @@ class Bundle:
     stage2_learners: list[Any] | None = field(default=None, repr=False)
     score_learners: list[Any] | None = field(default=None, repr=False)
     onnx_graphs: list[bytes] | None = field(default=None, repr=False)  # fold{k}.onnx (export --onnx), verified
+    localisers: dict[str, list[Any]] = field(default_factory=dict, repr=False)  # roi: predicted modality -> K U-Nets
     _onnx_folds: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -275,6 +281,7 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, variant: str | None =
             clinical preprocessors) its cohort cannot be found unchanged.
     """
     from breastfusion.experiment.crossval import preprocessing_params
+    from breastfusion.experiment.localisation import localiser_tag
     from breastfusion.experiment.run_artifacts import RunFolderError, fold_checkpoint, load_network
     from breastfusion.experiment.run_folder import RunLayout
 
@@ -323,6 +330,14 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, variant: str | None =
     clinical = "clinical" in modalities
     preprocessors = _fold_preprocessors(layout, n_folds, allow_outside_root) if clinical else None
 
+    predicted = _predicted_roi(config, modalities)
+    localiser_files = {m: [checkpoints.localiser_weights(m, localiser_tag(getattr(config.model, m).localiser), k)
+                           for k in range(n_folds)] for m in predicted}
+    lacking = [str(path) for paths in localiser_files.values() for path in paths if not path.is_file()]
+    if lacking:
+        raise BundleError(f"the run crops {', '.join(predicted)} to a lesion localiser's box, but its localiser "
+                          f"checkpoint(s) are missing: {lacking[:3]}; run the experiment again")
+
     partial = out.parent / f".{out.name}.partial-{os.getpid()}"
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_partials(out)
@@ -343,6 +358,8 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, variant: str | None =
                 export_bundle_fold(net, partial / onnx_file(k), config, variant,
                                    preprocessor.n_features_ if clinical else 0)
             shutil.copyfile(checkpoint, partial / f"fold{k}.safetensors")
+            for m in predicted:
+                shutil.copyfile(localiser_files[m][k], partial / localiser_file(m, k))
             for kind in (["stage2"] if learner != "none" else []) + (["score"] if score else []):
                 shutil.copyfile(checkpoints.learner(variant, k, kind), partial / f"fold{k}.{kind}.skops")
             if clinical:
@@ -657,11 +674,16 @@ def load_bundle(path: str | Path) -> Bundle:
               + ([f"clinical_fold{k}.skops" for k in range(n_folds)] if clinical else [])
               + ([f"fold{k}.stage2.skops" for k in range(n_folds)] if stage2 else [])
               + ([f"fold{k}.score.skops" for k in range(n_folds)] if score else []))
+    predicted = _predicted_roi(config, config.modalities(variant))
+    needed += [localiser_file(m, k) for m in predicted for k in range(n_folds)]
     onnx_files = [f"fold{k}.onnx" for k in range(n_folds)]
     with_onnx = any(name in meta["files"] for name in onnx_files)
     data = _verified(root, meta, needed + (onnx_files if with_onnx else []))
     for k in range(n_folds):
         _check_safetensors(root / f"fold{k}.safetensors", data[f"fold{k}.safetensors"])
+    localisers = {m: [_load_localiser(root / localiser_file(m, k), data[localiser_file(m, k)],
+                                      getattr(config.model, m).localiser) for k in range(n_folds)]
+                  for m in predicted}
     learners = _load_learners(root, data, n_folds, "stage2", "stage-2 learner") if stage2 else None
     score_learners = _load_learners(root, data, n_folds, "score", "clinical learner") if score else None
     preprocessors = [_load_preprocessor(root / f"clinical_fold{k}.skops", data[f"clinical_fold{k}.skops"])
@@ -686,4 +708,28 @@ def load_bundle(path: str | Path) -> Bundle:
                     __version__)
     return Bundle(root=root, meta=meta, config=config, networks=networks, clinical_preprocessors=preprocessors,
                   calibration=calibration, stage2_learners=learners, score_learners=score_learners,
-                  onnx_graphs=[data[name] for name in onnx_files] if with_onnx else None)
+                  onnx_graphs=[data[name] for name in onnx_files] if with_onnx else None, localisers=localisers)
+
+
+def localiser_file(modality: str, fold: int) -> str:
+    """A bundle's file name for fold ``fold``'s lesion localiser of ``modality``."""
+    return f"localiser_{modality}_fold{fold}.safetensors"
+
+
+def _predicted_roi(config: ExperimentConfig, modalities) -> list[str]:
+    """The image modalities of ``modalities`` that the config crops to a localiser's box (``roi: predicted``)."""
+    return [m for m in IMAGE_MODALITIES if m in modalities and getattr(config.model, m).preprocess.get("roi")
+            == "predicted"]
+
+
+def _load_localiser(path: Path, data: bytes, cfg):
+    """A bundle's localiser from its verified bytes (safetensors; a damaged or foreign file is refused, named)."""
+    from safetensors.torch import load
+
+    from breastfusion.experiment.localisation import LocalisationError, localiser_from_state
+
+    _check_safetensors(path, data)
+    try:
+        return localiser_from_state(load(data), cfg, label=str(path))
+    except LocalisationError as exc:
+        raise BundleError(str(exc)) from None

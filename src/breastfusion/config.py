@@ -18,6 +18,7 @@ from breastfusion.data.manifest import MODALITIES
 __all__ = [
     "ConfigError",
     "format_validation_error",
+    "LocaliserConfig",
     "ImageBranchConfig",
     "ClinicalBranchConfig",
     "ModelConfig",
@@ -47,6 +48,21 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class LocaliserConfig(_Strict):
+    """The lesion localiser of ``preprocess.roi: predicted`` (:mod:`breastfusion.models.localiser`): a small U-Net,
+    from scratch, fitted in each fold on the training images' lesion masks, that boxes the lesion of every
+    held-out (and, in a bundle, every new) image so the branch sees the same crop a reader's mask gives."""
+
+    encoder: str = Field("mobilenetv3_small_100", description="the U-Net's timm encoder (random initialisation)")
+    image_size: int = Field(96, ge=32, le=512, description="side of the whole-frame input")
+    epochs: int = Field(30, ge=1)
+    lr: float = Field(0.002, gt=0)
+    batch_size: int = Field(16, ge=2)
+    weight_decay: float = Field(0.0001, ge=0)
+    threshold: float = Field(0.5, gt=0, lt=1, description="lesion probability above which a pixel joins the box")
+    decoder_channels: list[int] = Field([64, 32, 16, 16, 8], min_length=5, max_length=5)
+
+
 class ImageBranchConfig(_Strict):
     """An image branch: a timm encoder, its attention and the input size."""
 
@@ -66,6 +82,21 @@ class ImageBranchConfig(_Strict):
     preprocess: dict[str, Any] = Field(default_factory=dict, description="overrides of the modality's "
                                        "preprocessing (breastfusion.data.preprocess: crop, chest_wall, normalise, "
                                        "roi, ...)")
+    localiser: LocaliserConfig | None = Field(None, description="settings of the lesion localiser that "
+                                              "preprocess.roi: predicted trains (defaults when that roi is set)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _localiser_for_predicted_roi(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        predicted = isinstance(data.get("preprocess"), dict) and data["preprocess"].get("roi") == "predicted"
+        if predicted and data.get("localiser") is None:
+            return {**data, "localiser": {}}
+        if not predicted and data.get("localiser") is not None:
+            raise ValueError("localiser is set, but preprocess.roi is not 'predicted'; set preprocess: "
+                             "{roi: predicted} to crop to the localiser's box, or drop localiser")
+        return data
 
 
 class ClinicalBranchConfig(_Strict):
@@ -96,6 +127,15 @@ class ModelConfig(_Strict):
     init_from_single: bool = Field(
         True, description="start a multimodal variant's branches from the same fold's single-modality "
         "variants (trained on the same training subjects), then fine-tune jointly")
+
+    @model_validator(mode="after")
+    def _localiser_for_ultrasound_only(self) -> "ModelConfig":
+        if self.mammography.preprocess.get("roi") == "predicted":
+            # a mammogram's frame is mirrored and set against its chest wall; the localiser maps boxes back from a
+            # centred, unmirrored frame only
+            raise ValueError("mammography.preprocess.roi: predicted is not supported (the lesion localiser is for "
+                             "ultrasound frames); use roi: mask or box for mammography")
+        return self
 
 
 class TrainingConfig(_Strict):

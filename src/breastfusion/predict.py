@@ -44,7 +44,8 @@ from breastfusion.bundle_meta import BundleError
 from breastfusion.data.cache import ArrayCache
 from breastfusion.data.in_memory import InMemoryCaseError, case_cohort
 from breastfusion.data.manifest import IMAGE_MODALITIES, LABELS, Cohort, cohort_from_frame, load_cohort
-from breastfusion.data.tensors import LesionDataset, build_lesion_images, clinical_features_for, modalities_used
+from breastfusion.data.tensors import (LesionDataset, LesionImages, build_lesion_images, clinical_features_for,
+                                       modalities_used)
 from breastfusion.evaluation.external import TRANSFER_ADVICE, decision_metrics, prevalence_shift, score_shift
 from breastfusion.evaluation.metrics import auc_with_ci
 from breastfusion.evaluation.summary import score_fold
@@ -139,11 +140,27 @@ def case_cohort_for(bundle: Bundle, images: Mapping[str, Any] | None, clinical: 
         if modality in IMAGE_MODALITIES and modality not in bundle.modalities:
             raise InMemoryCaseError(f"images[{modality!r}]: the bundle's variant {bundle.variant!r} does not read "
                                     f"{modality}; it reads {list(bundle.modalities)}")
-        if modality in IMAGE_MODALITIES and bundle.preprocessing[modality].roi != "none":
+        if modality in IMAGE_MODALITIES and bundle.preprocessing[modality].roi not in ("none", "predicted"):
             raise InMemoryCaseError(f"images[{modality!r}]: the bundle crops {modality} to a lesion ROI "
                                     f"(roi={bundle.preprocessing[modality].roi!r}), which an in-memory case does "
                                     "not carry; predict a cohort folder whose manifest gives the ROI")
     return case_cohort(images, None if clinical is None else _case_clinical(bundle, clinical))
+
+
+def localised_images(bundle: Bundle, cohort: Cohort, *, cache: bool = False) -> LesionImages:
+    """The cohort's images as the bundle's networks read them; a modality cropped to a localiser's box
+    (``roi: predicted``) is boxed by the bundle's fold localisers (the mean of their maps), not by a reader."""
+    from breastfusion.experiment.localisation import crop_to_predicted
+
+    params, localisers = bundle.preprocessing, getattr(bundle, "localisers", None) or {}
+    whole = {m: replace(p, roi="none") if m in localisers else p for m, p in params.items()}
+    images = build_lesion_images(cohort, whole, cache=ArrayCache(enabled=cache),
+                                 exclude_unreadable=bundle.config.exclude_unreadable)
+    for modality, models in localisers.items():
+        images, _ = crop_to_predicted(images, cohort, modality, params[modality], models,
+                                      getattr(bundle.config.model, modality).localiser)
+    images.params.update({m: params[m].to_dict() for m in localisers})
+    return images
 
 
 def cohort_for(bundle: Bundle, cohort: Cohort | pd.DataFrame | str | Path | None = None, *,
@@ -236,8 +253,7 @@ def predict_lesions(bundle: Bundle, cohort: Cohort | pd.DataFrame | str | Path |
         raise ValueError(f"runtime should be one of {list(RUNTIMES)}, got {runtime!r}")
     cohort = fit_to_bundle(bundle, cohort_for(bundle, cohort, images=images, clinical=clinical, root=root))
     lesions = cohort.lesions
-    images = build_lesion_images(cohort, bundle.preprocessing, cache=ArrayCache(enabled=cache),
-                                 exclude_unreadable=bundle.config.exclude_unreadable)
+    images = localised_images(bundle, cohort, cache=cache)
     if images.excluded:
         warnings.warn(f"{len(images.excluded)} unreadable image(s) left out: {images.excluded[:5]}", stacklevel=2)
     positions = np.arange(len(lesions))

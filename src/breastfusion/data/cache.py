@@ -170,7 +170,7 @@ def load_prepared(path: str | Path, params: Params, *, cache: ArrayCache | None 
         PreprocessError: the ROI does not fit the image.
     """
     def extra() -> list[str]:
-        if params.roi == "box":
+        if params.roi in ("box", "predicted"):
             return [json.dumps(list(roi) if roi is not None else None)]
         return [file_digest(m) for m in roi_masks] if params.roi == "mask" else []
 

@@ -43,6 +43,9 @@ __all__ = [
 
 Box = tuple[int, int, int, int]  # (top, left, bottom, right), bottom/right exclusive
 NORMALISATIONS = ("percentile", "minmax", "none")
+#: none: the whole scan; mask / box: the reader's lesion (manifest mask_path / roi_box); predicted: the box a lesion
+#: localiser (breastfusion.models.localiser) found, given like a box.
+ROI_MODES = ("none", "mask", "box", "predicted")
 
 
 class PreprocessError(ValueError):
@@ -59,8 +62,8 @@ def _check_common(params) -> None:
         raise PreprocessError(f"percentiles should satisfy 0 <= low < high <= 100, got {params.percentiles!r}")
     if not 0 <= params.threshold < 1:
         raise PreprocessError(f"threshold should be in [0, 1), got {params.threshold!r}")
-    if params.roi not in ("none", "mask", "box"):
-        raise PreprocessError(f"roi should be one of ['none', 'mask', 'box'], got {params.roi!r}")
+    if params.roi not in ROI_MODES:
+        raise PreprocessError(f"roi should be one of {list(ROI_MODES)}, got {params.roi!r}")
     if not 0 <= params.roi_margin <= 2:
         raise PreprocessError(f"roi_margin should be in [0, 2] (a fraction of the ROI size), got {params.roi_margin!r}")
 
@@ -83,7 +86,8 @@ class MammographyParams(_ParamsDict):
         chest_wall: ``left`` or ``right`` to flip every image that way; ``none`` keeps it.
         normalise: ``percentile`` (breast pixels' ``percentiles`` → 0..255), ``minmax`` or ``none``.
         percentiles: (low, high) for ``percentile``.
-        roi: ``none``, ``mask`` or ``box`` (crop to a lesion ROI given with the image).
+        roi: ``none``, ``mask`` or ``box`` (crop to a lesion ROI given with the image), or ``predicted`` (crop to
+            the box of an in-fold lesion localiser: :mod:`breastfusion.experiment.localisation`).
         roi_margin: context kept around the ROI, as a fraction of its size.
     """
 
@@ -280,7 +284,7 @@ def preprocess(image: ImageData, params: Params, *, roi_mask: np.ndarray | None 
         image: from :func:`breastfusion.data.readers.read_image`; ``pixels`` float (H, W) in [0, 1].
         params: :class:`MammographyParams` or :class:`UltrasoundParams`.
         roi_mask: bool (H, W) lesion mask, used when ``params.roi == "mask"``.
-        roi: (top, left, bottom, right) box, used when ``params.roi == "box"``.
+        roi: (top, left, bottom, right) box, used when ``params.roi`` is ``"box"`` or ``"predicted"``.
 
     Returns:
         :class:`Prepared` with uint8 (S, S) pixels.
@@ -295,9 +299,10 @@ def preprocess(image: ImageData, params: Params, *, roi_mask: np.ndarray | None 
         if roi_mask is None:
             raise PreprocessError("roi='mask' but no mask was given for this image")
         box = roi_box((h, w), mask=roi_mask, margin=params.roi_margin)
-    elif params.roi == "box":
+    elif params.roi in ("box", "predicted"):
         if roi is None:
-            raise PreprocessError("roi='box' but no box was given for this image")
+            raise PreprocessError(f"roi={params.roi!r} but no box was given for this image"
+                                  + (" (the lesion localiser's box)" if params.roi == "predicted" else ""))
         box = roi_box((h, w), box=roi, margin=params.roi_margin)
     elif params.crop:
         opening = 0 if params.modality == "mammography" else 2

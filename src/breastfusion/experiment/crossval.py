@@ -33,13 +33,16 @@ from rich.progress import Progress
 from safetensors.torch import load_file, save_file
 
 from breastfusion.config import ExperimentConfig, ModelConfig, TrainingConfig
-from breastfusion.data.cache import ArrayCache
+from breastfusion.data.cache import ArrayCache, CohortImages
 from breastfusion.data.clinical_features import ClinicalPreprocessor
 from breastfusion.data.manifest import IMAGE_MODALITIES, Cohort
 from breastfusion.data.preprocess import Params, params_for
 from breastfusion.data.tensors import (LesionDataset, LesionImages, build_lesion_images, clinical_features_for,
                                        modalities_used)
 from breastfusion.evaluation.splits import official_split, subject_folds
+from breastfusion.experiment.localisation import (crop_to_predicted, fit_fold_localiser, load_localiser,
+                                                  localiser_frames, localiser_tag, predicted_roi_modalities,
+                                                  reader_crop_params, require_masks, save_localiser)
 from breastfusion.experiment.run_folder import CheckpointLayout, fold_tag, save_skops
 from breastfusion.models.network import SeedEnsemble, build_network, member_seed
 from breastfusion.models.score_fusion import average_scores, fit_clinical_model
@@ -71,6 +74,9 @@ class CrossValidation:
         networks: ``{variant: network key}``; variants with the same key share one trained network.
         stage2_importance: per (variant, repeat, fold, feature group) the test-fold AUC lost when that
             group's features are permuted together (stage-2 variants only).
+        localiser_boxes: with ``preprocess.roi: predicted``, the box each fold's localiser gave each of its
+            held-out images (``modality``, ``repeat``, ``fold``, ``path``, ``lesion_id``, the box, and ``iou`` with
+            the reader's mask box); empty otherwise.
     """
 
     predictions: pd.DataFrame
@@ -79,6 +85,7 @@ class CrossValidation:
     excluded_images: list[str]
     networks: dict[str, str] = field(default_factory=dict)
     stage2_importance: pd.DataFrame = field(default_factory=pd.DataFrame)
+    localiser_boxes: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 class MissingModalityError(ValueError):
@@ -107,7 +114,9 @@ class NetworkSpec:
         m = self.model
         material = {
             "modalities": list(self.modalities),
-            "branches": {x: getattr(m, x).model_dump(mode="json") for x in self.modalities},
+            # localiser: None is left out so the networks trained before localisers existed keep their keys
+            "branches": {x: getattr(m, x).model_dump(mode="json", exclude={"localiser"} if getattr(
+                getattr(m, x), "localiser", None) is None else set()) for x in self.modalities},
             "fusion": m.fusion, "dropout": m.dropout,
             "fusion_hidden": m.fusion_hidden if m.fusion == "gated" else None,
             "null_slot": True if m.fusion == "gated" and m.fusion_null_slot else None,
@@ -179,9 +188,10 @@ def preprocessing_params(config: ExperimentConfig, modalities: list[str]) -> dic
         branch = getattr(config.model, m)
         for name in config.variants:
             other = getattr(config.variant_model(name), m)
-            if (other.image_size, other.preprocess) != (branch.image_size, branch.preprocess):
-                raise ValueError(f"variant {name!r} changes model.{m}.image_size/preprocess; images are prepared "
-                                 "once per run, so set them in the top-level model")
+            if ((other.image_size, other.preprocess, other.localiser)
+                    != (branch.image_size, branch.preprocess, branch.localiser)):
+                raise ValueError(f"variant {name!r} changes model.{m}.image_size/preprocess/localiser; images are "
+                                 "prepared once per run, so set them in the top-level model")
         out[m] = params_for(m, **{"size": branch.image_size, **branch.preprocess})
     return out
 
@@ -276,6 +286,8 @@ class _Fold:
     clinical: dict[str, tuple] = field(default_factory=dict)  # split -> (features, present)
     n_clinical: int = 0
     preprocessor: ClinicalPreprocessor | None = None  # fitted on fit_idx's subjects, when a variant reads clinical
+    images: LesionImages | None = None  # the run's images with held-out ones cropped to a localiser's box
+    boxes: list[pd.DataFrame] = field(default_factory=list)  # those boxes (localisation.crop_to_predicted)
 
     @property
     def tag(self) -> str:
@@ -294,8 +306,13 @@ class FoldTrainer:
     """Trains each (network, fold) once, on demand, and keeps what variants share."""
 
     def __init__(self, cohort: Cohort, config: ExperimentConfig, images: LesionImages,
-                 checkpoint_dir: Path | None, on_epoch: Callable[[EpochEnd], None] | None):
+                 checkpoint_dir: Path | None, on_epoch: Callable[[EpochEnd], None] | None, *,
+                 localisation: dict[str, tuple[CohortImages, Params]] | None = None,
+                 on_localiser_epoch: Callable[[int, int, float], None] | None = None):
         self.cohort, self.config, self.images = cohort, config, images
+        # roi: predicted modality -> (the localiser's frames and masks, the modality's roi: predicted preprocessing)
+        self.localisation = localisation or {}
+        self.on_localiser_epoch = on_localiser_epoch
         self.lesions = cohort.lesions
         self.checkpoint_dir = checkpoint_dir
         self.layout = CheckpointLayout(checkpoint_dir) if checkpoint_dir is not None else None
@@ -311,7 +328,36 @@ class FoldTrainer:
             fold.preprocessor, fold.n_clinical = pre, pre.n_features_
             for split, idx in self._splits(fold).items():
                 fold.clinical[split] = clinical_features_for(self.lesions.iloc[idx], self.cohort.clinical, pre)
+        for modality, (frames, params) in self.localisation.items():
+            self._localise(fold, modality, frames, params)
         return fold
+
+    def _localise(self, fold: _Fold, modality: str, frames: CohortImages, params: Params) -> None:
+        """Fit (or reload) the fold's lesion localiser on its fitting images' masks and crop the fold's held-out
+        (test and validation) ``modality`` images to its boxes (:mod:`breastfusion.experiment.localisation`)."""
+        cfg = getattr(self.config.model, modality).localiser
+        tag = localiser_tag(cfg)
+        path = self.layout.localiser_weights(modality, tag, fold.k, fold.repeat) if self.layout else None
+        if path is not None and path.is_file():
+            model = load_localiser(path, cfg)
+            if self.on_localiser_epoch:
+                for epoch in range(cfg.epochs):
+                    self.on_localiser_epoch(epoch + 1, cfg.epochs, float("nan"))  # loaded, not trained
+        else:
+            model = fit_fold_localiser(self.cohort, frames, fold.fit_idx, modality, cfg,
+                                       seed=fold_seed(self.config, fold.k, fold.repeat),
+                                       on_epoch=self.on_localiser_epoch)
+            if path is not None:
+                save_localiser(path, model, cfg)
+        held_out = np.concatenate([fold.test_idx] + ([fold.val_idx] if fold.val_idx is not None else []))
+        fold.images, boxes = crop_to_predicted(fold.images or self.images, self.cohort, modality,
+                                               params, [model], cfg, held_out)
+        test_lesions = set(self.lesions["lesion_id"].iloc[fold.test_idx])
+        boxes = boxes.assign(modality=modality, repeat=fold.repeat, fold=fold.k,
+                             split=np.where(boxes["lesion_id"].isin(test_lesions), "test", "validation"))
+        if path is not None:
+            boxes.to_csv(self.layout.localiser_boxes(modality, tag, fold.k, fold.repeat), index=False)
+        fold.boxes.append(boxes)
 
     @staticmethod
     def _splits(fold: _Fold) -> dict[str, np.ndarray]:
@@ -325,8 +371,8 @@ class FoldTrainer:
         any (mask supervision), the held-out and validation lesions never do."""
         idx = self._splits(fold)[split]
         features = fold.clinical.get(split, (None, None)) if "clinical" in modalities else (None, None)
-        return LesionDataset(self.images, idx, self.lesions.iloc[idx]["y"].to_numpy(), modalities, *features,
-                             with_masks=split == "fit")
+        return LesionDataset(fold.images or self.images, idx, self.lesions.iloc[idx]["y"].to_numpy(), modalities,
+                             *features, with_masks=split == "fit")
 
     # -- stage 1 ----------------------------------------------------------------------------------------------
     def network(self, spec: NetworkSpec, fold: _Fold) -> _Trained:
@@ -529,12 +575,27 @@ def cross_validate(cohort: Cohort, config: ExperimentConfig, *, progress: Progre
     repeats = fold_positions(cohort, config, folds)
     used = {m for name in config.variants for m in config.modalities(name)}
     params = preprocessing_params(config, [m for m in IMAGE_MODALITIES if m in used])
+    predicted = predicted_roi_modalities(params)
+    if predicted and config.execution.executor != "local":
+        raise ValueError(f"preprocess.roi: predicted ({', '.join(predicted)}) fits a lesion localiser per fold in "
+                         f"this process; execution.executor {config.execution.executor!r} does not run it yet: use "
+                         "executor: local")
+    for modality in predicted:
+        require_masks(cohort, modality)
     n_images = int(cohort.manifest["modality"].isin(list(params)).sum())
+    # a localised modality's images are prepared twice: the reader-mask crop and the localiser's whole frame
+    n_images += int(cohort.manifest["modality"].isin(predicted).sum())
     decode_task = progress.add_task("decoding + preprocessing images", total=n_images) if progress else None
-    images = build_lesion_images(cohort, params, cache=ArrayCache(enabled=config.cache),
-                                 exclude_unreadable=config.exclude_unreadable,
-                                 on_image=(lambda: progress.advance(decode_task)) if progress else None,
-                                 masks_for=mask_supervised(config, list(params)))
+    advance = (lambda: progress.advance(decode_task)) if progress else None
+    cache = ArrayCache(enabled=config.cache)
+    # roi: predicted fits on reader-mask crops; each fold's held-out images are re-cropped to its localiser's box.
+    fitting_params = {m: reader_crop_params(p) if m in predicted else p for m, p in params.items()}
+    images = build_lesion_images(cohort, fitting_params, cache=cache, exclude_unreadable=config.exclude_unreadable,
+                                 on_image=advance, masks_for=mask_supervised(config, list(params)))
+    images.params.update({m: params[m].to_dict() for m in predicted})
+    localisation = {m: (localiser_frames(cohort, m, getattr(config.model, m).localiser, cache=cache,
+                                         exclude_unreadable=config.exclude_unreadable, on_image=advance), params[m])
+                    for m in predicted}
     for modality, slots in images.mask_views.items():
         if not bool(slots.any()):
             warnings.warn(f"model.{modality}.mask_loss > 0, but no {modality} image of the cohort has a lesion mask "
@@ -549,17 +610,24 @@ def cross_validate(cohort: Cohort, config: ExperimentConfig, *, progress: Progre
         remote_task = progress.add_task(f"training on {config.execution.executor}", total=None) if progress else None
         run_trainings(cohort, config, images, repeats, unique_networks(specs.values()), checkpoint_dir,
                       on_done=(lambda _: progress.advance(remote_task)) if progress else None)
+    localiser_task = progress.add_task("lesion localisers", total=sum(len(f) for f in repeats) * sum(
+        getattr(config.model, m).localiser.epochs for m in predicted)) if progress and predicted else None
     train_task = progress.add_task("training", total=total_epochs) if progress else None
     # Each epoch advances the bar and shows its network's epoch and mean training loss (PlainProgress prints
     # them on its lines; rich keeps them as task fields).
     runner = FoldTrainer(cohort, config, images, checkpoint_dir,
-                     (lambda end: progress.update(train_task, advance=1, epoch=f"{end.epoch}/{end.epochs}",
-                                                  loss=end.train_loss)) if progress else None)
+                         (lambda end: progress.update(train_task, advance=1, epoch=f"{end.epoch}/{end.epochs}",
+                                                      loss=end.train_loss)) if progress else None,
+                         localisation=localisation,
+                         on_localiser_epoch=(lambda e, n, loss: progress.update(
+                             localiser_task, advance=1, epoch=f"{e}/{n}", loss=loss)) if localiser_task is not None
+                         else None)
 
-    rows, importance = [], []
+    rows, importance, boxes = [], [], []
     for r, split in enumerate(repeats):
         for k, positions in enumerate(split):
             fold = runner.fold(r, k, positions)
+            boxes.extend(fold.boxes)
             if layout is not None and fold.preprocessor is not None:  # for bundles and reloads: fitted once, here
                 save_skops(layout.clinical_preprocessor(k, r), fold.preprocessor)
             for variant in order:
@@ -599,7 +667,8 @@ def cross_validate(cohort: Cohort, config: ExperimentConfig, *, progress: Progre
                            calibration=calibration.reset_index(drop=True),
                            preprocessing=images.params, excluded_images=images.excluded, networks=networks,
                            stage2_importance=pd.concat(importance, ignore_index=True) if importance
-                           else pd.DataFrame())
+                           else pd.DataFrame(),
+                           localiser_boxes=pd.concat(boxes, ignore_index=True) if boxes else pd.DataFrame())
 
 
 def unique_networks(specs) -> list[NetworkSpec]:

@@ -136,6 +136,19 @@ def write_results(results: dict[str, Any], layout: RunLayout) -> dict[str, Any]:
     return write_json(layout.results, results)
 
 
+def localisation_summary(boxes: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Per ``roi: predicted`` modality, how well the fold localisers found the held-out lesions: the IoU of each
+    box with the reader's mask box (median, share >= 0.5), over the first repeat's test images."""
+    out = {}
+    for modality, rows in boxes.groupby("modality"):
+        iou = rows.loc[(rows["repeat"] == 0) & (rows["split"] == "test"), "iou"].dropna().to_numpy()
+        out[str(modality)] = {"n_images": int(len(iou)),
+                              "median_iou": float(np.median(iou)) if len(iou) else None,
+                              "share_iou_at_least_0.5": float(np.mean(iou >= 0.5)) if len(iou) else None,
+                              "boxes": "localiser_boxes.csv"}
+    return out
+
+
 def run_experiment(
     cohort: Cohort, config: ExperimentConfig, out_dir: str | Path, *, progress: Progress | None = None,
     ablation: dict[str, str] | None = None,
@@ -186,6 +199,9 @@ def run_experiment(
     for name, entry in results["variants"].items():
         entry.update(stage2=config.variant(name).stage2, network=cv.networks.get(name),
                      stage2_feature_importance=_stage2_importance(cv.stage2_importance, name))
+    if not cv.localiser_boxes.empty:
+        cv.localiser_boxes.to_csv(layout.localiser_boxes, index=False)
+        results["localisation"] = localisation_summary(cv.localiser_boxes)
     if ablation is not None:
         table = ablation_table(json_safe(results), ablation)
         write_ablation(table, out, title=f"{config.name}: ablation (reference: {reference_variant(config)})")

@@ -47,6 +47,8 @@ from breastfusion.data.transforms import prepare_batch
 from breastfusion.data.tensors import LesionDataset, LesionImages, build_lesion_images, clinical_features_for
 from breastfusion.experiment.crossval import (FoldPositions, fit_clinical_preprocessor, fold_positions, network_spec,
                                                preprocessing_params)
+from breastfusion.experiment.localisation import (crop_to_predicted, load_localiser, localiser_tag,
+                                                  predicted_roi_modalities, reader_crop_params)
 from breastfusion.experiment.run_folder import RunLayout
 from breastfusion.models.network import MultimodalNet, SeedEnsemble, build_network
 from breastfusion.training.module import tta_logits
@@ -82,6 +84,7 @@ class RunArtifacts:
     folds: list[tuple[np.ndarray, np.ndarray]]
     positions: list[FoldPositions] | None = None
     _preprocessors: dict[int, ClinicalPreprocessor] = field(default_factory=dict, repr=False)
+    _localisers: dict[tuple[str, int], Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.positions is None:  # built by hand from (train, test) pairs: no inner validation split
@@ -167,9 +170,39 @@ class RunArtifacts:
 
     @cached_property
     def images(self) -> LesionImages:
-        """Preprocessed images of every image modality any variant reads (through the run's cache setting)."""
-        return build_lesion_images(self.cohort, self.preprocessing, cache=ArrayCache(enabled=self.config.cache),
+        """Preprocessed images of every image modality any variant reads (through the run's cache setting).
+
+        A modality cropped to a localiser's box (``roi: predicted``) is cropped here to the reader's mask, as the
+        fitting images were; :meth:`dataset` gives each fold's held-out images their fold localiser's crop."""
+        predicted = predicted_roi_modalities(self.preprocessing)
+        return build_lesion_images(self.cohort, {m: reader_crop_params(p) if m in predicted else p
+                                                 for m, p in self.preprocessing.items()},
+                                   cache=ArrayCache(enabled=self.config.cache),
                                    exclude_unreadable=self.config.exclude_unreadable)
+
+    def localiser(self, modality: str, fold: int):
+        """Fold ``fold``'s lesion localiser of a ``roi: predicted`` modality.
+
+        Raises:
+            RunFolderError: its checkpoint is missing.
+        """
+        if (modality, fold) not in self._localisers:
+            cfg = getattr(self.config.model, modality).localiser
+            path = self.layout.checkpoints.localiser_weights(modality, localiser_tag(cfg), fold)
+            if not path.is_file():
+                raise RunFolderError(f"{path}: fold {fold}'s lesion localiser is missing; run the experiment again")
+            self._localisers[(modality, fold)] = load_localiser(path, cfg)
+        return self._localisers[(modality, fold)]
+
+    def fold_images(self, fold: int, positions: np.ndarray) -> LesionImages:
+        """:attr:`images` with the lesions at ``positions`` cropped as fold ``fold``'s networks saw them when held
+        out: to fold ``fold``'s localiser's box for a ``roi: predicted`` modality (the same images otherwise)."""
+        images = self.images
+        for modality in predicted_roi_modalities(self.preprocessing):
+            images, _ = crop_to_predicted(images, self.cohort, modality, self.preprocessing[modality],
+                                          [self.localiser(modality, fold)],
+                                          getattr(self.config.model, modality).localiser, positions)
+        return images
 
     def image_rows(self, position: int, modality: str) -> pd.DataFrame:
         """Manifest rows of one lesion's ``modality`` images, in view-slot order (slot i is row i)."""
@@ -200,6 +233,11 @@ class RunArtifacts:
             return None
         params = self.preprocessing[modality]
         mask = _read_mask(mask_files)
+        if params.roi == "predicted":  # held out: the crop is its test fold's localiser's box
+            fold = int(self.test_fold[position])
+            _, boxes = crop_to_predicted(self.images, self.cohort, modality, params, [self.localiser(modality, fold)],
+                                         getattr(self.config.model, modality).localiser, np.array([position]))
+            box = tuple(int(v) for v in boxes.iloc[slot][["top", "left", "bottom", "right"]])
         prepared = preprocess(read_image(row["path"]), params, roi_mask=mask, roi=box)
         return align_mask(mask, prepared, params) >= 0.5
 
@@ -214,7 +252,8 @@ class RunArtifacts:
         positions = self.folds[fold][1] if positions is None else np.asarray(positions)
         modalities = self.modalities(variant)
         clinical = self.clinical_inputs(fold, positions) if "clinical" in modalities else (None, None)
-        return LesionDataset(self.images, positions, self.lesions["y"].to_numpy()[positions], modalities, *clinical)
+        return LesionDataset(self.fold_images(fold, positions), positions, self.lesions["y"].to_numpy()[positions],
+                             modalities, *clinical)
 
     @torch.no_grad()
     def predict(self, variant: str, *, batch_size: int = 64) -> pd.DataFrame:

@@ -94,6 +94,14 @@ class CheckpointLayout:
         learner on deep features) or ``score`` (score-level fusion's clinical learner)."""
         return self.variant_dir(variant) / f"{fold_tag(fold)}.{kind}.skops"
 
+    def localiser_weights(self, modality: str, tag: str, fold: int, repeat: int = 0) -> Path:
+        """A fold's lesion localiser (``preprocess.roi: predicted``; safetensors), filed under its settings' tag."""
+        return self.root / "localisers" / f"{modality}-{tag}" / f"{fold_tag(fold, repeat)}.safetensors"
+
+    def localiser_boxes(self, modality: str, tag: str, fold: int, repeat: int = 0) -> Path:
+        """The boxes a fold's localiser gave its held-out images, with their IoU against the reader's masks (csv)."""
+        return self.root / "localisers" / f"{modality}-{tag}" / f"{fold_tag(fold, repeat)}.boxes.csv"
+
     def clinical_preprocessor(self, fold: int, repeat: int = 0) -> Path:
         """Fold ``fold``'s fitted clinical preprocessor (skops), shared by every variant that reads clinical data."""
         return self.root / "clinical" / f"{fold_tag(fold, repeat)}.skops"
@@ -123,6 +131,11 @@ class RunLayout:
     @property
     def calibration(self) -> Path:
         return self.root / "calibration_predictions.csv"
+
+    @property
+    def localiser_boxes(self) -> Path:
+        """``localiser_boxes.csv``: with ``preprocess.roi: predicted``, each held-out image's localiser box."""
+        return self.root / "localiser_boxes.csv"
 
     @property
     def preprocessing(self) -> Path:

@@ -24,9 +24,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from breastfusion.data.cache import ArrayCache
 from breastfusion.data.manifest import IMAGE_MODALITIES, Cohort
-from breastfusion.data.tensors import LesionDataset, build_lesion_images, clinical_features_for, modality_present
+from breastfusion.data.tensors import LesionDataset, clinical_features_for, modality_present
 from breastfusion.explain.cams import CAM_METHODS, OneImageModel, compute_cams, find_target_layer
 from breastfusion.explain.shapley import modality_shapley, no_information_prob, shapley_shares
 from breastfusion.data.transforms import prepare_batch
@@ -86,7 +85,7 @@ def explain_case(bundle, cohort: Cohort | str | Path | None = None, *, images: M
         BundleError: the lesion has none of the bundle's modalities.
     """
     from breastfusion.bundle import BundleError
-    from breastfusion.predict import cohort_for, fit_to_bundle
+    from breastfusion.predict import cohort_for, fit_to_bundle, localised_images
 
     if method not in CAM_METHODS:
         raise ValueError(f"unknown heatmap method {method!r}; expected one of {list(CAM_METHODS)}")
@@ -107,8 +106,7 @@ def explain_case(bundle, cohort: Cohort | str | Path | None = None, *, images: M
     if lesion_id not in ids:
         raise ValueError(f"lesion {lesion_id!r} is not in {cohort.root}; it has {ids[:10]}")
     pos = ids.index(lesion_id)
-    images = build_lesion_images(cohort, bundle.preprocessing, cache=ArrayCache(enabled=False),
-                                 exclude_unreadable=bundle.config.exclude_unreadable)
+    images = localised_images(bundle, cohort)
     views = _view_names(cohort, lesion_id)
     training = bundle.config.training
     phis, fulls, empties = [], [], []

@@ -1,0 +1,402 @@
+"""``preprocess.roi: predicted``: an in-fold lesion localiser crops the held-out images, from config to bundle."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from breastfusion.config import ConfigError, LocaliserConfig, load_config
+from breastfusion.data.cache import read_mask, roi_inputs
+from breastfusion.data.manifest import load_cohort
+from breastfusion.data.preprocess import params_for, preprocess
+from breastfusion.data.readers import read_image
+from breastfusion.experiment import crossval
+from breastfusion.experiment.localisation import LocalisationError
+from breastfusion.models.localiser import box_from_probs, frame_box_to_image, predict_lesion_probs
+
+from .conftest import TINY_MODEL
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+LOCALISER = {"image_size": 32, "epochs": 2}
+MODEL = {**TINY_MODEL, "ultrasound": {**TINY_MODEL["ultrasound"], "preprocess": {"roi": "predicted"},
+                                      "localiser": LOCALISER}}
+#: the networks' ultrasound preprocessing of the run: fitting images cropped to the reader's mask, the others to
+#: the localiser's box (the default roi_margin)
+PREDICTED = params_for("ultrasound", size=32, roi="predicted")
+READER = params_for("ultrasound", size=32, roi="mask")
+
+
+def tiny_config(variants=None, **overrides):
+    settings = {"training": {"epochs": 1, "batch_size": 16}, "cv": {"n_splits": 2, "bootstrap": 100}, **overrides}
+    return load_config(None, name="tiny_localised", variants=variants or {"ultrasound": ["ultrasound"]},
+                       model=MODEL, **settings)
+
+
+def _blank_masks(src: Path, dst: Path, which=None) -> Path:
+    """A copy of the cohort at ``src`` whose ultrasound rows (those at ``which``: all) have no mask_path."""
+    root = Path(shutil.copytree(src, dst))
+    manifest = pd.read_csv(root / "manifest.csv")
+    rows = manifest.index[manifest["modality"] == "ultrasound"] if which is None else which
+    manifest.loc[rows, "mask_path"] = ""
+    manifest.to_csv(root / "manifest.csv", index=False)
+    return root
+
+
+# -- config --------------------------------------------------------------------------------------------------------
+
+
+def test_a_predicted_roi_fills_the_localiser_defaults_and_keeps_the_settings_given():
+    plain = load_config(None, name="x", variants={"ultrasound": ["ultrasound"]},
+                        model={"ultrasound": {"preprocess": {"roi": "predicted"}}})
+    assert plain.model.ultrasound.localiser == LocaliserConfig()
+    assert plain.model.mammography.localiser is None          # only the branch that crops to a predicted box
+    tiny = tiny_config()
+    assert tiny.model.ultrasound.localiser == LocaliserConfig(image_size=32, epochs=2)
+    assert tiny.model.ultrasound.localiser.threshold == LocaliserConfig().threshold
+    for roi in ({}, {"roi": "mask"}, {"roi": "none"}):
+        assert load_config(None, name="x", model={"ultrasound": {"preprocess": roi}}).model.ultrasound.localiser \
+            is None
+
+
+@pytest.mark.parametrize("preprocess", [{}, {"roi": "mask"}, {"roi": "box"}])
+def test_localiser_settings_without_a_predicted_roi_are_a_config_error(preprocess):
+    with pytest.raises(ConfigError, match=r"model\.ultrasound.*localiser is set, but preprocess\.roi is not "
+                                          r"'predicted'"):
+        load_config(None, name="x", model={"ultrasound": {"preprocess": preprocess, "localiser": {"epochs": 2}}})
+
+
+def test_bad_localiser_settings_are_a_config_error_naming_the_key():
+    with pytest.raises(ConfigError, match=r"model\.ultrasound\.localiser\.epochs"):
+        load_config(None, name="x", model={"ultrasound": {"preprocess": {"roi": "predicted"},
+                                                          "localiser": {"epochs": 0}}})
+    with pytest.raises(ConfigError, match=r"model\.ultrasound\.localiser\.nope"):
+        load_config(None, name="x", model={"ultrasound": {"preprocess": {"roi": "predicted"},
+                                                          "localiser": {"nope": 1}}})
+
+
+def test_localised_config_is_the_scratch_config_with_a_localiser_box_crop():
+    localised = load_config(CONFIGS / "bus_clinical_localised.yaml")
+    whole, roi = load_config(CONFIGS / "bus_clinical.yaml"), load_config(CONFIGS / "bus_clinical_roi.yaml")
+    assert localised.name == "bus_clinical_localised"
+    assert localised.model.ultrasound.preprocess == {"roi": "predicted",
+                                                     "roi_margin": roi.model.ultrasound.preprocess["roi_margin"]}
+    assert localised.model.ultrasound.localiser == LocaliserConfig(encoder="mobilenetv3_small_100", image_size=96,
+                                                                   epochs=30)
+    as_whole = localised.model_copy(update={"name": whole.name, "model": localised.model.model_copy(update={
+        "ultrasound": localised.model.ultrasound.model_copy(update={"preprocess": {}, "localiser": None})})})
+    assert as_whole.model_dump() == whole.model_dump()
+    # every variant keeps the localiser (images are prepared once per run)
+    assert crossval.preprocessing_params(localised, ["ultrasound"])["ultrasound"].roi == "predicted"
+
+
+#: network keys at the last commit, before localisers existed (git show HEAD:src/breastfusion/experiment/crossval.py)
+KEYS_BEFORE_LOCALISERS = {
+    "bus_clinical.yaml": {"clinical": "2035337fbc376f0f", "ultrasound": "4c877cc572fa1dcb",
+                          "fused": "4c877cc572fa1dcb", "fused_network": "d0ad8249a0c3d67b"},
+    "bus_clinical_roi.yaml": {"clinical": "2035337fbc376f0f", "ultrasound": "ac58066158fe54db",
+                              "fused": "ac58066158fe54db", "fused_network": "6d51e59b4e68ea17"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(KEYS_BEFORE_LOCALISERS))
+def test_networks_without_a_localiser_keep_their_keys(name):
+    config = load_config(CONFIGS / name)
+    assert {v: crossval.network_spec(config, v).key for v in config.variants} == KEYS_BEFORE_LOCALISERS[name]
+
+
+def test_a_localiser_setting_is_part_of_the_network_key():
+    localised = load_config(CONFIGS / "bus_clinical_localised.yaml")
+    longer = localised.model_copy(update={"model": localised.model.model_copy(update={
+        "ultrasound": localised.model.ultrasound.model_copy(update={
+            "localiser": localised.model.ultrasound.localiser.model_copy(update={"epochs": 31})})})})
+    key = crossval.network_spec(localised, "ultrasound").key
+    assert key != crossval.network_spec(longer, "ultrasound").key
+    assert key != KEYS_BEFORE_LOCALISERS["bus_clinical_roi.yaml"]["ultrasound"]
+
+
+# -- a cross-validated run -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def localised_run(small_cohort_dir, tmp_path_factory):
+    """A 2-fold run of the localised ultrasound network (with an inner validation split), recording each fold
+    localiser's fitting positions and the images each network dataset was given."""
+    from breastfusion.experiment.run import run_experiment
+
+    config = tiny_config(training={"epochs": 1, "batch_size": 16, "val_fraction": 0.25})
+    fitted, datasets = [], []
+    real_fit, real_dataset = crossval.fit_fold_localiser, crossval.LesionDataset
+
+    def fit_fold_localiser(cohort, frames, positions, modality, cfg, **kwargs):
+        fitted.append({"positions": np.array(positions), "modality": modality, "cfg": cfg, **kwargs})
+        return real_fit(cohort, frames, positions, modality, cfg, **kwargs)
+
+    def lesion_dataset(images, idx, *args, **kwargs):
+        datasets.append({"images": images.images["ultrasound"].clone(), "idx": np.array(idx),
+                         "with_masks": kwargs.get("with_masks")})
+        return real_dataset(images, idx, *args, **kwargs)
+
+    out = tmp_path_factory.mktemp("localised") / "run"
+    cohort = load_cohort(small_cohort_dir)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(crossval, "fit_fold_localiser", fit_fold_localiser)
+        patch.setattr(crossval, "LesionDataset", lesion_dataset)
+        run_experiment(cohort, config, out)
+    folds = crossval.fold_positions(cohort, config)
+    return {"dir": out, "config": config, "cohort": cohort, "folds": folds[0], "fitted": fitted,
+            "datasets": datasets}
+
+
+def test_each_fold_localiser_learns_from_that_folds_fitting_lesions_only(localised_run):
+    folds, fitted = localised_run["folds"], localised_run["fitted"]
+    assert len(fitted) == len(folds) == 2
+    for fold, call in zip(folds, fitted):
+        assert call["modality"] == "ultrasound" and call["cfg"] == LocaliserConfig(**LOCALISER)
+        positions = set(call["positions"].tolist())
+        assert not positions & set(fold.test.tolist())
+        assert not positions & set(fold.validation.tolist())
+        assert positions == set(fold.fit.tolist())
+    assert fitted[0]["seed"] != fitted[1]["seed"]
+    # the fitted localisers are kept with the run's checkpoints, one per fold
+    saved = sorted((localised_run["dir"] / "checkpoints" / "localisers").glob("ultrasound-*/*.safetensors"))
+    assert len(saved) == 2
+
+
+def _fold_and_split(folds, idx: np.ndarray) -> tuple[int, str]:
+    for k, fold in enumerate(folds):
+        for split, positions in (("fit", fold.fit), ("test", fold.test), ("validation", fold.validation)):
+            if set(idx.tolist()) == set(positions.tolist()):
+                return k, split
+    raise AssertionError(f"positions {idx} are no split of any fold")
+
+
+def test_the_networks_fit_on_reader_mask_crops_and_are_tested_on_localiser_crops(localised_run):
+    cohort, folds = localised_run["cohort"], localised_run["folds"]
+    boxes = pd.read_csv(localised_run["dir"] / "localiser_boxes.csv", dtype={"lesion_id": str})
+    manifest = cohort.manifest[cohort.manifest["modality"] == "ultrasound"].set_index("lesion_id")
+    position = {lid: i for i, lid in enumerate(cohort.lesions["lesion_id"])}
+    assert manifest.index.is_unique  # one ultrasound image per lesion: view slot 0
+    reader_crops, predicted_crops = {}, {}
+    for lesion_id, row in manifest.iterrows():
+        image = read_image(row["path"])
+        reader_crops[position[lesion_id]] = preprocess(image, READER,
+                                                       roi_mask=read_mask(roi_inputs(row, cohort.root)[0])).pixels
+        for _, b in boxes[boxes["lesion_id"] == lesion_id].iterrows():
+            predicted_crops[position[lesion_id], int(b["fold"])] = preprocess(
+                image, PREDICTED, roi=tuple(int(b[c]) for c in ("top", "left", "bottom", "right"))).pixels
+
+    seen = set()
+    for call in localised_run["datasets"]:
+        k, split = _fold_and_split(folds, call["idx"])
+        seen.add((k, split))
+        assert call["with_masks"] == (split == "fit")
+        for i in call["idx"]:
+            got = call["images"][i, 0, 0].numpy()
+            want = reader_crops[i] if split == "fit" else predicted_crops[i, k]
+            np.testing.assert_array_equal(got, want, err_msg=f"fold {k} {split} lesion position {i}")
+    assert seen == {(k, split) for k in range(2) for split in ("fit", "test", "validation")}
+    for k, fold in enumerate(folds):
+        # a held-out image's crop is the localiser's, not its reader's (2 epochs of training find few lesions)
+        held_out = np.concatenate([fold.test, fold.validation])
+        assert sum(not np.array_equal(predicted_crops[i, k], reader_crops[i]) for i in held_out) > len(held_out) / 2
+
+
+def test_the_run_records_each_held_out_images_box_and_the_localisation_quality(localised_run):
+    cohort, folds, out = localised_run["cohort"], localised_run["folds"], localised_run["dir"]
+    boxes = pd.read_csv(out / "localiser_boxes.csv", dtype={"lesion_id": str})
+    assert {"path", "lesion_id", "top", "left", "bottom", "right", "iou", "modality", "repeat", "fold",
+            "split"} <= set(boxes.columns)
+    ids = cohort.lesions["lesion_id"].to_numpy()
+    n_ultrasound = int((cohort.manifest["modality"] == "ultrasound").sum())
+    test = boxes[boxes["split"] == "test"]
+    assert len(test) == n_ultrasound == len(cohort.lesions)
+    assert test["lesion_id"].is_unique and set(test["lesion_id"]) == set(ids)
+    for k, fold in enumerate(folds):
+        rows = boxes[boxes["fold"] == k]
+        assert set(rows.loc[rows["split"] == "test", "lesion_id"]) == set(ids[fold.test])
+        assert set(rows.loc[rows["split"] == "validation", "lesion_id"]) == set(ids[fold.validation])
+        assert not set(rows["lesion_id"]) & set(ids[fold.fit])       # the localiser's own training lesions: no box
+    assert (boxes["modality"] == "ultrasound").all() and (boxes["repeat"] == 0).all()
+    assert ((boxes["top"] < boxes["bottom"]) & (boxes["left"] < boxes["right"]) & (boxes["top"] >= 0)
+            & (boxes["left"] >= 0)).all()
+    assert boxes["iou"].between(0, 1).all()                            # every image has a mask: no NaN
+    summary = json.loads((out / "results.json").read_text())["localisation"]
+    assert set(summary) == {"ultrasound"}
+    assert summary["ultrasound"]["n_images"] == n_ultrasound
+    assert summary["ultrasound"]["median_iou"] == pytest.approx(float(test["iou"].median()))
+    assert 0 <= summary["ultrasound"]["median_iou"] <= 1
+    assert summary["ultrasound"]["share_iou_at_least_0.5"] == pytest.approx(float((test["iou"] >= 0.5).mean()))
+    assert json.loads((out / "preprocessing.json").read_text())["params"]["ultrasound"]["roi"] == "predicted"
+
+
+def test_a_reloaded_run_reproduces_its_predictions(localised_run):
+    from breastfusion.experiment.run_artifacts import load_run
+
+    saved = pd.read_csv(localised_run["dir"] / "predictions.csv", dtype={"subject_id": str, "lesion_id": str})
+    saved = saved[saved["variant"] == "ultrasound"].set_index("lesion_id")
+    again = load_run(localised_run["dir"]).predict("ultrasound").set_index("lesion_id")
+    assert len(again) == len(saved) == len(localised_run["cohort"].lesions)
+    again = again.loc[saved.index]
+    assert (again["fold"].to_numpy() == saved["fold"].to_numpy()).all()
+    np.testing.assert_allclose(again["prob"].to_numpy(), saved["prob"].to_numpy(), atol=1e-6)
+
+
+def test_a_reloaded_runs_lesion_masks_lie_over_the_localiser_crop_of_the_test_fold(localised_run):
+    from breastfusion.data.preprocess import align_mask
+    from breastfusion.experiment.run_artifacts import load_run
+
+    art = load_run(localised_run["dir"])
+    boxes = pd.read_csv(localised_run["dir"] / "localiser_boxes.csv", dtype={"lesion_id": str})
+    boxes = boxes[boxes["split"] == "test"].set_index("lesion_id")
+    for fold in localised_run["folds"]:
+        for position in fold.test[:3]:
+            row = art.image_rows(int(position), "ultrasound").iloc[0]
+            b = boxes.loc[art.lesions["lesion_id"].iat[int(position)]]
+            prepared = preprocess(read_image(row["path"]), PREDICTED,
+                                  roi=tuple(int(b[c]) for c in ("top", "left", "bottom", "right")))
+            mask = read_mask(roi_inputs(row, art.cohort.root)[0])
+            want = align_mask(mask, prepared, PREDICTED) >= 0.5
+            np.testing.assert_array_equal(art.lesion_mask(int(position), "ultrasound", 0), want)
+
+
+def test_a_rerun_reuses_the_saved_localisers_and_reproduces_the_run(localised_run, tmp_path, monkeypatch):
+    from breastfusion.experiment.run import run_experiment
+
+    out = Path(shutil.copytree(localised_run["dir"], tmp_path / "run"))
+    before = {name: pd.read_csv(out / name) for name in ("predictions.csv", "localiser_boxes.csv")}
+    (out / "localiser_boxes.csv").unlink()
+
+    def refit(*args, **kwargs):
+        raise AssertionError("a saved localiser was fitted again")
+
+    monkeypatch.setattr(crossval, "fit_fold_localiser", refit)
+    run_experiment(localised_run["cohort"], localised_run["config"], out)
+    for name, frame in before.items():
+        pd.testing.assert_frame_equal(pd.read_csv(out / name), frame)
+
+
+# -- the exported bundle ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(localised_run, tmp_path_factory) -> Path:
+    from breastfusion import export_bundle
+
+    return export_bundle(localised_run["dir"], tmp_path_factory.mktemp("bundles") / "localised")
+
+
+def test_the_bundle_keeps_every_fold_localiser(bundle_dir, localised_run):
+    from breastfusion import load_bundle
+    from breastfusion.experiment.run_artifacts import load_run
+
+    files = json.loads((bundle_dir / "bundle.json").read_text())["files"]
+    assert {f"localiser_ultrasound_fold{k}.safetensors" for k in range(2)} <= set(files)
+    assert all((bundle_dir / f"localiser_ultrasound_fold{k}.safetensors").is_file() for k in range(2))
+    bundle = load_bundle(bundle_dir)
+    assert set(bundle.localisers) == {"ultrasound"} and len(bundle.localisers["ultrasound"]) == bundle.n_folds == 2
+    run = load_run(localised_run["dir"])
+    for k, model in enumerate(bundle.localisers["ultrasound"]):
+        assert not model.training
+        ours, theirs = model.state_dict(), run.localiser("ultrasound", k).state_dict()
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[n], theirs[n]) for n in ours)
+    a, b = (m.state_dict() for m in bundle.localisers["ultrasound"])
+    assert not all(torch.equal(a[n], b[n]) for n in a)      # two folds, two different localisers
+
+
+def test_the_bundle_crops_a_new_image_to_the_mean_of_its_fold_localisers_maps(bundle_dir, small_cohort_dir):
+    from breastfusion import load_bundle
+    from breastfusion.predict import localised_images
+
+    bundle = load_bundle(bundle_dir)
+    cohort = load_cohort(small_cohort_dir)
+    images = localised_images(bundle, cohort).images["ultrasound"]
+    settings = bundle.config.model.ultrasound.localiser
+    models = bundle.localisers["ultrasound"]
+    rows = cohort.manifest[cohort.manifest["modality"] == "ultrasound"].head(6)
+    position = {lid: i for i, lid in enumerate(cohort.lesions["lesion_id"])}
+    single_fold_differs = 0
+    for _, row in rows.iterrows():
+        image = read_image(row["path"])
+        frame = preprocess(image, params_for("ultrasound", size=settings.image_size))
+        maps = [predict_lesion_probs(m, frame.pixels[None])[0] for m in models]
+        box = frame_box_to_image(box_from_probs(np.mean(maps, axis=0), settings.threshold), frame.crop,
+                                 settings.image_size)
+        want = preprocess(image, bundle.preprocessing["ultrasound"], roi=box).pixels
+        np.testing.assert_array_equal(images[position[row["lesion_id"]], 0, 0].numpy(), want)
+        fold0 = frame_box_to_image(box_from_probs(maps[0], settings.threshold), frame.crop, settings.image_size)
+        single_fold_differs += fold0 != box
+    assert bundle.preprocessing["ultrasound"].roi == "predicted"
+    assert single_fold_differs > 0    # so the check tells the folds' mean from one fold's localiser
+
+
+def test_the_bundle_predicts_without_masks_and_in_memory(bundle_dir, small_cohort_dir, tmp_path):
+    from breastfusion import load_bundle
+
+    bundle = load_bundle(bundle_dir)
+    with_masks = bundle.predict(small_cohort_dir)
+    unmarked = _blank_masks(small_cohort_dir, tmp_path / "unmarked")
+    assert pd.read_csv(unmarked / "manifest.csv").query("modality == 'ultrasound'")["mask_path"].isna().all()
+    without = bundle.predict(unmarked)
+    assert len(with_masks) == len(without) == 60
+    assert (with_masks["subject_id"].to_numpy() == without["subject_id"].to_numpy()).all()
+    np.testing.assert_allclose(without["prob"].to_numpy(), with_masks["prob"].to_numpy(), atol=1e-6)
+    assert with_masks["prob"].between(0, 1).all() and with_masks["prob"].std() > 0
+
+    cohort = load_cohort(small_cohort_dir)
+    row = cohort.manifest[cohort.manifest["modality"] == "ultrasound"].iloc[0]
+    pixels = np.asarray(Image.open(row["path"]))
+    case = bundle.predict(images={"ultrasound": pixels})
+    assert len(case) == 1
+    expected = with_masks.set_index("subject_id").loc[str(row["subject_id"]), "prob"]
+    assert case["prob"].iloc[0] == pytest.approx(expected, abs=1e-6)
+
+
+def test_a_bundle_with_an_altered_localiser_is_refused_naming_it(bundle_dir, tmp_path):
+    from breastfusion import load_bundle
+    from breastfusion.bundle import BundleError
+
+    copy = Path(shutil.copytree(bundle_dir, tmp_path / "bundle"))
+    path = copy / "localiser_ultrasound_fold1.safetensors"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"localiser_ultrasound_fold1\.safetensors"):
+        load_bundle(copy)
+    path.unlink()
+    with pytest.raises(BundleError, match=r"localiser_ultrasound_fold1\.safetensors is missing"):
+        load_bundle(copy)
+
+
+# -- clear errors ----------------------------------------------------------------------------------------------------
+
+
+def test_cross_validation_names_an_image_without_a_mask(small_cohort_dir, tmp_path):
+    manifest = pd.read_csv(small_cohort_dir / "manifest.csv")
+    blank = manifest.index[manifest["modality"] == "ultrasound"][[3]]
+    root = _blank_masks(small_cohort_dir, tmp_path / "cohort", blank)
+    path = manifest.loc[blank[0], "path"]
+    with pytest.raises(LocalisationError, match=rf"1 of 60 have none: \S*{re.escape(path)}") as info:
+        crossval.cross_validate(load_cohort(root), tiny_config())
+    assert "mask_path" in str(info.value)
+
+
+def test_the_ray_executor_is_refused_with_a_predicted_roi(small_cohort_dir):
+    config = tiny_config(execution={"executor": "ray"})   # a valid config, ray installed or not
+    assert config.execution.executor == "ray"
+    with pytest.raises(ValueError, match=r"executor 'ray'.*executor: local"):
+        crossval.cross_validate(load_cohort(small_cohort_dir), config)
+
+
+def test_a_fused_network_with_a_localised_ultrasound_branch_runs(small_cohort_dir):
+    cv = crossval.cross_validate(load_cohort(small_cohort_dir),
+                                 tiny_config(variants={"fused": ["ultrasound", "clinical"]}))
+    assert len(cv.predictions) == 60 and cv.predictions["prob"].between(0, 1).all()
+    assert len(cv.localiser_boxes) == 60 and (cv.localiser_boxes["split"] == "test").all()
