@@ -89,7 +89,7 @@ def test_localised_config_is_the_scratch_config_with_a_localiser_box_crop():
     assert localised.model.ultrasound.preprocess == {"roi": "predicted",
                                                      "roi_margin": roi.model.ultrasound.preprocess["roi_margin"]}
     assert localised.model.ultrasound.localiser == LocaliserConfig(encoder="mobilenetv3_small_100", image_size=96,
-                                                                   epochs=30)
+                                                                   epochs=30, views="crop_and_frame")
     as_whole = localised.model_copy(update={"name": whole.name, "model": localised.model.model_copy(update={
         "ultrasound": localised.model.ultrasound.model_copy(update={"preprocess": {}, "localiser": None})})})
     assert as_whole.model_dump() == whole.model_dump()
@@ -264,7 +264,11 @@ def test_a_reloaded_runs_lesion_masks_lie_over_the_localiser_crop_of_the_test_fo
                                   roi=tuple(int(b[c]) for c in ("top", "left", "bottom", "right")))
             mask = read_mask(roi_inputs(row, art.cohort.root)[0])
             want = align_mask(mask, prepared, PREDICTED) >= 0.5
-            np.testing.assert_array_equal(art.lesion_mask(int(position), "ultrasound", 0), want)
+            got = art.lesion_mask(int(position), "ultrasound", 0)
+            if want.any():
+                np.testing.assert_array_equal(got, want)
+            else:  # the box missed the lesion: no mask pixel in the crop, nothing to score heatmaps against
+                assert got is None
 
 
 def test_a_rerun_reuses_the_saved_localisers_and_reproduces_the_run(localised_run, tmp_path, monkeypatch):
@@ -400,3 +404,82 @@ def test_a_fused_network_with_a_localised_ultrasound_branch_runs(small_cohort_di
                                  tiny_config(variants={"fused": ["ultrasound", "clinical"]}))
     assert len(cv.predictions) == 60 and cv.predictions["prob"].between(0, 1).all()
     assert len(cv.localiser_boxes) == 60 and (cv.localiser_boxes["split"] == "test").all()
+
+
+# -- views: crop_and_frame -------------------------------------------------------------------------------------------
+
+
+def test_append_views_puts_the_extra_slots_after_the_images_own_and_keeps_their_masks():
+    from breastfusion.data.tensors import LesionImages, append_views
+
+    crops = torch.randint(0, 255, (3, 1, 1, 4, 4), dtype=torch.uint8)
+    frames = torch.randint(0, 255, (3, 1, 1, 4, 4), dtype=torch.uint8)
+    have = torch.tensor([[True], [True], [False]])
+    masks = torch.full((3, 1, 1, 4, 4), 7, dtype=torch.uint8)
+    a = LesionImages(["a", "b", "c"], {"ultrasound": crops}, {"ultrasound": have}, masks={"ultrasound": masks},
+                     mask_views={"ultrasound": have.clone()})
+    b = LesionImages(["a", "b", "c"], {"ultrasound": frames}, {"ultrasound": have}, excluded=["x.png"])
+    both = append_views(a, b, "ultrasound")
+    assert both.images["ultrasound"].shape == (3, 2, 1, 4, 4)
+    stack = both.images["ultrasound"]
+    assert torch.equal(stack[:, :1], crops) and torch.equal(stack[:, 1:], frames)
+    assert torch.equal(both.views["ultrasound"], torch.cat([have, have], dim=1))
+    assert torch.equal(both.masks["ultrasound"][:, :1], masks) and not both.masks["ultrasound"][:, 1].any()
+    assert torch.equal(both.mask_views["ultrasound"][:, 0], have[:, 0])
+    assert not both.mask_views["ultrasound"][:, 1].any()
+    assert both.excluded == ["x.png"]
+    with pytest.raises(ValueError, match="same lesions"):
+        append_views(a, LesionImages(["c", "b", "a"], {"ultrasound": frames}, {"ultrasound": have}), "ultrasound")
+
+
+def test_crop_and_frame_gives_the_network_each_crop_and_its_whole_frame_in_the_run_and_the_bundle(
+        small_cohort_dir, tmp_path):
+    from breastfusion import export_bundle, load_bundle
+    from breastfusion.experiment.run import run_experiment
+    from breastfusion.experiment.run_artifacts import load_run
+
+    model = {**MODEL, "ultrasound": {**MODEL["ultrasound"], "localiser": {**LOCALISER, "views": "crop_and_frame"}}}
+    config = load_config(None, name="tiny_crop_and_frame", variants={"ultrasound": ["ultrasound"]}, model=model,
+                         training={"epochs": 1, "batch_size": 16}, cv={"n_splits": 2, "bootstrap": 100})
+    cohort = load_cohort(small_cohort_dir)
+    seen = []
+    real_dataset = crossval.LesionDataset
+
+    def lesion_dataset(images, idx, *args, **kwargs):
+        seen.append((images.images["ultrasound"].clone(), images.views["ultrasound"].clone(), np.array(idx)))
+        return real_dataset(images, idx, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(crossval, "LesionDataset", lesion_dataset)
+        run_experiment(cohort, config, tmp_path / "run")
+    whole = params_for("ultrasound", size=32)
+    manifest = cohort.manifest[cohort.manifest["modality"] == "ultrasound"].set_index("lesion_id")
+    frames = {i: preprocess(read_image(manifest.loc[lid, "path"]), whole).pixels
+              for i, lid in enumerate(cohort.lesions["lesion_id"])}
+    assert seen
+    for stack, views, idx in seen:
+        assert stack.shape[1] == 2 and bool(views[idx].all())          # slot 0: the crop, slot 1: the whole frame
+        for i in idx:
+            np.testing.assert_array_equal(stack[i, 1, 0].numpy(), frames[i])
+        # a box widened past the frame leaves its image whole; most are cropped
+        assert sum(not np.array_equal(stack[i, 0, 0].numpy(), frames[i]) for i in idx) > len(idx) / 2
+    art = load_run(tmp_path / "run")
+    saved = pd.read_csv(tmp_path / "run" / "predictions.csv", dtype={"lesion_id": str}).set_index("lesion_id")
+    again = art.predict("ultrasound").set_index("lesion_id").loc[saved.index]
+    np.testing.assert_allclose(again["prob"].to_numpy(), saved["prob"].to_numpy(), atol=1e-6)
+    # the whole-frame slot's lesion mask is the whole frame's, for heatmap faithfulness
+    row = art.image_rows(0, "ultrasound").iloc[0]
+    image, mask = read_image(row["path"]), read_mask(roi_inputs(row, art.cohort.root)[0])
+    from breastfusion.data.preprocess import align_mask
+
+    want = align_mask(mask, preprocess(image, whole), whole) >= 0.5
+    np.testing.assert_array_equal(art.lesion_mask(0, "ultrasound", 1), want)
+
+    bundle = load_bundle(export_bundle(tmp_path / "run", tmp_path / "bundle"))
+    unmarked = _blank_masks(small_cohort_dir, tmp_path / "unmarked")
+    with_masks = bundle.predict(small_cohort_dir).set_index("subject_id")["prob"]
+    without = bundle.predict(unmarked).set_index("subject_id")["prob"]
+    np.testing.assert_allclose(without.loc[with_masks.index].to_numpy(), with_masks.to_numpy(), atol=1e-6)
+    first = manifest.iloc[0]
+    one = bundle.predict(images={"ultrasound": np.asarray(Image.open(first["path"]).convert("L"))})
+    assert one["prob"].iloc[0] == pytest.approx(with_masks.loc[first["subject_id"]], abs=1e-5)

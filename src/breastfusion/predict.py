@@ -44,8 +44,8 @@ from breastfusion.bundle_meta import BundleError
 from breastfusion.data.cache import ArrayCache
 from breastfusion.data.in_memory import InMemoryCaseError, case_cohort
 from breastfusion.data.manifest import IMAGE_MODALITIES, LABELS, Cohort, cohort_from_frame, load_cohort
-from breastfusion.data.tensors import (LesionDataset, LesionImages, build_lesion_images, clinical_features_for,
-                                       modalities_used)
+from breastfusion.data.tensors import (LesionDataset, LesionImages, append_views, build_lesion_images,
+                                       clinical_features_for, modalities_used)
 from breastfusion.evaluation.external import TRANSFER_ADVICE, decision_metrics, prevalence_shift, score_shift
 from breastfusion.evaluation.metrics import auc_with_ci
 from breastfusion.evaluation.summary import score_fold
@@ -157,8 +157,10 @@ def localised_images(bundle: Bundle, cohort: Cohort, *, cache: bool = False) -> 
     images = build_lesion_images(cohort, whole, cache=ArrayCache(enabled=cache),
                                  exclude_unreadable=bundle.config.exclude_unreadable)
     for modality, models in localisers.items():
-        images, _ = crop_to_predicted(images, cohort, modality, params[modality], models,
-                                      getattr(bundle.config.model, modality).localiser)
+        cfg = getattr(bundle.config.model, modality).localiser
+        if cfg.views == "crop_and_frame":  # the whole frames stay as the extra views; the first slots become crops
+            images = append_views(images, images, modality)
+        images, _ = crop_to_predicted(images, cohort, modality, params[modality], models, cfg)
     images.params.update({m: params[m].to_dict() for m in localisers})
     return images
 

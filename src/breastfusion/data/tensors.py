@@ -26,8 +26,8 @@ from breastfusion.data.cache import ArrayCache, preprocess_cohort
 from breastfusion.data.manifest import Cohort
 from breastfusion.data.preprocess import Params
 
-__all__ = ["LesionImages", "build_lesion_images", "LesionDataset", "clinical_features_for", "modality_present",
-           "modalities_used"]
+__all__ = ["LesionImages", "build_lesion_images", "append_views", "LesionDataset", "clinical_features_for",
+           "modality_present", "modalities_used"]
 
 
 def modality_present(tensors: dict[str, torch.Tensor], modality: str) -> torch.Tensor:
@@ -117,6 +117,28 @@ def build_lesion_images(
                     np.stack([prepared.masks[p] for p in rows["path"][has.numpy()]]))
                 mask_views[modality][lesion_rows[has], slot[has]] = True
     return LesionImages(lesion_ids, images, views, excluded=prepared.excluded, params=prepared.params,
+                        masks=masks, mask_views=mask_views)
+
+
+def append_views(images: LesionImages, extra: LesionImages, modality: str) -> LesionImages:
+    """``images`` with ``extra``'s ``modality`` view slots appended after its own (the same lesions, the same image
+    size): e.g. each lesion's whole frames beside its lesion crops. Masks follow their slots (zeros where the other
+    side has none)."""
+    if extra.lesion_ids != images.lesion_ids:
+        raise ValueError("append_views needs the same lesions in the same order")
+    stack = torch.cat([images.images[modality], extra.images[modality]], dim=1)
+    views = torch.cat([images.views[modality], extra.views[modality]], dim=1)
+    masks, mask_views = dict(images.masks), dict(images.mask_views)
+    if modality in images.masks or modality in extra.masks:
+        def side(src: LesionImages) -> tuple[torch.Tensor, torch.Tensor]:
+            if modality in src.masks:
+                return src.masks[modality], src.mask_views[modality]
+            return torch.zeros_like(src.images[modality]), torch.zeros_like(src.views[modality])
+
+        (m_a, v_a), (m_b, v_b) = side(images), side(extra)
+        masks[modality], mask_views[modality] = torch.cat([m_a, m_b], dim=1), torch.cat([v_a, v_b], dim=1)
+    return LesionImages(images.lesion_ids, {**images.images, modality: stack}, {**images.views, modality: views},
+                        excluded=sorted(set(images.excluded) | set(extra.excluded)), params=images.params,
                         masks=masks, mask_views=mask_views)
 
 

@@ -42,7 +42,8 @@ from breastfusion.data.tensors import (LesionDataset, LesionImages, build_lesion
 from breastfusion.evaluation.splits import official_split, subject_folds
 from breastfusion.experiment.localisation import (crop_to_predicted, fit_fold_localiser, load_localiser,
                                                   localiser_frames, localiser_tag, predicted_roi_modalities,
-                                                  reader_crop_params, require_masks, save_localiser)
+                                                  reader_crop_params, require_masks, save_localiser,
+                                                  with_whole_frames)
 from breastfusion.experiment.run_folder import CheckpointLayout, fold_tag, save_skops
 from breastfusion.models.network import SeedEnsemble, build_network, member_seed
 from breastfusion.models.score_fusion import average_scores, fit_clinical_model
@@ -583,8 +584,11 @@ def cross_validate(cohort: Cohort, config: ExperimentConfig, *, progress: Progre
     for modality in predicted:
         require_masks(cohort, modality)
     n_images = int(cohort.manifest["modality"].isin(list(params)).sum())
-    # a localised modality's images are prepared twice: the reader-mask crop and the localiser's whole frame
-    n_images += int(cohort.manifest["modality"].isin(predicted).sum())
+    # a localised modality's images are prepared again for the localiser's whole frame (and the branch's, with
+    # views: crop_and_frame)
+    for m in predicted:
+        n_images += int((cohort.manifest["modality"] == m).sum()) * (
+            2 if getattr(config.model, m).localiser.views == "crop_and_frame" else 1)
     decode_task = progress.add_task("decoding + preprocessing images", total=n_images) if progress else None
     advance = (lambda: progress.advance(decode_task)) if progress else None
     cache = ArrayCache(enabled=config.cache)
@@ -592,6 +596,10 @@ def cross_validate(cohort: Cohort, config: ExperimentConfig, *, progress: Progre
     fitting_params = {m: reader_crop_params(p) if m in predicted else p for m, p in params.items()}
     images = build_lesion_images(cohort, fitting_params, cache=cache, exclude_unreadable=config.exclude_unreadable,
                                  on_image=advance, masks_for=mask_supervised(config, list(params)))
+    for m in predicted:
+        images = with_whole_frames(images, cohort, m, params[m], getattr(config.model, m).localiser, cache=cache,
+                                   exclude_unreadable=config.exclude_unreadable, on_image=advance,
+                                   masks_for=mask_supervised(config, [m]))
     images.params.update({m: params[m].to_dict() for m in predicted})
     localisation = {m: (localiser_frames(cohort, m, getattr(config.model, m).localiser, cache=cache,
                                          exclude_unreadable=config.exclude_unreadable, on_image=advance), params[m])

@@ -8,7 +8,9 @@ read from a reader's mask:
   (never its validation or test images);
 * the fitting images are cropped to their reader's mask (``roi: mask``: the lesion the label is about);
 * the validation and test images are cropped to the localiser's box, widened by ``roi_margin`` like a mask's;
-* a bundle keeps every fold's localiser and boxes a new image with the mean of their probability maps.
+* a bundle keeps every fold's localiser and boxes a new image with the mean of their probability maps;
+* with ``localiser.views: crop_and_frame`` each image also gives the branch its whole frame, as a second view
+  (view slots after the crops), so a box that missed the lesion does not leave the network blind.
 
 So cross-validation needs a mask for every image (each is a fitting image in some fold), and prediction none.
 """
@@ -20,6 +22,7 @@ import hashlib
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,13 +35,13 @@ from breastfusion.data.cache import ArrayCache, CohortImages, preprocess_cohort,
 from breastfusion.data.manifest import Cohort
 from breastfusion.data.preprocess import Params, params_for, preprocess
 from breastfusion.data.readers import ImageData, read_image
-from breastfusion.data.tensors import LesionImages
+from breastfusion.data.tensors import LesionImages, append_views, build_lesion_images
 from breastfusion.models.localiser import (box_from_probs, box_iou, build_localiser, fit_localiser,
                                            frame_box_to_image, predict_lesion_probs)
 
 __all__ = ["predicted_roi_modalities", "reader_crop_params", "localiser_input_params", "localiser_frames",
            "fit_fold_localiser", "locate", "crop_to_predicted", "save_localiser", "load_localiser",
-           "localiser_from_state",
+           "localiser_from_state", "with_whole_frames",
            "localiser_tag", "LocalisationError", "require_masks"]
 
 Box = tuple[int, int, int, int]
@@ -173,6 +176,19 @@ def crop_to_predicted(images: LesionImages, cohort: Cohort, modality: str, param
     out = LesionImages(images.lesion_ids, {**images.images, modality: stack}, images.views, excluded=images.excluded,
                        params=images.params, masks=images.masks, mask_views=images.mask_views)
     return out, pd.DataFrame(report, columns=["path", "lesion_id", "top", "left", "bottom", "right", "iou"])
+
+
+def with_whole_frames(images: LesionImages, cohort: Cohort, modality: str, params: Params, cfg: LocaliserConfig,
+                      **build: Any) -> LesionImages:
+    """With ``localiser.views: crop_and_frame``, ``images`` with each lesion's whole ``modality`` frames (the same
+    preprocessing without the crop) appended as extra view slots after its crops; otherwise ``images`` unchanged.
+
+    ``build``: keyword arguments of :func:`~breastfusion.data.tensors.build_lesion_images` (cache, masks_for, ...).
+    """
+    if cfg.views != "crop_and_frame":
+        return images
+    whole = build_lesion_images(cohort, {modality: dataclasses.replace(params, roi="none")}, **build)
+    return append_views(images, whole, modality)
 
 
 def save_localiser(path: Path, model: nn.Module, cfg: LocaliserConfig) -> None:

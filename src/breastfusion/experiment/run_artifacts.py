@@ -23,6 +23,7 @@ hash to the ``manifest_sha256`` the run recorded, or the folds would differ.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -48,7 +49,7 @@ from breastfusion.data.tensors import LesionDataset, LesionImages, build_lesion_
 from breastfusion.experiment.crossval import (FoldPositions, fit_clinical_preprocessor, fold_positions, network_spec,
                                                preprocessing_params)
 from breastfusion.experiment.localisation import (crop_to_predicted, load_localiser, localiser_tag,
-                                                  predicted_roi_modalities, reader_crop_params)
+                                                  predicted_roi_modalities, reader_crop_params, with_whole_frames)
 from breastfusion.experiment.run_folder import RunLayout
 from breastfusion.models.network import MultimodalNet, SeedEnsemble, build_network
 from breastfusion.training.module import tta_logits
@@ -175,10 +176,15 @@ class RunArtifacts:
         A modality cropped to a localiser's box (``roi: predicted``) is cropped here to the reader's mask, as the
         fitting images were; :meth:`dataset` gives each fold's held-out images their fold localiser's crop."""
         predicted = predicted_roi_modalities(self.preprocessing)
-        return build_lesion_images(self.cohort, {m: reader_crop_params(p) if m in predicted else p
-                                                 for m, p in self.preprocessing.items()},
-                                   cache=ArrayCache(enabled=self.config.cache),
-                                   exclude_unreadable=self.config.exclude_unreadable)
+        cache = ArrayCache(enabled=self.config.cache)
+        images = build_lesion_images(self.cohort, {m: reader_crop_params(p) if m in predicted else p
+                                                   for m, p in self.preprocessing.items()},
+                                     cache=cache, exclude_unreadable=self.config.exclude_unreadable)
+        for m in predicted:
+            images = with_whole_frames(images, self.cohort, m, self.preprocessing[m],
+                                       getattr(self.config.model, m).localiser, cache=cache,
+                                       exclude_unreadable=self.config.exclude_unreadable)
+        return images
 
     def localiser(self, modality: str, fold: int):
         """Fold ``fold``'s lesion localiser of a ``roi: predicted`` modality.
@@ -222,24 +228,32 @@ class RunArtifacts:
 
         Returns:
             bool (S, S) aligned with ``images.images[modality][position, slot, 0]``, or
-            ``None`` when the image has no mask.
+            ``None`` when the image has no mask (or none of it is in the image the network saw).
         """
         rows = self.image_rows(position, modality)
+        params = self.preprocessing[modality]
+        whole_frame = False
+        if params.roi == "predicted" and getattr(self.config.model, modality).localiser.views == "crop_and_frame":
+            n_crops = self.images.images[modality].shape[1] // 2  # crop slots, then the same images' whole frames
+            if slot >= n_crops:
+                slot, whole_frame = slot - n_crops, True
         if MASK_COLUMN not in rows.columns or slot >= len(rows):
             return None
         row = rows.iloc[slot].to_dict()
         mask_files, box = _roi_inputs(row, self.cohort.root)
         if not mask_files:
             return None
-        params = self.preprocessing[modality]
         mask = _read_mask(mask_files)
-        if params.roi == "predicted":  # held out: the crop is its test fold's localiser's box
+        if whole_frame:
+            params = dataclasses.replace(params, roi="none")
+        elif params.roi == "predicted":  # held out: the crop is its test fold's localiser's box
             fold = int(self.test_fold[position])
             _, boxes = crop_to_predicted(self.images, self.cohort, modality, params, [self.localiser(modality, fold)],
                                          getattr(self.config.model, modality).localiser, np.array([position]))
             box = tuple(int(v) for v in boxes.iloc[slot][["top", "left", "bottom", "right"]])
         prepared = preprocess(read_image(row["path"]), params, roi_mask=mask, roi=box)
-        return align_mask(mask, prepared, params) >= 0.5
+        aligned = align_mask(mask, prepared, params) >= 0.5
+        return aligned if aligned.any() else None  # e.g. a localiser's box beside the lesion: nothing to score
 
     def clinical_inputs(self, fold: int, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Fold ``fold``'s clinical features (n, F) and presence (n,) for the lesions at ``positions``."""

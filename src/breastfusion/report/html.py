@@ -161,7 +161,7 @@ modalities missing; share = mean |φ| of a modality over the sum for all, over {
 out-of-fold subject-level AUC ({{ "%.3f"|format(e.clinical_importance_auc) }} unshuffled).</p>{% endif %}
 {% if e.faithfulness and e.faithfulness.table %}<h3>Heatmap faithfulness (lesion masks)</h3>
 <table><tr><th>method</th><th>modality</th><th>images</th><th>energy in mask</th><th>pointing game</th></tr>
-{% for row in e.faithfulness.table %}<tr><td>{{ row.method }}</td><td>{{ row.modality }}</td><td>{{ row.n }}</td><td>{{ "%.3f"|format(row.energy_in_mask) }}</td><td>{{ "%.2f"|format(row.pointing_game) }}</td></tr>
+{% for row in e.faithfulness.table %}<tr><td>{{ row.method }}</td><td>{{ row.modality }}</td><td>{{ row.n }}</td><td>{{ "%.3f"|format(row.energy_in_mask) if row.energy_in_mask is not none else "n/a" }}</td><td>{{ "%.2f"|format(row.pointing_game) if row.pointing_game is not none else "n/a" }}</td></tr>
 {% endfor %}</table>
 <p class="note">Energy in mask: share of the heatmap inside the lesion (a uniform map scores the lesion's area
 fraction). Pointing game: the heatmap's maximum within the lesion (tolerance 15 px at 224 px). "random": smoothed
