@@ -54,6 +54,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=96, help="localiser input size")
     parser.add_argument("--encoder", default="mobilenetv3_small_100")
     parser.add_argument("--lr", type=float, default=0.002)
+    parser.add_argument("--augment", default="flip", choices=["flip", "affine"])
     parser.add_argument("--dataset", default="busi", choices=["busi", "breast_lesions_usg"])
     parser.add_argument("--cv-seed", type=int, default=None, help="fold seed (default: the config's)")
     parser.add_argument("--no-plain", action="store_true", help="box IoU only, no plain classifier")
@@ -79,7 +80,8 @@ def main() -> None:
     y = cohort.lesions["y"].to_numpy()
     paths, masks = image_paths(cohort), lesion_masks(cohort)
     assert len(first_rows(cohort)) == len(y)
-    settings = LocaliserConfig(encoder=args.encoder, image_size=args.size, epochs=args.epochs, lr=args.lr)
+    settings = LocaliserConfig(encoder=args.encoder, image_size=args.size, epochs=args.epochs, lr=args.lr,
+                               augment=args.augment)
     params = params_for("ultrasound", size=args.size)
 
     start = time.perf_counter()
@@ -111,7 +113,7 @@ def main() -> None:
     out = {
         "dataset": args.dataset, "cv_seed": config.cv.seed,
         "localiser": {"encoder": settings.encoder, "image_size": settings.image_size, "epochs": settings.epochs,
-                      "lr": settings.lr},
+                      "lr": settings.lr, "augment": settings.augment},
         "box_iou_median": float(np.median(ious)), "box_iou_ge_0_5": float(np.mean(ious >= 0.5)),
         "box_iou_by_class": {"benign": float(np.median(ious[y == 0])), "malignant": float(np.median(ious[y == 1]))},
         "margin": margin, "n_lesions": int(len(y)),

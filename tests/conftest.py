@@ -31,3 +31,22 @@ def small_cohort_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("cohort")
     generate_cohort(root, n_subjects=60, seed=3, image_px=64)
     return root
+
+
+def assert_bundle_refuses_a_changed_then_a_missing(bundle: Path, name: str, changed: str) -> None:
+    """``load_bundle`` refuses ``bundle`` with its file ``name`` changed by one byte (the error matching
+    ``changed``), then with that file deleted (naming it as missing)."""
+    import re
+
+    from breastfusion import load_bundle
+    from breastfusion.bundle import BundleError
+
+    path = bundle / name
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=changed):
+        load_bundle(bundle)
+    path.unlink()
+    with pytest.raises(BundleError, match=rf"{re.escape(name)} is missing"):
+        load_bundle(bundle)

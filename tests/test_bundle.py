@@ -22,7 +22,7 @@ from breastfusion.predict import PREDICTION_COLUMNS
 from breastfusion.data.transforms import prepare_batch
 from breastfusion.experiment.run_artifacts import load_run
 
-from .conftest import TINY_MODEL
+from .conftest import TINY_MODEL, assert_bundle_refuses_a_changed_then_a_missing
 
 FUSED = ["mammography", "ultrasound", "clinical"]
 
@@ -137,15 +137,8 @@ def test_held_out_fold_reproduces_the_runs_out_of_fold_predictions(bundle_dir, r
 
 def test_tampered_file_is_refused_naming_it(bundle_copy):
     """(c)"""
-    path = bundle_copy / "fold1.safetensors"
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
-    with pytest.raises(BundleError, match=r"fold1\.safetensors: sha256 .* differs"):
-        load_bundle(bundle_copy)
-    path.unlink()
-    with pytest.raises(BundleError, match=r"fold1\.safetensors is missing"):
-        load_bundle(bundle_copy)
+    assert_bundle_refuses_a_changed_then_a_missing(bundle_copy, "fold1.safetensors",
+                                                   r"fold1\.safetensors: sha256 .* differs")
 
 
 class Smuggled:

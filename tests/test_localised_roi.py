@@ -22,7 +22,7 @@ from breastfusion.experiment import crossval
 from breastfusion.experiment.localisation import LocalisationError
 from breastfusion.models.localiser import box_from_probs, frame_box_to_image, predict_lesion_probs
 
-from .conftest import TINY_MODEL
+from .conftest import TINY_MODEL, assert_bundle_refuses_a_changed_then_a_missing
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 LOCALISER = {"image_size": 32, "epochs": 2}
@@ -364,19 +364,9 @@ def test_the_bundle_predicts_without_masks_and_in_memory(bundle_dir, small_cohor
 
 
 def test_a_bundle_with_an_altered_localiser_is_refused_naming_it(bundle_dir, tmp_path):
-    from breastfusion import load_bundle
-    from breastfusion.bundle import BundleError
-
     copy = Path(shutil.copytree(bundle_dir, tmp_path / "bundle"))
-    path = copy / "localiser_ultrasound_fold1.safetensors"
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    path.write_bytes(bytes(data))
-    with pytest.raises(BundleError, match=r"localiser_ultrasound_fold1\.safetensors"):
-        load_bundle(copy)
-    path.unlink()
-    with pytest.raises(BundleError, match=r"localiser_ultrasound_fold1\.safetensors is missing"):
-        load_bundle(copy)
+    assert_bundle_refuses_a_changed_then_a_missing(copy, "localiser_ultrasound_fold1.safetensors",
+                                                   r"localiser_ultrasound_fold1\.safetensors: sha256 .* differs")
 
 
 # -- clear errors ----------------------------------------------------------------------------------------------------

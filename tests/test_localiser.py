@@ -224,3 +224,22 @@ def test_fit_localiser_refuses_mismatched_or_too_few_images(images, masks):
 def test_predicting_no_frames_gives_an_empty_map(trained):
     out = predict_lesion_probs(trained, np.zeros((0, 32, 32), np.uint8))
     assert out.shape == (0, 32, 32)
+
+
+def test_the_affine_augmentation_moves_each_frame_and_its_mask_together():
+    from breastfusion.models.localiser import _random_affine
+
+    x = torch.zeros(6, 1, 32, 32)
+    y = torch.zeros(6, 1, 32, 32)
+    for i in range(6):
+        top, left = 4 + 3 * i, 20 - 2 * i
+        x[i, 0, top:top + 8, left:left + 8] = 3.0
+        y[i, 0, top:top + 8, left:left + 8] = 1.0
+    moved_x, moved_y = _random_affine(x, y, torch.Generator().manual_seed(0))
+    assert moved_x.shape == x.shape and moved_y.shape == y.shape
+    assert not torch.allclose(moved_y, y)                                # the masks did move
+    for i in range(6):
+        bright, inside = moved_x[i, 0] > 1.5, moved_y[i, 0] > 0.5
+        overlap = (bright & inside).sum() / (bright | inside).sum()
+        assert overlap > 0.8                                             # ... with their frames
+    assert float(moved_x.min()) >= 0.0 and float(moved_y.max()) <= 1.0   # the border is background / no lesion

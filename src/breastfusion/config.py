@@ -61,6 +61,8 @@ class LocaliserConfig(_Strict):
     weight_decay: float = Field(0.0001, ge=0)
     threshold: float = Field(0.5, gt=0, lt=1, description="lesion probability above which a pixel joins the box")
     decoder_channels: list[int] = Field([64, 32, 16, 16, 8], min_length=5, max_length=5)
+    augment: Literal["flip", "affine"] = Field("flip", description="training augmentation: left-right flips and "
+                                               "gain, or those and a random zoom, rotation and shift (affine)")
     views: Literal["crop", "crop_and_frame"] = Field(
         "crop", description="what the branch sees of each image: the crop only, or the crop and the whole frame as "
         "two views of the lesion (pooled like any views), so a box that missed the lesion still leaves the frame")

@@ -51,7 +51,8 @@ def _device() -> torch.device:
 def fit_localiser(images: np.ndarray, masks: np.ndarray, settings: LocaliserConfig, *, seed: int,
                   on_epoch=None) -> nn.Module:
     """Train a localiser on prepared frames and their aligned lesion masks (AdamW, one-cycle schedule, binary
-    cross-entropy + Dice loss, left-right flips and a small gain jitter).
+    cross-entropy + Dice loss, left-right flips, a small gain jitter and, with ``augment: affine``, a random zoom,
+    rotation and shift of frame and mask together).
 
     Args:
         images: uint8 (N, S, S) whole frames at ``settings.image_size``.
@@ -82,7 +83,6 @@ def fit_localiser(images: np.ndarray, masks: np.ndarray, settings: LocaliserConf
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=settings.lr, total_steps=steps,
                                                    pct_start=0.1)
     generator = torch.Generator().manual_seed(seed)
-    step = 0
     for epoch in range(settings.epochs):
         model.train()
         losses = []
@@ -94,6 +94,8 @@ def fit_localiser(images: np.ndarray, masks: np.ndarray, settings: LocaliserConf
             flip = torch.rand(len(batch), generator=generator) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
             y = torch.where(flip[:, None, None, None], y.flip(-1), y)
+            if settings.augment == "affine":
+                x, y = _random_affine(x, y, generator)
             gain = 1 + 0.2 * (torch.rand(len(batch), 1, 1, 1, generator=generator) - 0.5)
             x = (x * gain).to(device).contiguous(memory_format=torch.channels_last)
             y = y.to(device)
@@ -103,11 +105,25 @@ def fit_localiser(images: np.ndarray, masks: np.ndarray, settings: LocaliserConf
             loss.backward()
             optimiser.step()
             schedule.step()
-            step += 1
             losses.append(float(loss.detach()))
         if on_epoch is not None:
             on_epoch(epoch + 1, settings.epochs, float(np.mean(losses)) if losses else float("nan"))
     return model.eval().cpu()
+
+
+def _random_affine(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same random zoom (0.85-1.15), rotation (+-10 degrees) and shift (+-10%) of each frame and its mask;
+    the frame's new border is the background's value (its minimum), the mask's is empty."""
+    n = len(x)
+    u = torch.rand(n, 4, generator=generator)
+    scale, angle = 0.85 + 0.3 * u[:, 0], (u[:, 1] - 0.5) * (20 * np.pi / 180)
+    shift = (u[:, 2:] - 0.5) * 0.2
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    low = x.amin(dim=(1, 2, 3), keepdim=True)
+    moved = F.grid_sample(x - low, grid, align_corners=False, padding_mode="zeros") + low
+    return moved, F.grid_sample(y, grid, align_corners=False, padding_mode="zeros")
 
 
 @torch.no_grad()
