@@ -37,13 +37,12 @@ from breastfusion.data.cache import ArrayCache, CohortImages
 from breastfusion.data.clinical_features import ClinicalPreprocessor
 from breastfusion.data.manifest import IMAGE_MODALITIES, Cohort
 from breastfusion.data.preprocess import Params, params_for
-from breastfusion.data.tensors import (LesionDataset, LesionImages, build_lesion_images, clinical_features_for,
+from breastfusion.data.tensors import (LesionDataset, LesionImages, clinical_features_for,
                                        modalities_used)
 from breastfusion.evaluation.splits import official_split, subject_folds
 from breastfusion.experiment.localisation import (crop_to_predicted, fit_fold_localiser, load_localiser,
                                                   localiser_frames, localiser_tag, predicted_roi_modalities,
-                                                  reader_crop_params, require_masks, save_localiser,
-                                                  with_whole_frames)
+                                                  require_masks, run_images, save_localiser)
 from breastfusion.experiment.run_folder import CheckpointLayout, fold_tag, save_skops
 from breastfusion.models.network import SeedEnsemble, build_network, member_seed
 from breastfusion.models.score_fusion import average_scores, fit_clinical_model
@@ -593,14 +592,8 @@ def cross_validate(cohort: Cohort, config: ExperimentConfig, *, progress: Progre
     advance = (lambda: progress.advance(decode_task)) if progress else None
     cache = ArrayCache(enabled=config.cache)
     # roi: predicted fits on reader-mask crops; each fold's held-out images are re-cropped to its localiser's box.
-    fitting_params = {m: reader_crop_params(p) if m in predicted else p for m, p in params.items()}
-    images = build_lesion_images(cohort, fitting_params, cache=cache, exclude_unreadable=config.exclude_unreadable,
-                                 on_image=advance, masks_for=mask_supervised(config, list(params)))
-    for m in predicted:
-        images = with_whole_frames(images, cohort, m, params[m], getattr(config.model, m).localiser, cache=cache,
-                                   exclude_unreadable=config.exclude_unreadable, on_image=advance,
-                                   masks_for=mask_supervised(config, [m]))
-    images.params.update({m: params[m].to_dict() for m in predicted})
+    images = run_images(cohort, params, config.model, cache=cache, exclude_unreadable=config.exclude_unreadable,
+                        on_image=advance, masks_for=mask_supervised(config, list(params)))
     localisation = {m: (localiser_frames(cohort, m, getattr(config.model, m).localiser, cache=cache,
                                          exclude_unreadable=config.exclude_unreadable, on_image=advance), params[m])
                     for m in predicted}

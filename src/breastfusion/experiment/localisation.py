@@ -41,7 +41,7 @@ from breastfusion.models.localiser import (box_from_probs, box_iou, build_locali
 
 __all__ = ["predicted_roi_modalities", "reader_crop_params", "localiser_input_params", "localiser_frames",
            "fit_fold_localiser", "locate", "crop_to_predicted", "save_localiser", "load_localiser",
-           "localiser_from_state", "with_whole_frames",
+           "localiser_from_state", "with_whole_frames", "run_images",
            "localiser_tag", "LocalisationError", "require_masks"]
 
 Box = tuple[int, int, int, int]
@@ -189,6 +189,24 @@ def with_whole_frames(images: LesionImages, cohort: Cohort, modality: str, param
         return images
     whole = build_lesion_images(cohort, {modality: dataclasses.replace(params, roi="none")}, **build)
     return append_views(images, whole, modality)
+
+
+def run_images(cohort: Cohort, params: dict[str, Params], model: Any, **build: Any) -> LesionImages:
+    """A run's images as its networks are fitted on them: a ``roi: predicted`` modality cropped to the reader's
+    mask (with its whole frames appended for ``views: crop_and_frame``), the others as ``params`` say; held-out
+    images get their fold localiser's crop later (:func:`crop_to_predicted`).
+
+    ``model``: the config's ``model`` section; ``build``: keyword arguments of
+    :func:`~breastfusion.data.tensors.build_lesion_images` (cache, exclude_unreadable, on_image, masks_for).
+    """
+    predicted = predicted_roi_modalities(params)
+    images = build_lesion_images(cohort, {m: reader_crop_params(p) if m in predicted else p
+                                          for m, p in params.items()}, **build)
+    for m in predicted:
+        whole_build = {**build, "masks_for": tuple(x for x in build.get("masks_for", ()) if x == m)}
+        images = with_whole_frames(images, cohort, m, params[m], getattr(model, m).localiser, **whole_build)
+    images.params.update({m: params[m].to_dict() for m in predicted})
+    return images
 
 
 def save_localiser(path: Path, model: nn.Module, cfg: LocaliserConfig) -> None:

@@ -45,11 +45,11 @@ from breastfusion.data.preprocess import Params, align_mask, preprocess
 from breastfusion.data.readers import read_image
 from breastfusion.data.synthetic.cohort import MASK_COLUMN
 from breastfusion.data.transforms import prepare_batch
-from breastfusion.data.tensors import LesionDataset, LesionImages, build_lesion_images, clinical_features_for
+from breastfusion.data.tensors import LesionDataset, LesionImages, clinical_features_for
 from breastfusion.experiment.crossval import (FoldPositions, fit_clinical_preprocessor, fold_positions, network_spec,
                                                preprocessing_params)
 from breastfusion.experiment.localisation import (crop_to_predicted, load_localiser, localiser_tag,
-                                                  predicted_roi_modalities, reader_crop_params, with_whole_frames)
+                                                  predicted_roi_modalities, run_images)
 from breastfusion.experiment.run_folder import RunLayout
 from breastfusion.models.network import MultimodalNet, SeedEnsemble, build_network
 from breastfusion.training.module import tta_logits
@@ -175,16 +175,9 @@ class RunArtifacts:
 
         A modality cropped to a localiser's box (``roi: predicted``) is cropped here to the reader's mask, as the
         fitting images were; :meth:`dataset` gives each fold's held-out images their fold localiser's crop."""
-        predicted = predicted_roi_modalities(self.preprocessing)
-        cache = ArrayCache(enabled=self.config.cache)
-        images = build_lesion_images(self.cohort, {m: reader_crop_params(p) if m in predicted else p
-                                                   for m, p in self.preprocessing.items()},
-                                     cache=cache, exclude_unreadable=self.config.exclude_unreadable)
-        for m in predicted:
-            images = with_whole_frames(images, self.cohort, m, self.preprocessing[m],
-                                       getattr(self.config.model, m).localiser, cache=cache,
-                                       exclude_unreadable=self.config.exclude_unreadable)
-        return images
+        return run_images(self.cohort, self.preprocessing, self.config.model,
+                          cache=ArrayCache(enabled=self.config.cache),
+                          exclude_unreadable=self.config.exclude_unreadable)
 
     def localiser(self, modality: str, fold: int):
         """Fold ``fold``'s lesion localiser of a ``roi: predicted`` modality.
