@@ -66,6 +66,17 @@ class LocaliserConfig(_Strict):
     views: Literal["crop", "crop_and_frame"] = Field(
         "crop", description="what the branch sees of each image: the crop only, or the crop and the whole frame as "
         "two views of the lesion (pooled like any views), so a box that missed the lesion still leaves the frame")
+    fit_crops: Literal["reader", "cross_fitted"] = Field(
+        "reader", description="how the images the networks are fitted on are cropped: to the reader's mask, or "
+        "(cross_fitted) to the box of a localiser fitted on the other fitting images (cross_fit_folds parts, "
+        "grouped by subject), so the networks learn from crops with the errors held-out crops have")
+    cross_fit_folds: int = Field(2, ge=2, le=10, description="parts the fitting images are split into for "
+                                 "fit_crops: cross_fitted (one extra localiser per part and fold)")
+
+    @property
+    def fits_per_fold(self) -> int:
+        """Localisers fitted in each fold: the fold's own, and one per part with ``fit_crops: cross_fitted``."""
+        return 1 + (self.cross_fit_folds if self.fit_crops == "cross_fitted" else 0)
 
 
 class ImageBranchConfig(_Strict):

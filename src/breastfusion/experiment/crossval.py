@@ -24,15 +24,17 @@ import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 from rich.progress import Progress
 from safetensors.torch import load_file, save_file
 
-from breastfusion.config import ExperimentConfig, ModelConfig, TrainingConfig
+from breastfusion.config import ExperimentConfig, LocaliserConfig, ModelConfig, TrainingConfig
 from breastfusion.data.cache import ArrayCache, CohortImages
 from breastfusion.data.clinical_features import ClinicalPreprocessor
 from breastfusion.data.manifest import IMAGE_MODALITIES, Cohort
@@ -40,9 +42,10 @@ from breastfusion.data.preprocess import Params, params_for
 from breastfusion.data.tensors import (LesionDataset, LesionImages, clinical_features_for,
                                        modalities_used)
 from breastfusion.evaluation.splits import official_split, subject_folds
-from breastfusion.experiment.localisation import (crop_to_predicted, fit_fold_localiser, load_localiser,
-                                                  localiser_frames, localiser_tag, predicted_roi_modalities,
-                                                  require_masks, run_images, save_localiser)
+from breastfusion.experiment.localisation import (crop_to_predicted, cross_fit_parts, fit_fold_localiser,
+                                                  load_localiser, localiser_frames, localiser_tag,
+                                                  predicted_roi_modalities, require_masks, run_images,
+                                                  save_localiser)
 from breastfusion.experiment.run_folder import CheckpointLayout, fold_tag, save_skops
 from breastfusion.models.network import SeedEnsemble, build_network, member_seed
 from breastfusion.models.score_fusion import average_scores, fit_clinical_model
@@ -92,6 +95,17 @@ class MissingModalityError(ValueError):
     """A variant needs a modality the cohort does not have."""
 
 
+def _key_exclusions(branch: Any) -> dict | set:
+    """Branch settings left out of a network's key when at the values they had before they existed, so networks
+    trained then keep their keys: no localiser, or a localiser's reader-mask fitting crops."""
+    localiser = getattr(branch, "localiser", None)
+    if localiser is None:
+        return {"localiser"}
+    if localiser.fit_crops == "reader":
+        return {"localiser": {"fit_crops": True, "cross_fit_folds": True}}
+    return set()
+
+
 @dataclass(frozen=True)
 class NetworkSpec:
     """Everything that decides a stage-1 network's weights on a given fold.
@@ -114,9 +128,8 @@ class NetworkSpec:
         m = self.model
         material = {
             "modalities": list(self.modalities),
-            # localiser: None is left out so the networks trained before localisers existed keep their keys
-            "branches": {x: getattr(m, x).model_dump(mode="json", exclude={"localiser"} if getattr(
-                getattr(m, x), "localiser", None) is None else set()) for x in self.modalities},
+            "branches": {x: getattr(m, x).model_dump(mode="json", exclude=_key_exclusions(getattr(m, x)))
+                         for x in self.modalities},
             "fusion": m.fusion, "dropout": m.dropout,
             "fusion_hidden": m.fusion_hidden if m.fusion == "gated" else None,
             "null_slot": True if m.fusion == "gated" and m.fusion_null_slot else None,
@@ -334,30 +347,46 @@ class FoldTrainer:
 
     def _localise(self, fold: _Fold, modality: str, frames: CohortImages, params: Params) -> None:
         """Fit (or reload) the fold's lesion localiser on its fitting images' masks and crop the fold's held-out
-        (test and validation) ``modality`` images to its boxes (:mod:`breastfusion.experiment.localisation`)."""
+        (test and validation) ``modality`` images to its boxes; with ``fit_crops: cross_fitted``, crop each part of
+        the fitting images to the box of a localiser fitted on the other parts
+        (:mod:`breastfusion.experiment.localisation`)."""
         cfg = getattr(self.config.model, modality).localiser
-        tag = localiser_tag(cfg)
-        path = self.layout.localiser_weights(modality, tag, fold.k, fold.repeat) if self.layout else None
-        if path is not None and path.is_file():
-            model = load_localiser(path, cfg)
-            if self.on_localiser_epoch:
-                for epoch in range(cfg.epochs):
-                    self.on_localiser_epoch(epoch + 1, cfg.epochs, float("nan"))  # loaded, not trained
-        else:
-            model = fit_fold_localiser(self.cohort, frames, fold.fit_idx, modality, cfg,
-                                       seed=fold_seed(self.config, fold.k, fold.repeat),
-                                       on_epoch=self.on_localiser_epoch)
-            if path is not None:
-                save_localiser(path, model, cfg)
+        seed = fold_seed(self.config, fold.k, fold.repeat)
+        model = self._fold_localiser(fold, modality, frames, cfg, fold.fit_idx, seed=seed)
         held_out = np.concatenate([fold.test_idx] + ([fold.val_idx] if fold.val_idx is not None else []))
         fold.images, boxes = crop_to_predicted(fold.images or self.images, self.cohort, modality,
                                                params, [model], cfg, held_out)
         test_lesions = set(self.lesions["lesion_id"].iloc[fold.test_idx])
-        boxes = boxes.assign(modality=modality, repeat=fold.repeat, fold=fold.k,
-                             split=np.where(boxes["lesion_id"].isin(test_lesions), "test", "validation"))
-        if path is not None:
-            boxes.to_csv(self.layout.localiser_boxes(modality, tag, fold.k, fold.repeat), index=False)
+        boxes = [boxes.assign(split=np.where(boxes["lesion_id"].isin(test_lesions), "test", "validation"))]
+        if cfg.fit_crops == "cross_fitted":
+            for part, (others, own) in enumerate(cross_fit_parts(self.lesions, fold.fit_idx, cfg.cross_fit_folds,
+                                                                 seed)):
+                part_model = self._fold_localiser(fold, modality, frames, cfg, others, seed=seed + 1 + part,
+                                                  part=part)
+                fold.images, part_boxes = crop_to_predicted(fold.images, self.cohort, modality, params,
+                                                            [part_model], cfg, own)
+                boxes.append(part_boxes.assign(split="fit"))
+        boxes = pd.concat(boxes, ignore_index=True).assign(modality=modality, repeat=fold.repeat, fold=fold.k)
+        if self.layout is not None:
+            boxes.to_csv(self.layout.localiser_boxes(modality, localiser_tag(cfg), fold.k, fold.repeat), index=False)
         fold.boxes.append(boxes)
+
+    def _fold_localiser(self, fold: _Fold, modality: str, frames: CohortImages, cfg: LocaliserConfig,
+                        positions: np.ndarray, *, seed: int, part: int | None = None) -> nn.Module:
+        """A localiser fitted on the masks of the ``modality`` images at ``positions``, reloaded from the run's
+        checkpoints when it was fitted before (``part``: a cross-fitted one, see :meth:`_localise`)."""
+        path = (self.layout.localiser_weights(modality, localiser_tag(cfg), fold.k, fold.repeat, part)
+                if self.layout else None)
+        if path is not None and path.is_file():
+            if self.on_localiser_epoch:
+                for epoch in range(cfg.epochs):
+                    self.on_localiser_epoch(epoch + 1, cfg.epochs, float("nan"))  # loaded, not trained
+            return load_localiser(path, cfg)
+        model = fit_fold_localiser(self.cohort, frames, positions, modality, cfg, seed=seed,
+                                   on_epoch=self.on_localiser_epoch)
+        if path is not None:
+            save_localiser(path, model, cfg)
+        return model
 
     @staticmethod
     def _splits(fold: _Fold) -> dict[str, np.ndarray]:
@@ -612,7 +641,8 @@ def cross_validate(cohort: Cohort, config: ExperimentConfig, *, progress: Progre
         run_trainings(cohort, config, images, repeats, unique_networks(specs.values()), checkpoint_dir,
                       on_done=(lambda _: progress.advance(remote_task)) if progress else None)
     localiser_task = progress.add_task("lesion localisers", total=sum(len(f) for f in repeats) * sum(
-        getattr(config.model, m).localiser.epochs for m in predicted)) if progress and predicted else None
+        getattr(config.model, m).localiser.epochs * getattr(config.model, m).localiser.fits_per_fold
+        for m in predicted)) if progress and predicted else None
     train_task = progress.add_task("training", total=total_epochs) if progress else None
     # Each epoch advances the bar and shows its network's epoch and mean training loss (PlainProgress prints
     # them on its lines; rich keeps them as task fields).

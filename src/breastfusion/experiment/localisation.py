@@ -6,7 +6,10 @@ read from a reader's mask:
 
 * in each fold the localiser is fitted on the lesion masks of the images the fold's networks are fitted on
   (never its validation or test images);
-* the fitting images are cropped to their reader's mask (``roi: mask``: the lesion the label is about);
+* the fitting images are cropped to their reader's mask (``roi: mask``: the lesion the label is about), or,
+  with ``localiser.fit_crops: cross_fitted``, to the box of a localiser fitted on the fold's other fitting
+  images (the fitting lesions split into parts by subject, as stacking does): the networks then learn from
+  crops with the errors the held-out crops have, instead of perfect ones;
 * the validation and test images are cropped to the localiser's box, widened by ``roi_margin`` like a mask's;
 * a bundle keeps every fold's localiser and boxes a new image with the mean of their probability maps;
 * with ``localiser.views: crop_and_frame`` each image also gives the branch its whole frame, as a second view
@@ -36,13 +39,14 @@ from breastfusion.data.manifest import Cohort
 from breastfusion.data.preprocess import Params, params_for, preprocess
 from breastfusion.data.readers import ImageData, read_image
 from breastfusion.data.tensors import LesionImages, append_views, build_lesion_images
+from breastfusion.evaluation.splits import subject_folds
 from breastfusion.models.localiser import (box_from_probs, box_iou, build_localiser, fit_localiser,
                                            frame_box_to_image, predict_lesion_probs)
 
 __all__ = ["predicted_roi_modalities", "reader_crop_params", "localiser_input_params", "localiser_frames",
            "fit_fold_localiser", "locate", "crop_to_predicted", "save_localiser", "load_localiser",
            "localiser_from_state", "with_whole_frames", "run_images",
-           "localiser_tag", "LocalisationError", "require_masks"]
+           "localiser_tag", "cross_fit_parts", "LocalisationError", "require_masks"]
 
 Box = tuple[int, int, int, int]
 
@@ -66,9 +70,31 @@ def localiser_input_params(modality: str, cfg: LocaliserConfig) -> Params:
     return params_for(modality, size=cfg.image_size)
 
 
+# Settings that decide which images are cropped by which localiser, not a localiser's weights: left out of the tag,
+# so the fold localisers of a run are reused when only these change.
+_CROP_PLAN = {"fit_crops", "cross_fit_folds"}
+
+
 def localiser_tag(cfg: LocaliserConfig) -> str:
     """A short hash of the localiser settings (its checkpoints are filed under it, so a changed setting retrains)."""
-    return hashlib.sha256(json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:12]
+    material = cfg.model_dump(mode="json", exclude=_CROP_PLAN)
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def cross_fit_parts(lesions: pd.DataFrame, positions: np.ndarray, n_parts: int,
+                    seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``localiser.fit_crops: cross_fitted``: a fold's fitting positions split into ``n_parts`` parts grouped by
+    subject and stratified; for each part, (the positions its localiser is fitted on, the part's positions).
+
+    Raises:
+        LocalisationError: too few subjects of a class for that many parts.
+    """
+    try:
+        parts = subject_folds(lesions.iloc[positions], n_splits=n_parts, seed=seed)
+    except ValueError as exc:
+        raise LocalisationError(f"localiser.fit_crops: cross_fitted splits each fold's fitting lesions into "
+                                f"{n_parts} parts (localiser.cross_fit_folds): {exc}") from None
+    return [(positions[fit], positions[part]) for fit, part in parts]
 
 
 def _image_rows(cohort: Cohort, modality: str, positions: np.ndarray | None = None,

@@ -94,9 +94,11 @@ class CheckpointLayout:
         learner on deep features) or ``score`` (score-level fusion's clinical learner)."""
         return self.variant_dir(variant) / f"{fold_tag(fold)}.{kind}.skops"
 
-    def localiser_weights(self, modality: str, tag: str, fold: int, repeat: int = 0) -> Path:
-        """A fold's lesion localiser (``preprocess.roi: predicted``; safetensors), filed under its settings' tag."""
-        return self.root / "localisers" / f"{modality}-{tag}" / f"{fold_tag(fold, repeat)}.safetensors"
+    def localiser_weights(self, modality: str, tag: str, fold: int, repeat: int = 0, part: int | None = None) -> Path:
+        """A fold's lesion localiser (``preprocess.roi: predicted``; safetensors), filed under its settings' tag;
+        ``part``: the localiser that crops that part of the fold's fitting images (``fit_crops: cross_fitted``)."""
+        suffix = "" if part is None else f".part{part}"
+        return self.root / "localisers" / f"{modality}-{tag}" / f"{fold_tag(fold, repeat)}{suffix}.safetensors"
 
     def localiser_boxes(self, modality: str, tag: str, fold: int, repeat: int = 0) -> Path:
         """The boxes a fold's localiser gave its held-out images, with their IoU against the reader's masks (csv)."""
