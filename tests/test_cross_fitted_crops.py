@@ -22,7 +22,8 @@ from .test_localised_roi import CONFIGS, LOCALISER, MODEL, PREDICTED
 
 CROSS_FITTED = {**LOCALISER, "fit_crops": "cross_fitted", "cross_fit_folds": 2}
 
-#: network keys of bus_clinical_localised.yaml before fit_crops existed (git show 98308e7)
+#: network keys of bus_clinical_localised.yaml (then with reader-mask fitting crops) before fit_crops existed
+#: (git show 98308e7)
 LOCALISED_KEYS_BEFORE = {"clinical": "2035337fbc376f0f", "ultrasound": "a47608e5a425c1e3",
                          "fused": "a47608e5a425c1e3", "fused_network": "43c377c51a3d24ea"}
 
@@ -48,10 +49,12 @@ def test_reader_crops_are_the_default_and_a_localiser_per_part_is_counted():
 
 
 def test_the_crop_plan_changes_the_network_key_but_not_the_localisers():
-    localised = load_config(CONFIGS / "bus_clinical_localised.yaml")
+    localised = _with_localiser(load_config(CONFIGS / "bus_clinical_localised.yaml"), fit_crops="reader")
     assert {v: crossval.network_spec(localised, v).key for v in localised.variants} == LOCALISED_KEYS_BEFORE
     crossed = _with_localiser(localised, fit_crops="cross_fitted")
     three = _with_localiser(localised, fit_crops="cross_fitted", cross_fit_folds=3)
+    assert crossval.network_spec(crossed, "ultrasound").key == crossval.network_spec(
+        load_config(CONFIGS / "bus_clinical_localised.yaml"), "ultrasound").key  # the shipped config cross-fits
     keys = {crossval.network_spec(c, "ultrasound").key for c in (localised, crossed, three)}
     assert len(keys) == 3                                       # networks fitted on other crops: other networks
     tags = {localiser_tag(c.model.ultrasound.localiser) for c in (localised, crossed, three)}

@@ -90,7 +90,8 @@ def test_localised_config_is_the_scratch_config_with_a_localiser_box_crop():
                                                      "roi_margin": roi.model.ultrasound.preprocess["roi_margin"]}
     assert localised.model.ultrasound.localiser == LocaliserConfig(encoder="mobilenetv3_small_100", image_size=96,
                                                                    epochs=30, augment="affine",
-                                                                   views="crop_and_frame")
+                                                                   views="crop_and_frame", fit_crops="cross_fitted",
+                                                                   cross_fit_folds=2)
     as_whole = localised.model_copy(update={"name": whole.name, "model": localised.model.model_copy(update={
         "ultrasound": localised.model.ultrasound.model_copy(update={"preprocess": {}, "localiser": None})})})
     assert as_whole.model_dump() == whole.model_dump()
