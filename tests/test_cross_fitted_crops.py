@@ -4,8 +4,6 @@ those images' masks, so they learn from the same kind of crop they are tested on
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,7 +16,8 @@ from breastfusion.data.readers import read_image
 from breastfusion.experiment import crossval
 from breastfusion.experiment.localisation import LocalisationError, cross_fit_parts, localiser_tag
 
-from .test_localised_roi import CONFIGS, LOCALISER, MODEL, PREDICTED
+from .test_localised_roi import (CONFIGS, LOCALISER, MODEL, PREDICTED, assert_a_rerun_reuses_every_localiser,
+                                  recorded_run)
 
 CROSS_FITTED = {**LOCALISER, "fit_crops": "cross_fitted", "cross_fit_folds": 2}
 
@@ -83,32 +82,12 @@ def test_cross_fit_parts_partition_the_fitting_lesions_by_subject(small_cohort_d
 @pytest.fixture(scope="module")
 def cross_fitted_run(small_cohort_dir, tmp_path_factory):
     """A 2-fold cross-fitted run (inner validation split), recording every localiser fit and network dataset."""
-    from breastfusion.experiment.run import run_experiment
-
     config = load_config(None, name="tiny_cross_fitted", variants={"ultrasound": ["ultrasound"]},
                          model={**MODEL, "ultrasound": {**MODEL["ultrasound"], "localiser": CROSS_FITTED}},
                          training={"epochs": 1, "batch_size": 16, "val_fraction": 0.25},
                          cv={"n_splits": 2, "bootstrap": 100})
-    fitted, datasets = [], []
-    real_fit, real_dataset = crossval.fit_fold_localiser, crossval.LesionDataset
-
-    def fit_fold_localiser(cohort, frames, positions, modality, cfg, **kwargs):
-        fitted.append({"positions": np.array(positions), **kwargs})
-        return real_fit(cohort, frames, positions, modality, cfg, **kwargs)
-
-    def lesion_dataset(images, idx, *args, **kwargs):
-        datasets.append({"images": images.images["ultrasound"].clone(), "idx": np.array(idx)})
-        return real_dataset(images, idx, *args, **kwargs)
-
-    out = tmp_path_factory.mktemp("cross_fitted") / "run"
-    cohort = load_cohort(small_cohort_dir)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(crossval, "fit_fold_localiser", fit_fold_localiser)
-        patch.setattr(crossval, "LesionDataset", lesion_dataset)
-        run_experiment(cohort, config, out)
-    return {"dir": out, "config": config, "cohort": cohort, "folds": crossval.fold_positions(cohort, config)[0],
-            "fitted": fitted, "datasets": datasets,
-            "boxes": pd.read_csv(out / "localiser_boxes.csv", dtype={"lesion_id": str})}
+    run = recorded_run(small_cohort_dir, config, tmp_path_factory.mktemp("cross_fitted") / "run")
+    return {**run, "boxes": pd.read_csv(run["dir"] / "localiser_boxes.csv", dtype={"lesion_id": str})}
 
 
 def test_each_part_of_a_folds_fitting_lesions_is_boxed_by_a_localiser_fitted_on_the_other_parts(cross_fitted_run):
@@ -166,18 +145,7 @@ def test_the_localisation_summary_is_over_test_images_only(cross_fitted_run):
 
 
 def test_a_rerun_reuses_every_saved_localiser_and_reproduces_the_run(cross_fitted_run, tmp_path, monkeypatch):
-    from breastfusion.experiment.run import run_experiment
-
-    out = Path(shutil.copytree(cross_fitted_run["dir"], tmp_path / "run"))
-    before = {name: pd.read_csv(out / name) for name in ("predictions.csv", "localiser_boxes.csv")}
-
-    def refit(*args, **kwargs):
-        raise AssertionError("a saved localiser was fitted again")
-
-    monkeypatch.setattr(crossval, "fit_fold_localiser", refit)
-    run_experiment(cross_fitted_run["cohort"], cross_fitted_run["config"], out)
-    for name, frame in before.items():
-        pd.testing.assert_frame_equal(pd.read_csv(out / name), frame)
+    assert_a_rerun_reuses_every_localiser(cross_fitted_run, tmp_path, monkeypatch)
 
 
 def test_the_bundle_keeps_only_the_fold_localisers(cross_fitted_run, tmp_path):

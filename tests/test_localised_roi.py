@@ -131,9 +131,15 @@ def test_a_localiser_setting_is_part_of_the_network_key():
 def localised_run(small_cohort_dir, tmp_path_factory):
     """A 2-fold run of the localised ultrasound network (with an inner validation split), recording each fold
     localiser's fitting positions and the images each network dataset was given."""
+    config = tiny_config(training={"epochs": 1, "batch_size": 16, "val_fraction": 0.25})
+    return recorded_run(small_cohort_dir, config, tmp_path_factory.mktemp("localised") / "run")
+
+
+def recorded_run(cohort_dir: Path, config, out: Path) -> dict:
+    """Run ``config`` on the cohort at ``cohort_dir`` into ``out``, recording each localiser fit (``fitted``: its
+    positions, modality, settings, seed) and the ultrasound images each network dataset was given (``datasets``)."""
     from breastfusion.experiment.run import run_experiment
 
-    config = tiny_config(training={"epochs": 1, "batch_size": 16, "val_fraction": 0.25})
     fitted, datasets = [], []
     real_fit, real_dataset = crossval.fit_fold_localiser, crossval.LesionDataset
 
@@ -146,15 +152,13 @@ def localised_run(small_cohort_dir, tmp_path_factory):
                          "with_masks": kwargs.get("with_masks")})
         return real_dataset(images, idx, *args, **kwargs)
 
-    out = tmp_path_factory.mktemp("localised") / "run"
-    cohort = load_cohort(small_cohort_dir)
+    cohort = load_cohort(cohort_dir)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(crossval, "fit_fold_localiser", fit_fold_localiser)
         patch.setattr(crossval, "LesionDataset", lesion_dataset)
         run_experiment(cohort, config, out)
-    folds = crossval.fold_positions(cohort, config)
-    return {"dir": out, "config": config, "cohort": cohort, "folds": folds[0], "fitted": fitted,
-            "datasets": datasets}
+    return {"dir": out, "config": config, "cohort": cohort, "folds": crossval.fold_positions(cohort, config)[0],
+            "fitted": fitted, "datasets": datasets}
 
 
 def test_each_fold_localiser_learns_from_that_folds_fitting_lesions_only(localised_run):
@@ -274,9 +278,15 @@ def test_a_reloaded_runs_lesion_masks_lie_over_the_localiser_crop_of_the_test_fo
 
 
 def test_a_rerun_reuses_the_saved_localisers_and_reproduces_the_run(localised_run, tmp_path, monkeypatch):
+    assert_a_rerun_reuses_every_localiser(localised_run, tmp_path, monkeypatch)
+
+
+def assert_a_rerun_reuses_every_localiser(run: dict, tmp_path: Path, monkeypatch) -> None:
+    """A copy of the recorded ``run`` (:func:`recorded_run`), run again with its boxes file deleted, fits no
+    localiser and writes the same predictions and boxes."""
     from breastfusion.experiment.run import run_experiment
 
-    out = Path(shutil.copytree(localised_run["dir"], tmp_path / "run"))
+    out = Path(shutil.copytree(run["dir"], tmp_path / "run"))
     before = {name: pd.read_csv(out / name) for name in ("predictions.csv", "localiser_boxes.csv")}
     (out / "localiser_boxes.csv").unlink()
 
@@ -284,7 +294,7 @@ def test_a_rerun_reuses_the_saved_localisers_and_reproduces_the_run(localised_ru
         raise AssertionError("a saved localiser was fitted again")
 
     monkeypatch.setattr(crossval, "fit_fold_localiser", refit)
-    run_experiment(localised_run["cohort"], localised_run["config"], out)
+    run_experiment(run["cohort"], run["config"], out)
     for name, frame in before.items():
         pd.testing.assert_frame_equal(pd.read_csv(out / name), frame)
 
