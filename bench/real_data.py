@@ -18,7 +18,8 @@ Sections (each prepares its dataset through the toolkit's adapters, read in plac
 * ``busi_roi_plain``: the plain ResNet-18 script on the same lesion crops (same margin), same folds;
 * ``busi_localised``: the same folds with ``configs/bus_clinical_localised.yaml``: the whole-frame task again, each
   held-out image cropped to the box of a lesion localiser fitted on the fold's training masks (no mask is read for
-  a held-out image); also the localisers' box IoU with the readers' masks;
+  a held-out image), the networks fitted on cross-fitted crops; also the localisers' box IoU with the readers'
+  masks;
 * ``breast``: BrEaST-Lesions, ``configs/bus_clinical.yaml`` (clinical, ultrasound, fused), the DeLong test of
   fused vs ultrasound, and on the same folds the plain logistic regression + plain CNN average;
 * ``breast_roi``: the same with ``configs/bus_clinical_roi.yaml`` (clinical, ultrasound, fused), the plain CNN on
