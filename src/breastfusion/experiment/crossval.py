@@ -24,15 +24,15 @@ import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
 from rich.progress import Progress
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from breastfusion.config import ExperimentConfig, LocaliserConfig, ModelConfig, TrainingConfig
 from breastfusion.data.cache import ArrayCache, CohortImages
