@@ -42,7 +42,7 @@ from breastfusion.data.preprocess import Params, params_for
 from breastfusion.data.tensors import (LesionDataset, LesionImages, clinical_features_for,
                                        modalities_used)
 from breastfusion.evaluation.splits import official_split, subject_folds
-from breastfusion.experiment.localisation import (crop_to_predicted, cross_fit_parts, fit_fold_localiser,
+from breastfusion.experiment.localisation import (CROP_PLAN, crop_to_predicted, cross_fit_parts, fit_fold_localiser,
                                                   load_localiser, localiser_frames, localiser_tag,
                                                   predicted_roi_modalities, require_masks, run_images,
                                                   save_localiser)
@@ -102,7 +102,7 @@ def _key_exclusions(branch: Any) -> dict | set:
     if localiser is None:
         return {"localiser"}
     if localiser.fit_crops == "reader":
-        return {"localiser": {"fit_crops": True, "cross_fit_folds": True}}
+        return {"localiser": dict.fromkeys(CROP_PLAN, True)}
     return set()
 
 

@@ -46,7 +46,7 @@ from breastfusion.models.localiser import (box_from_probs, box_iou, build_locali
 __all__ = ["predicted_roi_modalities", "reader_crop_params", "localiser_input_params", "localiser_frames",
            "fit_fold_localiser", "locate", "crop_to_predicted", "save_localiser", "load_localiser",
            "localiser_from_state", "with_whole_frames", "run_images",
-           "localiser_tag", "cross_fit_parts", "LocalisationError", "require_masks"]
+           "localiser_tag", "CROP_PLAN", "cross_fit_parts", "LocalisationError", "require_masks"]
 
 Box = tuple[int, int, int, int]
 
@@ -70,14 +70,14 @@ def localiser_input_params(modality: str, cfg: LocaliserConfig) -> Params:
     return params_for(modality, size=cfg.image_size)
 
 
-# Settings that decide which images are cropped by which localiser, not a localiser's weights: left out of the tag,
-# so the fold localisers of a run are reused when only these change.
-_CROP_PLAN = {"fit_crops", "cross_fit_folds"}
+#: Settings that decide which images are cropped by which localiser, not a localiser's weights: left out of the
+#: tag, so the fold localisers of a run are reused when only these change.
+CROP_PLAN = frozenset({"fit_crops", "cross_fit_folds"})
 
 
 def localiser_tag(cfg: LocaliserConfig) -> str:
     """A short hash of the localiser settings (its checkpoints are filed under it, so a changed setting retrains)."""
-    material = cfg.model_dump(mode="json", exclude=_CROP_PLAN)
+    material = cfg.model_dump(mode="json", exclude=set(CROP_PLAN))
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:12]
 
 
