@@ -10,6 +10,9 @@ The public Python API, for notebooks and scripts (each name is imported on first
     exp = bf.Experiment("configs/demo.yaml")       # or a config dict; see breastfusion.api
     variants = exp.fit(cohort)                     # per-variant results (results.json "variants")
     bundle = exp.export("my-model")
+
+    bf.ensemble_runs(["runs/lite0", "runs/localised"], "runs/both")   # mean logit of runs on the same folds
+    bundle = bf.export_bundle("runs/both", "both-model")               # applied like any bundle
 """
 
 from importlib import import_module
@@ -27,6 +30,7 @@ _LAZY = {
     "generate_cohort": "breastfusion.data.synthetic.cohort",
     "create_encoder": "breastfusion.models.encoders",
     "load_config": "breastfusion.config",
+    "ensemble_runs": "breastfusion.experiment.run_ensemble",
 }
 __all__ = ["__version__", *sorted(_LAZY)]
 

@@ -80,6 +80,7 @@ from breastfusion.data.preprocess import Params
 from breastfusion.versions import library_versions
 
 if TYPE_CHECKING:  # torch is imported when a bundle is loaded, not when this module is
+    from breastfusion.ensemble_bundle import EnsembleBundle
     from breastfusion.models.network import MultimodalNet
 
 __all__ = ["BUNDLE_FILE", "PARTIAL_META", "FORMAT", "FORMAT_VERSION", "Bundle", "BundleError", "export_bundle",
@@ -291,6 +292,10 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, variant: str | None =
     problem = layout.missing_file()
     if problem:
         raise RunFolderError(problem)
+    if layout.ensemble.is_file():  # breastfusion ensemble's folder: its members' bundles and its calibration
+        from breastfusion.ensemble_bundle import export_ensemble_bundle
+
+        return export_ensemble_bundle(root, out, variant=variant, onnx=onnx, allow_outside_root=allow_outside_root)
     config = load_config(layout.config)
     variant = variant or reference_variant(config)
     if variant not in config.variants:
@@ -643,8 +648,9 @@ def _check_against_config(root: Path, meta: dict[str, Any], config: ExperimentCo
                           + ": export the bundle again")
 
 
-def load_bundle(path: str | Path) -> Bundle:
-    """Read a bundle folder written by :func:`export_bundle`, verifying every file first.
+def load_bundle(path: str | Path) -> Bundle | EnsembleBundle:
+    """Read a bundle folder written by :func:`export_bundle`, verifying every file first (an ensemble run's
+    bundle is read by :func:`breastfusion.ensemble_bundle.load_ensemble_bundle`, which loads each member here).
 
     Raises:
         BundleError: not a bundle, a newer format, an invalid bundle.json value (naming the key), a
@@ -658,6 +664,10 @@ def load_bundle(path: str | Path) -> Bundle:
     root = Path(path)
     if not root.is_dir():
         raise BundleError(f"{root} is not a bundle folder" + (" (it does not exist)" if not root.exists() else ""))
+    from breastfusion.ensemble_bundle import is_ensemble_bundle, load_ensemble_bundle
+
+    if is_ensemble_bundle(root):
+        return load_ensemble_bundle(root)
     meta = _read_meta(root)
     n_folds, variant = meta["n_folds"], meta["variant"]
     try:

@@ -317,6 +317,8 @@ def create_app(bundle: Any, *, explainer: Callable[..., Any] | None = explain_ca
     """
     if not isinstance(max_upload_bytes, int) or max_upload_bytes <= 0:
         raise ValueError(f"max_upload_bytes should be a positive number of bytes, got {max_upload_bytes!r}")
+    if getattr(bundle, "members", None) is not None:
+        explainer = None  # an ensemble bundle: Score-CAM and Shapley shares explain one run's networks
     busy = threading.Lock()  # one prediction at a time: the fold networks and CAM hooks are shared
     modalities = tuple(bundle.modalities)
     image_inputs = [(name, label, multiple) for modality, _, name, label, multiple in IMAGE_INPUTS

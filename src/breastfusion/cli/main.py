@@ -247,6 +247,53 @@ def compare(
         json_file.write_text(json.dumps(result, indent=2))
         console.print(f"JSON: {json_file}")
 
+def _ensemble_table(results: dict[str, Any]) -> Table:
+    members = results["ensemble"]["members"]
+    table = Table(title=f"{results['name']}: mean logit of {len(members)} runs, subject-level AUC, out-of-fold "
+                        f"({results['cv']['n_splits']}-fold CV)")
+    table.add_column("variant")
+    table.add_column("ensemble AUC [95% CI]", justify="right")
+    for j in range(len(members)):
+        table.add_column(f"run {chr(65 + j)}: AUC (ensemble − it, DeLong p)", justify="right")
+    table.caption = " · ".join(f"{chr(65 + j)}: {m['name']} ({m['run']})" for j, m in enumerate(members))
+    for name, v in results["variants"].items():
+        row = [name, f"[b]{v['auc']:.3f}[/b] ({v['auc_ci'][0]:.3f} – {v['auc_ci'][1]:.3f})"]
+        for test in v["vs_members"]:
+            row.append(f"{test['auc_b']:.3f} (Δ {test['auc_difference']:+.3f}, p {test['p']:.2g})")
+        table.add_row(*row)
+    return table
+
+
+@app.command()
+def ensemble(
+    runs: Annotated[list[Path], typer.Argument(help="Two or more run folders on the same cohort and folds.")],
+    out: Annotated[Path, typer.Option("--out", help="The ensemble's run folder (created).")],
+    variants: Annotated[Optional[str], typer.Option(
+        "--variants", help="Variants to ensemble (comma-separated; default: every variant the runs share).")] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="The ensemble's name (default: the members' names "
+                                                "joined by +).")] = None,
+    allow_different_manifest: Annotated[bool, typer.Option(
+        "--allow-different-manifest", help="Accept runs that recorded different manifest hashes (their lesions, "
+        "folds and labels must still agree).")] = False,
+) -> None:
+    """Average finished runs' out-of-fold logits, fold by fold, and write the ensemble's run folder and report.
+
+    E.g. an ImageNet network on the whole frame with a from-scratch one on the localiser's crop: each lesion's
+    score is the mean of the members' logits on the same held-out fold, and each fold's threshold is chosen on
+    the members' averaged calibration scores of that fold. Prints each variant's AUC beside each member's, with
+    the paired DeLong test of the ensemble against it.
+    """
+    from breastfusion.experiment.run_ensemble import EnsembleError, ensemble_runs
+
+    try:
+        results = ensemble_runs(runs, out, name=name, allow_different_manifest=allow_different_manifest,
+                                variants=[v.strip() for v in variants.split(",") if v.strip()] if variants else None)
+    except (EnsembleError, FileNotFoundError) as exc:
+        fail(str(exc))
+    console.print(_ensemble_table(results))
+    console.print(f"Ensemble folder: [b]{out}[/b] (report: {out / 'report.html'})")
+
+
 @app.command()
 def export(
     run_dir: Annotated[Path, typer.Argument(help="A run folder (from `breastfusion run` or `breastfusion demo`).")],
@@ -287,8 +334,10 @@ def export(
                                              if outside else ""))
     metrics = meta["metrics"]
     lo, hi = metrics["auc_ci"] or (float("nan"), float("nan"))
+    networks = (f"{len(meta['members'])} runs x {meta['n_folds']} fold networks" if "members" in meta
+                else f"{meta['n_folds']} fold networks")
     console.print(f"Bundle: [b]{out}[/b] · variant {meta['variant']} ({' + '.join(meta['modalities'])}) · "
-                  f"{meta['n_folds']} fold networks · out-of-fold AUC {metrics['auc']:.3f} ({lo:.3f} – {hi:.3f})")
+                  f"{networks} · out-of-fold AUC {metrics['auc']:.3f} ({lo:.3f} – {hi:.3f})")
 
 
 #: Subjects shown on screen by `predict`; every subject is in the CSV.

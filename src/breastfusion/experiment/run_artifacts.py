@@ -54,8 +54,8 @@ from breastfusion.experiment.run_folder import RunLayout
 from breastfusion.models.network import MultimodalNet, SeedEnsemble, build_network
 from breastfusion.training.module import tta_logits
 
-__all__ = ["RunFolderError", "RunArtifacts", "load_run", "load_network", "fold_checkpoint", "saved_preprocessor",
-           "MASK_COLUMN"]
+__all__ = ["RunFolderError", "RunArtifacts", "load_run", "refuse_ensemble", "load_network", "fold_checkpoint",
+           "saved_preprocessor", "MASK_COLUMN"]
 
 class RunFolderError(ValueError):
     """A run folder is incomplete or no longer matches its cohort; the message says what is missing."""
@@ -373,6 +373,15 @@ def _find_cohort(root: Path, config: ExperimentConfig, results: dict[str, Any],
     raise RunFolderError(f"{root}: cannot find the run's cohort; tried " + "; ".join(tried))
 
 
+def refuse_ensemble(layout: RunLayout) -> None:
+    """Raise :class:`RunFolderError` when the folder is an ensemble of runs (``breastfusion ensemble``): it holds
+    the members' averaged predictions but no networks, so what needs networks (export, explain) needs a member."""
+    if layout.ensemble.is_file():
+        members = [str(m.get("run")) for m in json.loads(layout.ensemble.read_text()).get("members", [])]
+        raise RunFolderError(f"{layout.root} is an ensemble of runs ({', '.join(members)}): it holds their averaged "
+                             "predictions, not networks; export or explain each member run")
+
+
 def load_run(path: str | Path, *, allow_outside_root: bool = False) -> RunArtifacts:
     """Reload a run folder written by :func:`~breastfusion.experiment.run.run_experiment`.
 
@@ -390,6 +399,7 @@ def load_run(path: str | Path, *, allow_outside_root: bool = False) -> RunArtifa
     problem = layout.missing_file()
     if problem:
         raise RunFolderError(problem)
+    refuse_ensemble(layout)
     config = load_config(layout.config)
     results = json.loads(layout.results.read_text())
     cohort = _find_cohort(root, config, results, allow_outside_root)

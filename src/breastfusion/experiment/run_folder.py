@@ -9,6 +9,7 @@ A run folder (``breastfusion run``, ``demo``, ``ablate``) holds:
 * ``results.json``      every number in the report, under keys that say what they are;
 * ``roc.png`` and the report's other figures, ``report.html``;
 * ``ablation.csv``, ``ablation.md`` (``ablate``); ``nested_selection.json`` (``ablate --nested-inner-folds``);
+* ``ensemble.json``     an ensemble of runs (``breastfusion ensemble``): its member runs; it has no ``checkpoints/``;
 * ``cohort/``           the generated cohort of a synthetic run (``demo``);
 * ``explain/``          what ``breastfusion explain`` writes by default;
 * ``checkpoints/``      laid out by :class:`CheckpointLayout`: each fold's network
@@ -166,6 +167,11 @@ class RunLayout:
     @property
     def nested_selection(self) -> Path:
         return self.root / "nested_selection.json"
+
+    @property
+    def ensemble(self) -> Path:
+        """``ensemble.json`` of an ensemble of runs (``breastfusion ensemble``): its members; no networks of its own."""
+        return self.root / "ensemble.json"
 
     @property
     def cohort(self) -> Path:

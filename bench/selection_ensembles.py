@@ -1,0 +1,51 @@
+"""Does ensembling two recipes help? Measured on the selection folds, never on a reported figure's folds.
+
+``breastfusion ensemble`` (the mean logit of runs on the same folds) of selection runs that
+``bench/ultrasound_selection.py`` left under ``WORK/us_selection/NAME`` (BrEaST-Lesions ultrasound, folds of
+``cv.seed`` 1 or 2, never the reported seed 0). Appends the ensemble's pooled AUC, each member's and the paired
+DeLong test against each to ``bench/results/ultrasound_selection.json`` (entries with ``ensemble_of``).
+
+Usage:
+    python bench/selection_ensembles.py NAME RUN_A RUN_B [RUN_C ...] [--work /tmp/bf/real]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("name")
+    parser.add_argument("runs", nargs="+", help="selection run names (folders under WORK/us_selection)")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/bf/real"))
+    args = parser.parse_args()
+
+    from breastmnist_selection import record_run
+    from ultrasound_selection import RESULTS
+
+    from breastfusion.experiment.run_ensemble import ensemble_runs
+
+    folders = [args.work / "us_selection" / r for r in args.runs]
+    out = args.work / "us_selection_ensembles" / args.name
+    shutil.rmtree(out, ignore_errors=True)  # predictions only: rebuilt from the members in seconds
+    results = ensemble_runs(folders, out, variants=["ultrasound"])
+    v = results["variants"]["ultrasound"]
+    record_run(RESULTS, {  # the members' folds are equal (ensemble_runs checks), so is their cv.seed
+        "name": args.name, "ensemble_of": args.runs, "cv_seed": results["cv"]["seed"],
+        "selection_auc": v["auc"], "selection_auc_ci": v["auc_ci"],
+        "members": [{"run": r, "selection_auc": t["auc_b"], "auc_difference": t["auc_difference"], "p": t["p"]}
+                    for r, t in zip(args.runs, v["vs_members"])],
+        "command": "python bench/selection_ensembles.py " + " ".join(sys.argv[1:])})
+
+
+if __name__ == "__main__":
+    main()
