@@ -83,7 +83,7 @@ if TYPE_CHECKING:  # torch is imported when a bundle is loaded, not when this mo
     from breastfusion.ensemble_bundle import EnsembleBundle
     from breastfusion.models.network import MultimodalNet
 
-__all__ = ["BUNDLE_FILE", "PARTIAL_META", "FORMAT", "FORMAT_VERSION", "Bundle", "BundleError", "export_bundle",
+__all__ = ["BUNDLE_FILE", "PARTIAL_META", "FORMAT", "FORMAT_VERSION", "Bundle", "BundleScoring", "BundleError", "export_bundle",
            "load_bundle", "load_clinical_preprocessor"]
 
 logger = logging.getLogger(__name__)
@@ -104,8 +104,65 @@ _CALIBRATION_COLUMNS = ["fold", "subject_id", "lesion_id", "y", "prob", "split"]
 _VERSIONED = ("breastfusion", "torch", "timm", "scikit-learn", "numpy", "pandas", "safetensors", "skops")
 
 
+class BundleScoring:
+    """Scoring shared by every kind of bundle: a subclass gives ``predict_lesions`` (one row per fold and lesion),
+    ``calibration`` (each fold's calibration scores), ``config`` (its ``evaluation``) and ``modalities``."""
+
+    def score(self, lesions: pd.DataFrame) -> pd.DataFrame:
+        """Per (fold, subject) scores of :meth:`predict_lesions`'s output (:func:`breastfusion.predict.score_folds`)."""
+        from breastfusion.predict import score_folds
+
+        return score_folds(self, lesions)
+
+    def predict(self, cohort: Cohort | pd.DataFrame | str | Path | None = None, *,
+                images: Mapping[str, Any] | None = None, clinical: pd.DataFrame | Mapping[str, Any] | None = None,
+                root: str | Path | None = None, batch_size: int = 64, cache: bool = False,
+                runtime: str = "torch") -> pd.DataFrame:
+        """One row per subject of ``cohort``: the folds' mean probability, the call and the folds' votes.
+
+        ``bundle.predict("new-cases/")``, ``bundle.predict(manifest_frame, clinical=table, root="images/")`` or,
+        for one case held in memory (nothing is written to disk),
+        ``bundle.predict(images={"ultrasound": array_or_bytes, "mammography": {"CC": a, "MLO": b}},
+        clinical={"age": 54, ...})``.
+
+        Args:
+            cohort: a cohort folder (``manifest.csv``, optional ``clinical.csv``; ``label`` may be empty or
+                absent), its manifest CSV, a loaded :class:`~breastfusion.data.manifest.Cohort`, or a manifest
+                DataFrame (the columns of ``manifest.csv``), validated as a folder's manifest is.
+            images: instead of ``cohort``, one case (subject ``case``): ``{image modality: image}``, an image being
+                a pixel array (H, W) (:func:`~breastfusion.data.readers.image_from_array`), an encoded file's bytes
+                (:func:`~breastfusion.data.readers.read_image_bytes`) or a list or ``{view: image}`` of them.
+            clinical: with ``images``, the case's clinical values ``{column: value}``: every column the bundle reads
+                (``None`` for an unknown value, imputed as in training); with a manifest DataFrame, its clinical
+                table (``subject_id`` + one column per variable).
+            root: with a manifest DataFrame, the folder its relative image paths resolve against (default: the
+                working directory).
+            batch_size: lesions per forward pass.
+            cache: use the preprocessed-array cache (``$BREASTFUSION_CACHE``); off by default, so
+                predicting leaves nothing behind.
+            runtime: ``torch``, or ``onnx``: the fold networks' ONNX graphs on ONNX Runtime (CPU; the bundle
+                must be exported with ``--onnx``), the same probabilities to 1e-4.
+
+        Returns:
+            See :func:`breastfusion.predict.combine_folds`.
+
+        Raises:
+            ManifestError, FileNotFoundError: the cohort (folder or DataFrame) breaks the manifest contract.
+            ImageReadError: unreadable images (unless the run's config excludes them), or an in-memory image that
+                does not decode or has the wrong shape (its key named).
+            InMemoryCaseError: an unknown modality, a modality the bundle does not read, or an unknown or missing
+                clinical column (the key named, with what was expected).
+            BundleError: no case has any of the bundle's modalities.
+            TypeError: both or neither of ``cohort`` and ``images``.
+        """
+        from breastfusion.predict import combine_folds
+
+        return combine_folds(self.score(self.predict_lesions(cohort, images=images, clinical=clinical, root=root,
+                                                            batch_size=batch_size, cache=cache, runtime=runtime)))
+
+
 @dataclass
-class Bundle:
+class Bundle(BundleScoring):
     """A loaded bundle (build with :func:`load_bundle`).
 
     Attributes:
@@ -180,58 +237,6 @@ class Bundle:
 
             self._onnx_folds[key] = OnnxFold(onnx_session(self.onnx_graphs[k], threads=threads))
         return self._onnx_folds[key]
-
-    def score(self, lesions: pd.DataFrame) -> pd.DataFrame:
-        """Per (fold, subject) scores of :meth:`predict_lesions`'s output (:func:`breastfusion.predict.score_folds`)."""
-        from breastfusion.predict import score_folds
-
-        return score_folds(self, lesions)
-
-    def predict(self, cohort: Cohort | pd.DataFrame | str | Path | None = None, *,
-                images: Mapping[str, Any] | None = None, clinical: pd.DataFrame | Mapping[str, Any] | None = None,
-                root: str | Path | None = None, batch_size: int = 64, cache: bool = False,
-                runtime: str = "torch") -> pd.DataFrame:
-        """One row per subject of ``cohort``: the folds' mean probability, the call and the folds' votes.
-
-        ``bundle.predict("new-cases/")``, ``bundle.predict(manifest_frame, clinical=table, root="images/")`` or,
-        for one case held in memory (nothing is written to disk),
-        ``bundle.predict(images={"ultrasound": array_or_bytes, "mammography": {"CC": a, "MLO": b}},
-        clinical={"age": 54, ...})``.
-
-        Args:
-            cohort: a cohort folder (``manifest.csv``, optional ``clinical.csv``; ``label`` may be empty or
-                absent), its manifest CSV, a loaded :class:`~breastfusion.data.manifest.Cohort`, or a manifest
-                DataFrame (the columns of ``manifest.csv``), validated as a folder's manifest is.
-            images: instead of ``cohort``, one case (subject ``case``): ``{image modality: image}``, an image being
-                a pixel array (H, W) (:func:`~breastfusion.data.readers.image_from_array`), an encoded file's bytes
-                (:func:`~breastfusion.data.readers.read_image_bytes`) or a list or ``{view: image}`` of them.
-            clinical: with ``images``, the case's clinical values ``{column: value}``: every column the bundle reads
-                (``None`` for an unknown value, imputed as in training); with a manifest DataFrame, its clinical
-                table (``subject_id`` + one column per variable).
-            root: with a manifest DataFrame, the folder its relative image paths resolve against (default: the
-                working directory).
-            batch_size: lesions per forward pass.
-            cache: use the preprocessed-array cache (``$BREASTFUSION_CACHE``); off by default, so
-                predicting leaves nothing behind.
-            runtime: ``torch``, or ``onnx``: the fold networks' ONNX graphs on ONNX Runtime (CPU; the bundle
-                must be exported with ``--onnx``), the same probabilities to 1e-4.
-
-        Returns:
-            See :func:`breastfusion.predict.combine_folds`.
-
-        Raises:
-            ManifestError, FileNotFoundError: the cohort (folder or DataFrame) breaks the manifest contract.
-            ImageReadError: unreadable images (unless the run's config excludes them), or an in-memory image that
-                does not decode or has the wrong shape (its key named).
-            InMemoryCaseError: an unknown modality, a modality the bundle does not read, or an unknown or missing
-                clinical column (the key named, with what was expected).
-            BundleError: no case has any of the bundle's modalities.
-            TypeError: both or neither of ``cohort`` and ``images``.
-        """
-        from breastfusion.predict import combine_folds
-
-        return combine_folds(self.score(self.predict_lesions(cohort, images=images, clinical=clinical, root=root,
-                                                            batch_size=batch_size, cache=cache, runtime=runtime)))
 
 
 # -- export ------------------------------------------------------------------------------------------------------
@@ -343,11 +348,7 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, variant: str | None =
         raise BundleError(f"the run crops {', '.join(predicted)} to a lesion localiser's box, but its localiser "
                           f"checkpoint(s) are missing: {lacking[:3]}; run the experiment again")
 
-    partial = out.parent / f".{out.name}.partial-{os.getpid()}"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_partials(out)
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    partial = fresh_partial(out)
     try:
         shutil.copyfile(layout.config, partial / "config.yaml")
         _anonymise_calibration(calibration).to_csv(partial / "calibration.csv", index=False)
@@ -441,6 +442,17 @@ def _publish(partial: Path, out: Path) -> None:
             os.fsync(handle.fileno())
     partial.rename(out)
     os.replace(out / PARTIAL_META, out / BUNDLE_FILE)
+
+
+def fresh_partial(out: Path) -> Path:
+    """An empty hidden sibling folder ``.{out}.partial-{pid}`` to export into (stale ones of dead exports removed);
+    the export renames it to ``out`` once complete."""
+    partial = out.parent / f".{out.name}.partial-{os.getpid()}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_partials(out)
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    return partial
 
 
 def _remove_stale_partials(out: Path) -> None:

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from breastfusion import __version__
+from breastfusion.bundle import BundleScoring
 from breastfusion.bundle_meta import BundleError
 from breastfusion.config import ConfigError, ExperimentConfig, load_config, reference_variant
 from breastfusion.data.manifest import MODALITIES, Cohort
@@ -54,8 +55,9 @@ def _sha256(data: bytes) -> str:
 
 
 @dataclass
-class EnsembleBundle:
-    """A loaded ensemble bundle (build with :func:`~breastfusion.bundle.load_bundle`).
+class EnsembleBundle(BundleScoring):
+    """A loaded ensemble bundle (build with :func:`~breastfusion.bundle.load_bundle`); ``score`` and ``predict``
+    are a bundle's (:class:`~breastfusion.bundle.BundleScoring`), against the ensemble's own calibration.
 
     Attributes:
         root: the bundle folder.
@@ -118,22 +120,6 @@ class EnsembleBundle:
             out[column] = rows[column].to_numpy()
         return out
 
-    def score(self, lesions: pd.DataFrame) -> pd.DataFrame:
-        """Per (fold, subject) scores against the ensemble's calibration (:func:`breastfusion.predict.score_folds`)."""
-        from breastfusion.predict import score_folds
-
-        return score_folds(self, lesions)
-
-    def predict(self, cohort: Cohort | pd.DataFrame | str | Path | None = None, *,
-                images: Mapping[str, Any] | None = None, clinical: pd.DataFrame | Mapping[str, Any] | None = None,
-                root: str | Path | None = None, batch_size: int = 64, cache: bool = False,
-                runtime: str = "torch") -> pd.DataFrame:
-        """One row per subject, as :meth:`breastfusion.bundle.Bundle.predict` gives it (same arguments)."""
-        from breastfusion.predict import combine_folds
-
-        return combine_folds(self.score(self.predict_lesions(cohort, images=images, clinical=clinical, root=root,
-                                                            batch_size=batch_size, cache=cache, runtime=runtime)))
-
 
 def export_ensemble_bundle(run_dir: str | Path, out: str | Path, *, variant: str | None = None, onnx: bool = False,
                            allow_outside_root: bool = False) -> Path:
@@ -144,7 +130,7 @@ def export_ensemble_bundle(run_dir: str | Path, out: str | Path, *, variant: str
         BundleError: an unknown variant, ``out`` not empty, a member run that cannot be exported (its message),
             or members whose bundles disagree with the ensemble (variant, folds).
     """
-    from breastfusion.bundle import _anonymise_calibration, _remove_stale_partials, export_bundle
+    from breastfusion.bundle import _anonymise_calibration, export_bundle, fresh_partial
     from breastfusion.experiment.run_artifacts import RunFolderError
     from breastfusion.experiment.run_folder import RunLayout
 
@@ -161,11 +147,7 @@ def export_ensemble_bundle(run_dir: str | Path, out: str | Path, *, variant: str
     calibration = pd.read_csv(layout.calibration, dtype={"subject_id": str, "lesion_id": str})
     calibration = calibration[(calibration["variant"] == variant)
                               & (calibration.get("repeat", 0) == 0)].reset_index(drop=True)
-    partial = out.parent / f".{out.name}.partial-{os.getpid()}"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_partials(out)
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    partial = fresh_partial(out)
     try:
         names = []
         for j, member in enumerate(ensemble["members"]):

@@ -109,24 +109,24 @@ def test_networks_are_read_from_the_members(members, tmp_path):
     assert not (tmp_path / "bundle").exists() and not list(tmp_path.glob(".bundle.partial-*"))
 
 
-def test_runs_on_other_folds_are_refused_naming_the_lesion(members, tmp_path):
-    runs, parts = members
-    test, calibration = parts["b"]
-    moved = test.copy()
-    lesion = moved["lesion_id"].iloc[0]
-    moved.loc[moved["lesion_id"] == lesion, "fold"] = (moved["fold"].iloc[0] + 1) % 3
-    other = _member(tmp_path / "b_moved", moved, calibration, name="moved")
-    with pytest.raises(EnsembleError, match=rf"lesion '{lesion}'.*same folds"):
-        ensemble_runs([runs[0], other], tmp_path / "ens")
+def _move_first_lesion(test: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    lesion = test["lesion_id"].iloc[0]
+    test.loc[test["lesion_id"] == lesion, "fold"] = (test["fold"].iloc[0] + 1) % 3
+    return test, rf"lesion '{lesion}'.*same folds"
 
 
-def test_a_lesion_labelled_otherwise_is_refused(members, tmp_path):
+def _flip_fourth_label(test: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    test.loc[test.index[3], "y"] = 1 - test["y"].iloc[3]
+    return test, rf"{test['lesion_id'].iloc[3]}.*labelled"
+
+
+@pytest.mark.parametrize("edit", [_move_first_lesion, _flip_fourth_label], ids=["other-fold", "other-label"])
+def test_a_member_on_other_folds_or_labels_is_refused_naming_the_lesion(members, tmp_path, edit):
     runs, parts = members
     test, calibration = parts["b"]
-    flipped = test.copy()
-    flipped.loc[flipped.index[3], "y"] = 1 - flipped["y"].iloc[3]
-    other = _member(tmp_path / "b_flipped", flipped, calibration, name="flipped")
-    with pytest.raises(EnsembleError, match=rf"{flipped['lesion_id'].iloc[3]}.*labelled"):
+    changed, message = edit(test.copy())
+    other = _member(tmp_path / "b_changed", changed, calibration, name="changed")
+    with pytest.raises(EnsembleError, match=message):
         ensemble_runs([runs[0], other], tmp_path / "ens")
 
 
