@@ -85,7 +85,7 @@ def test_predict_cli_applies_an_ensemble_bundle(bundle_dir, small_cohort_dir, tm
     assert "AUC" in result.output
 
 
-def test_an_ensemble_bundle_is_served_without_explanations(bundle_dir):
+def test_an_ensemble_bundle_is_served_without_explanations(bundle_dir, small_cohort_dir):
     from fastapi.testclient import TestClient
 
     from breastfusion.app.server import create_app
@@ -95,6 +95,17 @@ def test_an_ensemble_bundle_is_served_without_explanations(bundle_dir):
     model = client.get("/api/model").json()
     assert model["variant"] == "ultrasound" and model["n_folds"] == 2
     assert model["metrics"]["auc"] == pytest.approx(bundle.meta["metrics"]["auc"])
+    manifest = pd.read_csv(small_cohort_dir / "manifest.csv", dtype=str)
+    row = manifest[manifest["modality"] == "ultrasound"].iloc[0]
+    upload = (small_cohort_dir / row["path"]).read_bytes()
+    reply = client.post("/api/predict", files=[("ultrasound", ("a.png", upload, "image/png"))])
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    # the page's answer is the ensemble's own prediction for that image, with no explanation attempted
+    one = manifest[manifest["path"] == row["path"]].assign(subject_id="case", lesion_id="case")
+    expected = bundle.predict(one, root=small_cohort_dir).iloc[0]
+    assert body["prob"] == pytest.approx(float(expected["prob"]), abs=1e-6) and body["call"] == expected["call"]
+    assert "contributions" not in body and "explain_error" not in body
 
 
 def _copy(bundle_dir: Path, tmp_path: Path) -> Path:
