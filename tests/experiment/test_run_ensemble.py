@@ -162,6 +162,11 @@ def test_bad_member_lists_are_refused(members, tmp_path):
         ensemble_runs(runs, tmp_path / "e4")
     with pytest.raises(EnsembleError, match="already holds a run"):
         ensemble_runs(runs, runs[0])
+    nested = tmp_path / "pair"
+    (runs[1] / "calibration_predictions.csv").write_text((runs[0] / "calibration_predictions.csv").read_text())
+    ensemble_runs(runs, nested)
+    with pytest.raises(EnsembleError, match=r"pair is itself an ensemble .*list its member runs instead"):
+        ensemble_runs([nested, runs[0]], tmp_path / "e6")
     result = CliRunner().invoke(app, ["ensemble", str(runs[0]), str(tmp_path / "nothing"), "--out",
                                       str(tmp_path / "e5")])
     assert result.exit_code != 0 and "is not a run folder" in " ".join(result.output.split())

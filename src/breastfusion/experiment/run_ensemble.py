@@ -72,6 +72,10 @@ class _Member:
         problem = layout.missing_file()
         if problem:
             raise EnsembleError(problem)
+        if layout.ensemble.is_file():
+            members = [str(m.get("run")) for m in json.loads(layout.ensemble.read_text()).get("members", [])]
+            raise EnsembleError(f"{root} is itself an ensemble (of {', '.join(members)}); list its member runs "
+                                "instead, so each run counts once")
         if not layout.calibration.is_file():
             raise EnsembleError(f"{layout.calibration} is missing: each fold's threshold is chosen on the members' "
                                 "calibration scores, so every member needs it (rerun with this version)")
@@ -79,7 +83,10 @@ class _Member:
             self.config: ExperimentConfig = load_config(layout.config)
         except ConfigError as exc:
             raise EnsembleError(str(exc)) from None
-        self.results = json.loads(layout.results.read_text())
+        try:
+            self.results = json.loads(layout.results.read_text())
+        except json.JSONDecodeError as exc:
+            raise EnsembleError(f"{layout.results}: not valid JSON ({exc})") from None
         self.predictions = with_repeat(pd.read_csv(layout.predictions, dtype=_IDS))
         self.calibration = with_repeat(pd.read_csv(layout.calibration, dtype=_IDS))
         self.variants = list(dict.fromkeys(self.predictions["variant"].astype(str)))
