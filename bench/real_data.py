@@ -20,8 +20,9 @@ Sections (each prepares its dataset through the toolkit's adapters, read in plac
   held-out image cropped to the box of a lesion localiser fitted on the fold's training masks (no mask is read for
   a held-out image), the networks fitted on cross-fitted crops; also the localisers' box IoU with the readers'
   masks;
-* ``busi_ensemble``: ``breastfusion ensemble`` of the ``busi_pretrained`` and ``busi_localised`` runs (needs both,
-  in the same ``--work``): the mean of the two networks' logits, fold by fold; DeLong against each;
+* ``busi_ensemble``: ``breastfusion ensemble`` of the ``busi_pretrained`` run with the ``busi_localised`` run, and
+  with the ``busi`` run (needs them in the same ``--work``): the mean of the two networks' logits, fold by fold;
+  DeLong against each member;
 * ``breast``: BrEaST-Lesions, ``configs/bus_clinical.yaml`` (clinical, ultrasound, fused), the DeLong test of
   fused vs ultrasound, and on the same folds the plain logistic regression + plain CNN average;
 * ``breast_roi``: the same with ``configs/bus_clinical_roi.yaml`` (clinical, ultrasound, fused), the plain CNN on
@@ -196,30 +197,34 @@ def section_busi_localised(data: Path, work: Path, args) -> dict:
 
 
 def section_busi_ensemble(data: Path, work: Path, args) -> dict:
-    """``breastfusion ensemble`` of the ``busi_pretrained`` and ``busi_localised`` runs (same folds): the mean
-    logit of the ImageNet whole-frame network and the from-scratch localised one, each fold's threshold on their
-    averaged calibration scores; with the paired DeLong test against each member."""
+    """``breastfusion ensemble`` of the ``busi_pretrained`` run with the ``busi_localised`` run, and (for
+    comparison, no masks) with the ``busi`` run (same folds): the mean logit of the ImageNet whole-frame network
+    and a from-scratch one, each fold's threshold on their averaged calibration scores; with the paired DeLong
+    test against each member."""
     import shutil
 
     from breastfusion.experiment.run_ensemble import ensemble_runs
 
-    members = [work / "runs" / "busi_lite0", work / "runs" / "busi_localised"]
-    missing = [str(m) for m in members if not (m / "results.json").is_file()]
-    if missing:
-        raise SystemExit(f"busi_ensemble averages the runs of busi_pretrained and busi_localised; {missing} not "
-                         f"found: run those sections first with the same --work")
-    out = work / "runs" / "busi_ensemble"
-    shutil.rmtree(out, ignore_errors=True)  # predictions only: rebuilt from the members in seconds
-    start = time.perf_counter()
-    results = ensemble_runs(members, out, variants=["ultrasound"], name="bus_clinical_lite0+bus_clinical_localised")
-    v = results["variants"]["ultrasound"]
-    vs = {Path(t["run"]).name: t for t in v["vs_members"]}
-    return {"busi_pretrained_ensemble_auc": v["auc"], "busi_pretrained_ensemble_auc_ci": v["auc_ci"],
-            "busi_pretrained_ensemble_seconds": time.perf_counter() - start,
-            "busi_pretrained_ensemble_vs_pretrained": {k: vs["busi_lite0"][k] for k in ("auc_difference", "p")},
-            "busi_pretrained_ensemble_vs_localised": {k: vs["busi_localised"][k] for k in ("auc_difference", "p")},
-            "busi_pretrained_ensemble": "breastfusion ensemble RUN(bus_clinical_lite0) RUN(bus_clinical_localised) "
-                                        "--variants ultrasound: mean logit, fold by fold"}
+    out = {}
+    for key, partner in (("busi_pretrained_ensemble", "busi_localised"),
+                         ("busi_pretrained_default_ensemble", "busi")):
+        members = [work / "runs" / "busi_lite0", work / "runs" / partner]
+        missing = [str(m) for m in members if not (m / "results.json").is_file()]
+        if missing:
+            raise SystemExit(f"busi_ensemble averages the runs of busi_pretrained with busi_localised and busi; "
+                             f"{missing} not found: run those sections first with the same --work")
+        folder = work / "runs" / f"{key}"
+        shutil.rmtree(folder, ignore_errors=True)  # predictions only: rebuilt from the members in seconds
+        start = time.perf_counter()
+        results = ensemble_runs(members, folder, variants=["ultrasound"])
+        v = results["variants"]["ultrasound"]
+        vs = {Path(t["run"]).name: t for t in v["vs_members"]}
+        out |= {f"{key}_auc": v["auc"], f"{key}_auc_ci": v["auc_ci"],
+                f"{key}_seconds": time.perf_counter() - start,
+                f"{key}_vs_pretrained": {k: vs["busi_lite0"][k] for k in ("auc_difference", "p")},
+                f"{key}_vs_partner": {k: vs[partner][k] for k in ("auc_difference", "p")},
+                key: f"breastfusion ensemble RUN(bus_clinical_lite0) RUN({partner}) --variants ultrasound"}
+    return out
 
 
 def lesion_masks(cohort) -> list[list[str]]:
