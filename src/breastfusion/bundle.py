@@ -83,7 +83,8 @@ if TYPE_CHECKING:  # torch is imported when a bundle is loaded, not when this mo
     from breastfusion.ensemble_bundle import EnsembleBundle
     from breastfusion.models.network import MultimodalNet
 
-__all__ = ["BUNDLE_FILE", "PARTIAL_META", "FORMAT", "FORMAT_VERSION", "Bundle", "BundleScoring", "BundleError", "export_bundle",
+__all__ = ["BUNDLE_FILE", "PARTIAL_META", "FORMAT", "FORMAT_VERSION", "Bundle", "BundleScoring", "BundleError",
+           "anonymise_calibration", "fresh_partial", "read_plain", "export_bundle",
            "load_bundle", "load_clinical_preprocessor"]
 
 logger = logging.getLogger(__name__)
@@ -245,7 +246,7 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _anonymise_calibration(calibration: pd.DataFrame) -> pd.DataFrame:
+def anonymise_calibration(calibration: pd.DataFrame) -> pd.DataFrame:
     """Calibration rows with subject and lesion ids replaced by ``s0001`` / ``l0001`` (in order of appearance).
 
     The same subject (lesion) gets the same id in every fold, so aggregation to subjects is unchanged.
@@ -351,7 +352,7 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, variant: str | None =
     partial = fresh_partial(out)
     try:
         shutil.copyfile(layout.config, partial / "config.yaml")
-        _anonymise_calibration(calibration).to_csv(partial / "calibration.csv", index=False)
+        anonymise_calibration(calibration).to_csv(partial / "calibration.csv", index=False)
         columns: dict[str, list[str]] = {}
         for k in range(n_folds):
             checkpoint = fold_checkpoint(layout, variant, k)
@@ -566,7 +567,7 @@ def _read_meta(root: Path) -> dict[str, Any]:
         raise BundleError(f"{root} is not a bundle: {BUNDLE_FILE} is missing "
                           "(make one with `breastfusion export RUN --out DIR`)")
     try:
-        meta = json.loads(_read_plain(root, BUNDLE_FILE))
+        meta = json.loads(read_plain(root, BUNDLE_FILE))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{file}: not valid JSON ({exc}); the file is damaged or half-written: export the "
                           "bundle again") from None
@@ -585,7 +586,7 @@ def _read_meta(root: Path) -> dict[str, Any]:
     return meta
 
 
-def _read_plain(root: Path, name: str) -> bytes:
+def read_plain(root: Path, name: str) -> bytes:
     """The bytes of ``root / name``, refusing a symbolic link (``O_NOFOLLOW``: checked and read in one step)."""
     path = root / name
     try:
@@ -628,7 +629,7 @@ def _verified(root: Path, meta: dict[str, Any], needed: list[str]) -> dict[str, 
     out = {}
     for name, expected in files.items():
         path = root / name
-        data = _read_plain(root, name)
+        data = read_plain(root, name)
         actual = _sha256(data)
         if actual != expected:
             raise BundleError(f"{path}: sha256 {actual[:12]}… differs from the {str(expected)[:12]}… recorded in "

@@ -130,7 +130,7 @@ def export_ensemble_bundle(run_dir: str | Path, out: str | Path, *, variant: str
         BundleError: an unknown variant, ``out`` not empty, a member run that cannot be exported (its message),
             or members whose bundles disagree with the ensemble (variant, folds).
     """
-    from breastfusion.bundle import _anonymise_calibration, export_bundle, fresh_partial
+    from breastfusion.bundle import anonymise_calibration, export_bundle, fresh_partial
     from breastfusion.experiment.run_artifacts import RunFolderError
     from breastfusion.experiment.run_folder import RunLayout
 
@@ -159,7 +159,7 @@ def export_ensemble_bundle(run_dir: str | Path, out: str | Path, *, variant: str
                 raise BundleError(f"member run {member['run']}: {exc}") from None
             names.append(name)
         shutil.copyfile(layout.config, partial / "config.yaml")
-        _anonymise_calibration(calibration).to_csv(partial / "calibration.csv", index=False)
+        anonymise_calibration(calibration).to_csv(partial / "calibration.csv", index=False)
         entry = results["variants"][variant]
         files = {n: _sha256((partial / n).read_bytes()) for n in ("config.yaml", "calibration.csv")}
         files |= {f"{n}/bundle.json": _sha256((partial / n / "bundle.json").read_bytes()) for n in names}
@@ -195,7 +195,7 @@ def load_ensemble_bundle(path: str | Path) -> EnsembleBundle:
         BundleError: not an ensemble bundle or a newer format, a missing, unlisted or changed file (naming it),
             an interrupted export, or a member that fails to load or disagrees with the ensemble.
     """
-    from breastfusion.bundle import _read_plain, load_bundle
+    from breastfusion.bundle import read_plain, load_bundle
 
     root = Path(path)
     if not (root / ENSEMBLE_FILE).exists():
@@ -204,7 +204,7 @@ def load_ensemble_bundle(path: str | Path) -> EnsembleBundle:
                               f"{ENSEMBLE_FILE} is not); remove the folder and export the bundle again")
         raise BundleError(f"{root} is not an ensemble bundle: {ENSEMBLE_FILE} is missing")
     try:
-        meta = json.loads(_read_plain(root, ENSEMBLE_FILE))
+        meta = json.loads(read_plain(root, ENSEMBLE_FILE))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{root / ENSEMBLE_FILE}: not valid JSON ({exc}); export the bundle again") from None
     if not isinstance(meta, dict) or meta.get("format") != ENSEMBLE_FORMAT:
@@ -233,7 +233,7 @@ def load_ensemble_bundle(path: str | Path) -> EnsembleBundle:
     data = {}
     for name, digest in files.items():
         folder, _, file = name.rpartition("/")
-        data[name] = _read_plain(root / folder if folder else root, file)
+        data[name] = read_plain(root / folder if folder else root, file)
         if _sha256(data[name]) != digest:
             raise BundleError(f"{root / name}: sha256 differs from the one recorded in {ENSEMBLE_FILE}; the file was "
                               "changed or damaged after export: export the bundle again")
