@@ -5,8 +5,13 @@
 ``cv.seed`` 1 or 2, never the reported seed 0). Appends the ensemble's pooled AUC, each member's and the paired
 DeLong test against each to ``bench/results/ultrasound_selection.json`` (entries with ``ensemble_of``).
 
+With ``--busi``, the runs are BUSI runs under ``WORK`` (``busi_recipes/NAME`` of ``bench/busi_recipes.py``,
+``runs/NAME`` of ``bench/real_data.py``), and the entry goes to ``bench/results/busi_recipes.json``: figures on
+reported folds, which inform but never choose a recipe.
+
 Usage:
     python bench/selection_ensembles.py NAME RUN_A RUN_B [RUN_C ...] [--work /tmp/bf/real]
+    python bench/selection_ensembles.py NAME busi_recipes/lite0_seeds3 runs/busi_localised --busi
 """
 
 from __future__ import annotations
@@ -25,24 +30,33 @@ sys.path.insert(0, str(ROOT / "bench"))
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("name")
-    parser.add_argument("runs", nargs="+", help="selection run names (folders under WORK/us_selection)")
+    parser.add_argument("runs", nargs="+", help="selection run names (folders under WORK/us_selection), or with "
+                        "--busi folders under WORK")
     parser.add_argument("--work", type=Path, default=Path("/tmp/bf/real"))
+    parser.add_argument("--busi", action="store_true", help="BUSI runs; record in busi_recipes.json")
     args = parser.parse_args()
 
     from breastmnist_selection import record_run
-    from ultrasound_selection import RESULTS
 
     from breastfusion.experiment.run_ensemble import ensemble_runs
 
-    folders = [args.work / "us_selection" / r for r in args.runs]
-    out = args.work / "us_selection_ensembles" / args.name
+    if args.busi:
+        from busi_recipes import RESULTS
+
+        folders, out = [args.work / r for r in args.runs], args.work / "busi_ensembles" / args.name
+    else:
+        from ultrasound_selection import RESULTS
+
+        folders = [args.work / "us_selection" / r for r in args.runs]
+        out = args.work / "us_selection_ensembles" / args.name
     shutil.rmtree(out, ignore_errors=True)  # predictions only: rebuilt from the members in seconds
     results = ensemble_runs(folders, out, variants=["ultrasound"])
     v = results["variants"]["ultrasound"]
+    auc = "auc" if args.busi else "selection_auc"
     record_run(RESULTS, {  # the members' folds are equal (ensemble_runs checks), so is their cv.seed
         "name": args.name, "ensemble_of": args.runs, "cv_seed": results["cv"]["seed"],
-        "selection_auc": v["auc"], "selection_auc_ci": v["auc_ci"],
-        "members": [{"run": r, "selection_auc": t["auc_b"], "auc_difference": t["auc_difference"], "p": t["p"]}
+        auc: v["auc"], f"{auc}_ci": v["auc_ci"],
+        "members": [{"run": r, auc: t["auc_b"], "auc_difference": t["auc_difference"], "p": t["p"]}
                     for r, t in zip(args.runs, v["vs_members"])],
         "command": "python bench/selection_ensembles.py " + " ".join(sys.argv[1:])})
 
