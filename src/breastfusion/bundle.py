@@ -84,7 +84,7 @@ if TYPE_CHECKING:  # torch is imported when a bundle is loaded, not when this mo
     from breastfusion.models.network import MultimodalNet
 
 __all__ = ["BUNDLE_FILE", "PARTIAL_META", "FORMAT", "FORMAT_VERSION", "Bundle", "BundleScoring", "BundleError",
-           "anonymise_calibration", "fresh_partial", "read_plain", "export_bundle",
+           "anonymise_calibration", "fresh_partial", "read_plain", "sha256_hex", "export_bundle",
            "load_bundle", "load_clinical_preprocessor"]
 
 logger = logging.getLogger(__name__)
@@ -242,7 +242,8 @@ class Bundle(BundleScoring):
 
 # -- export ------------------------------------------------------------------------------------------------------
 
-def _sha256(data: bytes) -> str:
+def sha256_hex(data: bytes) -> str:
+    """The hex SHA-256 of ``data`` (how a bundle lists each file it holds)."""
     return hashlib.sha256(data).hexdigest()
 
 
@@ -394,7 +395,7 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, variant: str | None =
                 config, [m for m in IMAGE_MODALITIES if m in modalities]).items()},
             "clinical_columns": columns if clinical else None,
             "versions": library_versions(_VERSIONED), "run_versions": results.get("versions"),
-            "files": {f.name: _sha256(f.read_bytes()) for f in sorted(partial.iterdir())},
+            "files": {f.name: sha256_hex(f.read_bytes()) for f in sorted(partial.iterdir())},
         }
         _write_synced(partial / PARTIAL_META, json.dumps(meta, indent=2).encode())
         if out.exists():
@@ -630,7 +631,7 @@ def _verified(root: Path, meta: dict[str, Any], needed: list[str]) -> dict[str, 
     for name, expected in files.items():
         path = root / name
         data = read_plain(root, name)
-        actual = _sha256(data)
+        actual = sha256_hex(data)
         if actual != expected:
             raise BundleError(f"{path}: sha256 {actual[:12]}… differs from the {str(expected)[:12]}… recorded in "
                               f"{BUNDLE_FILE}; the file was changed or damaged after export: export the bundle again")

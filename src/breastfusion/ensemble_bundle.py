@@ -22,7 +22,6 @@ The ensemble folder holds exactly these; anything else (a file, a folder, a link
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -36,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from breastfusion import __version__
-from breastfusion.bundle import BundleScoring
+from breastfusion.bundle import BundleScoring, sha256_hex
 from breastfusion.bundle_meta import BundleError
 from breastfusion.config import ConfigError, ExperimentConfig, load_config, reference_variant
 from breastfusion.data.manifest import MODALITIES, Cohort
@@ -48,10 +47,6 @@ ENSEMBLE_FILE = "ensemble.json"
 ENSEMBLE_FORMAT = "breastfusion-ensemble-bundle"
 ENSEMBLE_FORMAT_VERSION = 1
 _PARTIAL = ENSEMBLE_FILE + ".partial"
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 @dataclass
@@ -161,8 +156,8 @@ def export_ensemble_bundle(run_dir: str | Path, out: str | Path, *, variant: str
         shutil.copyfile(layout.config, partial / "config.yaml")
         anonymise_calibration(calibration).to_csv(partial / "calibration.csv", index=False)
         entry = results["variants"][variant]
-        files = {n: _sha256((partial / n).read_bytes()) for n in ("config.yaml", "calibration.csv")}
-        files |= {f"{n}/bundle.json": _sha256((partial / n / "bundle.json").read_bytes()) for n in names}
+        files = {n: sha256_hex((partial / n).read_bytes()) for n in ("config.yaml", "calibration.csv")}
+        files |= {f"{n}/bundle.json": sha256_hex((partial / n / "bundle.json").read_bytes()) for n in names}
         meta = {
             "format": ENSEMBLE_FORMAT, "format_version": ENSEMBLE_FORMAT_VERSION, "breastfusion_version": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -234,7 +229,7 @@ def load_ensemble_bundle(path: str | Path) -> EnsembleBundle:
     for name, digest in files.items():
         folder, _, file = name.rpartition("/")
         data[name] = read_plain(root / folder if folder else root, file)
-        if _sha256(data[name]) != digest:
+        if sha256_hex(data[name]) != digest:
             raise BundleError(f"{root / name}: sha256 differs from the one recorded in {ENSEMBLE_FILE}; the file was "
                               "changed or damaged after export: export the bundle again")
     try:
