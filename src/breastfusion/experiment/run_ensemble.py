@@ -32,9 +32,8 @@ import pandas as pd
 from scipy.special import expit, logit
 
 from breastfusion.config import ConfigError, ExperimentConfig, dump_config, load_config, select_variants
-from breastfusion.evaluation.compare import load_run_scores
 from breastfusion.evaluation.repeats import with_repeat
-from breastfusion.evaluation.summary import paired_delong
+from breastfusion.evaluation.summary import paired_delong, score_subjects
 from breastfusion.experiment.run import evaluate_predictions, write_outputs
 from breastfusion.experiment.run_folder import RunLayout
 from breastfusion.strict_json import json_safe
@@ -90,6 +89,11 @@ class _Member:
         self.predictions = with_repeat(pd.read_csv(layout.predictions, dtype=_IDS))
         self.calibration = with_repeat(pd.read_csv(layout.calibration, dtype=_IDS))
         self.variants = list(dict.fromkeys(self.predictions["variant"].astype(str)))
+
+    def scores(self, variant: str) -> pd.DataFrame:
+        """The member's subject scores of ``variant``, as its own run scored them (its ``evaluation``)."""
+        pick = [frame[frame["variant"].astype(str) == variant] for frame in (self.predictions, self.calibration)]
+        return score_subjects(*pick, self.config.evaluation)
 
     def rows(self, frame: pd.DataFrame, variant: str, what: str) -> pd.DataFrame:
         rows = frame[frame["variant"].astype(str) == variant].set_index(_KEY)
@@ -238,7 +242,7 @@ def ensemble_runs(runs: Sequence[str | Path], out: str | Path, *, variants: Sequ
         member_entries.append({"run": str(m.root), "name": m.config.name, "variants": entries})
     for variant, entry in evaluation["variants"].items():
         entry["vs_members"] = [
-            {"run": str(m.root), **paired_delong(scores[variant], load_run_scores(m.root, variant).scores,
+            {"run": str(m.root), **paired_delong(scores[variant], m.scores(variant),
                                                  names=(f"ensemble ({variant})", f"{m.root} ({variant})"))}
             for m in members]
     results: dict[str, Any] = {
