@@ -48,3 +48,18 @@ def test_fusion_null_slot_reaches_the_gated_fusion_and_the_network_key():
     assert build_network(("ultrasound", "clinical"), slotted.model, 4).fusion.null is not None
     assert build_network(("ultrasound", "clinical"), plain.model, 4).fusion.null is None
     assert network_spec(plain, "fused").key != network_spec(slotted, "fused").key
+
+
+@pytest.mark.parametrize("setting", [{"augment_zoom": 0.25}, {"augment_rotation": 15.0}, {"augment_shift": 0.1},
+                                     {"mixup": 0.4}])
+def test_augmentation_ranges_and_mixup_enter_the_network_key_only_when_changed(setting):
+    """Networks trained before these settings existed keep their keys (the defaults are left out of the key,
+    test_localised_roi checks the shipped configs' keys); a changed value is a different network."""
+    from breastfusion.experiment.crossval import network_spec
+
+    base = load_config(None, model={"ultrasound": {"encoder": "test_resnet"}})
+    changed = load_config(None, model={"ultrasound": {"encoder": "test_resnet"}}, training=setting)
+    same = load_config(None, model={"ultrasound": {"encoder": "test_resnet"}},
+                       training={k: type(v)(base.training.model_dump()[k]) for k, v in setting.items()})
+    assert network_spec(changed, "ultrasound").key != network_spec(base, "ultrasound").key
+    assert network_spec(same, "ultrasound").key == network_spec(base, "ultrasound").key

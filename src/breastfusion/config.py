@@ -169,6 +169,14 @@ class TrainingConfig(_Strict):
                        "Stage 2 and Score-CAM need a single network and refuse seeds > 1")
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     augment: bool = True
+    augment_zoom: float = Field(0.1, ge=0, lt=1, description="training augmentation's random scale change, ± this "
+                                "fraction (0.1: 90% to 110%)")
+    augment_rotation: float = Field(10.0, ge=0, le=180, description="training augmentation's random rotation, ± "
+                                    "degrees")
+    augment_shift: float = Field(0.08, ge=0, le=0.5, description="training augmentation's random shift, ± this "
+                                 "fraction of the image side")
+    mixup: float = Field(0.0, ge=0, description="mixup of training batches: the Beta(mixup, mixup) concentration "
+                         "of the blend weight (breastfusion.data.transforms.mix_batch); 0: off")
     finetune_epochs: int = Field(5, ge=1, description="epochs of a multimodal variant whose branches start "
                                  "from single-modality variants")
     finetune_lr_scale: float = Field(0.3, gt=0, le=1)

@@ -10,17 +10,33 @@ ONNX export, prediction and explanation all prepare inputs through the same code
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from breastfusion.data.manifest import IMAGE_MODALITIES
 
-__all__ = ["MEAN", "STD", "normalise_images", "augment_images", "augment_with_masks", "drop_modalities", "flip_images",
-           "prepare_batch"]
+__all__ = ["MEAN", "STD", "AffineRanges", "normalise_images", "augment_images", "augment_with_masks",
+           "drop_modalities", "flip_images", "mix_batch", "prepare_batch"]
 
 #: Intensity normalisation of [0, 1] images: ``(x - MEAN) / STD``.
 MEAN, STD = 0.5, 0.25
+
+
+@dataclass(frozen=True)
+class AffineRanges:
+    """How far the training augmentation's random affine warp may go (each drawn uniformly in ± the value).
+
+    Attributes:
+        zoom: relative scale change (0.1: 90% to 110%).
+        rotation: degrees.
+        shift: translation, as a fraction of the image side.
+    """
+
+    zoom: float = 0.1
+    rotation: float = 10.0
+    shift: float = 0.08
 
 
 def normalise_images(x: torch.Tensor) -> torch.Tensor:
@@ -28,19 +44,21 @@ def normalise_images(x: torch.Tensor) -> torch.Tensor:
     return (x - MEAN) / STD
 
 
-def augment_images(x: torch.Tensor, *, modality: str) -> torch.Tensor:
-    """Random flips, a small affine (rotation ±10°, scale ±10%, shift ±8%), gain, and speckle for ultrasound.
+def augment_images(x: torch.Tensor, *, modality: str, ranges: AffineRanges = AffineRanges()) -> torch.Tensor:
+    """Random flips, an affine warp (by default rotation ±10°, scale ±10%, shift ±8%: ``ranges``), gain, and
+    speckle for ultrasound.
 
     Args:
         x: images (B, V, C, H, W) in [0, 1].
         modality: ``mammography`` also flips top-bottom; ``ultrasound`` does not (posterior
             shadowing points away from the probe) but gets multiplicative speckle noise.
+        ranges: how far the affine warp may go.
     """
-    return augment_with_masks(x, None, modality=modality)[0]
+    return augment_with_masks(x, None, modality=modality, ranges=ranges)[0]
 
 
-def augment_with_masks(x: torch.Tensor, masks: torch.Tensor | None, *, modality: str
-                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
+def augment_with_masks(x: torch.Tensor, masks: torch.Tensor | None, *, modality: str,
+                       ranges: AffineRanges = AffineRanges()) -> tuple[torch.Tensor, torch.Tensor | None]:
     """:func:`augment_images`, moving lesion masks (B, V, 1, H, W) in [0, 1] with their images: the same flips
     and affine warp (the same random draws, so an image augments alike with or without its mask); gain and
     speckle touch the images only."""
@@ -62,10 +80,10 @@ def augment_with_masks(x: torch.Tensor, masks: torch.Tensor | None, *, modality:
     both(lambda t: t.flip(-1), rand(n, 1, 1, 1) < 0.5)
     if modality == "mammography":
         both(lambda t: t.flip(-2), rand(n, 1, 1, 1) < 0.5)
-    angle = (rand(n) - 0.5) * (2 * math.pi / 18)
-    scale = 1 + (rand(n) - 0.5) * 0.2
+    angle = (rand(n) - 0.5) * (2 * math.radians(ranges.rotation))
+    scale = 1 + (rand(n) - 0.5) * (2 * ranges.zoom)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    shift = (rand(n, 2) - 0.5) * 0.16
+    shift = (rand(n, 2) - 0.5) * (2 * ranges.shift)
     theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
 
     def warp(t: torch.Tensor) -> torch.Tensor:
@@ -104,8 +122,53 @@ def drop_modalities(batch: dict[str, torch.Tensor], modalities: tuple[str, ...],
     return batch
 
 
+def mix_batch(batch: dict[str, torch.Tensor], labels: torch.Tensor, alpha: float
+              ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Mixup (Zhang et al., 2018) of a prepared training batch: each sample blended with another of the batch.
+
+    One weight ``lam ~ Beta(alpha, alpha)`` per batch; every image modality, its lesion masks and the clinical
+    features become ``lam * own + (1 - lam) * partner`` and the targets the same blend of the two labels (soft
+    targets for the BCE loss). A view, a mask or the clinical table counts as present when either sample has it
+    (a mask target only when both have one, so a lesion is never half-marked). Draws from torch's global
+    generator, which the training step seeds per batch.
+
+    Args:
+        batch: a batch from :func:`prepare_batch` (normalised floats).
+        labels: the batch's labels (B,), 0 / 1.
+        alpha: the Beta distribution's concentration (> 0): small values keep most samples close to one image.
+
+    Returns:
+        (the mixed batch, the mixed targets (B,) in [0, 1]).
+    """
+    if alpha <= 0:
+        raise ValueError(f"mixup alpha should be > 0, got {alpha!r}")
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    perm = torch.randperm(len(labels), device=labels.device)
+    mixed = dict(batch)
+
+    def blend(t: torch.Tensor) -> torch.Tensor:
+        return lam * t + (1 - lam) * t[perm]
+
+    for modality in IMAGE_MODALITIES:
+        if modality not in batch:
+            continue
+        mixed[modality] = blend(batch[modality])
+        mixed[f"{modality}_views"] = batch[f"{modality}_views"] | batch[f"{modality}_views"][perm]
+        if f"{modality}_mask" in batch:
+            mixed[f"{modality}_mask"] = blend(batch[f"{modality}_mask"])
+            if f"{modality}_mask_views" in batch:
+                mixed[f"{modality}_mask_views"] = (batch[f"{modality}_mask_views"]
+                                                   & batch[f"{modality}_mask_views"][perm])
+    if "clinical" in batch:
+        mixed["clinical"] = blend(batch["clinical"])
+        if "clinical_present" in batch:
+            mixed["clinical_present"] = batch["clinical_present"] | batch["clinical_present"][perm]
+    return mixed, blend(labels.float())
+
+
 def prepare_batch(batch: dict[str, torch.Tensor], *, augment: bool = False, modality_dropout: float = 0.0,
-                  modalities: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+                  modalities: tuple[str, ...] = (), ranges: AffineRanges = AffineRanges()
+                  ) -> dict[str, torch.Tensor]:
     """uint8 images → normalised floats (no augmentation by default: what evaluation, prediction, explanation
     and export feed the network); for a training batch, augmentation and modality dropout as asked.
 
@@ -115,6 +178,7 @@ def prepare_batch(batch: dict[str, torch.Tensor], *, augment: bool = False, moda
             masks (``{modality}_mask``, uint8) become [0, 1] floats and move with their images.
         modality_dropout: :func:`drop_modalities`' chance to hide each present modality of a sample.
         modalities: the network's modalities, which modality dropout may hide (needed when it is > 0).
+        ranges: how far the augmentation's affine warp may go.
     """
     batch = dict(batch)
     for modality in IMAGE_MODALITIES:
@@ -123,7 +187,7 @@ def prepare_batch(batch: dict[str, torch.Tensor], *, augment: bool = False, moda
         x = batch[modality].float().div_(255.0)  # (B, V, 1, H, W)
         masks = batch[f"{modality}_mask"].float().div_(255.0) if f"{modality}_mask" in batch else None
         if augment:
-            x, masks = augment_with_masks(x, masks, modality=modality)
+            x, masks = augment_with_masks(x, masks, modality=modality, ranges=ranges)
         batch[modality] = normalise_images(x)
         if masks is not None:
             batch[f"{modality}_mask"] = masks

@@ -106,6 +106,12 @@ def _key_exclusions(branch: Any) -> dict | set:
     return set()
 
 
+#: Training settings added after networks had been trained: left out of a network's key at these values (the
+#: behaviour before they existed), so finished runs keep their keys.
+_LATER_TRAINING_DEFAULTS = {"seeds": 1, "augment_zoom": 0.1, "augment_rotation": 10.0, "augment_shift": 0.08,
+                            "mixup": 0.0}
+
+
 @dataclass(frozen=True)
 class NetworkSpec:
     """Everything that decides a stage-1 network's weights on a given fold.
@@ -134,9 +140,8 @@ class NetworkSpec:
             "fusion_hidden": m.fusion_hidden if m.fusion == "gated" else None,
             "null_slot": True if m.fusion == "gated" and m.fusion_null_slot else None,
             "late_weights": m.late_weights if m.fusion == "late" else None,
-            # seeds: 1 is left out so the networks trained before seed ensembles existed keep their keys
-            "training": self.training.model_dump(mode="json", exclude=_RUNTIME_KEYS
-                                                 | ({"seeds"} if self.training.seeds == 1 else set())),
+            "training": self.training.model_dump(mode="json", exclude=_RUNTIME_KEYS | {
+                k for k, default in _LATER_TRAINING_DEFAULTS.items() if getattr(self.training, k) == default}),
             "init": [s.key for s in self.init],
         }
         return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]

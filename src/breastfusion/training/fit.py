@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from breastfusion.config import TrainingConfig
 from breastfusion.data.tensors import LesionDataset
-from breastfusion.data.transforms import prepare_batch
+from breastfusion.data.transforms import AffineRanges, prepare_batch
 from breastfusion.training.module import LesionClassifier
 from breastfusion.training.sampling import EpochSampler
 
@@ -141,7 +141,8 @@ def fit_predict(
     module = LesionClassifier(net, lr=config.lr, weight_decay=config.weight_decay, epochs=config.epochs,
                               augment=config.augment, pos_weight=pos_weight,
                               modality_dropout=config.modality_dropout, seed=seed,
-                              warmup_epochs=config.warmup_epochs, tta=config.tta)
+                              warmup_epochs=config.warmup_epochs, tta=config.tta, mixup=config.mixup,
+                              ranges=AffineRanges(config.augment_zoom, config.augment_rotation, config.augment_shift))
     sampler = EpochSampler(labels, seed=seed, balanced=config.sampler == "balanced")
     from breastfusion.training.device import loader_options
 

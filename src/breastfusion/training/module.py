@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from breastfusion.data.manifest import IMAGE_MODALITIES
-from breastfusion.data.transforms import flip_images, prepare_batch
+from breastfusion.data.transforms import AffineRanges, flip_images, mix_batch, prepare_batch
 
 __all__ = ["LesionClassifier", "mask_loss", "tta_logits", "TTA_MODES"]
 
@@ -80,13 +80,17 @@ class LesionClassifier(L.LightningModule):
         seed: base seed of the per-batch randomness.
         warmup_epochs: epochs of linear warm-up (from lr / 10) before the cosine decay.
         tta: test-time augmentation of validation and prediction (:data:`TTA_MODES`).
+        ranges: how far the augmentation's affine warp may go.
+        mixup: Beta concentration of mixup on training batches (:func:`~breastfusion.data.transforms.mix_batch`);
+            0: off.
     """
 
     def __init__(self, net: nn.Module, *, lr: float, weight_decay: float, epochs: int, augment: bool = True,
                  pos_weight: float = 1.0, modality_dropout: float = 0.0, seed: int = 0, warmup_epochs: int = 0,
-                 tta: str = "none"):
+                 tta: str = "none", ranges: AffineRanges = AffineRanges(), mixup: float = 0.0):
         super().__init__()
         _check_tta(tta)
+        self.ranges, self.mixup = ranges, mixup
         self.warmup_epochs, self.tta = warmup_epochs, tta
         self.net = net
         self.lr, self.weight_decay, self.epochs, self.augment = lr, weight_decay, epochs, augment
@@ -100,7 +104,7 @@ class LesionClassifier(L.LightningModule):
             return prepare_batch(batch)
         dropout = self.modality_dropout
         return prepare_batch(batch, augment=self.augment, modality_dropout=dropout,
-                             modalities=tuple(self.net.branches) if dropout > 0 else ())
+                             modalities=tuple(self.net.branches) if dropout > 0 else (), ranges=self.ranges)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return tta_logits(self.net, self._prepare(batch, train=False), self.tta)
@@ -110,15 +114,18 @@ class LesionClassifier(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         prepared = self._prepare(batch, train=True)
+        targets = batch["label"]
+        if self.mixup > 0:
+            prepared, targets = mix_batch(prepared, targets, self.mixup)
         supervised = [m for m, branch in self.net.branches.items()
                       if getattr(branch, "mask_head", None) is not None and f"{m}_mask" in prepared] \
             if hasattr(self.net, "branches") else []
         if not supervised:
             logits = self.net(prepared)
-            loss = self.loss(logits.float(), batch["label"])
+            loss = self.loss(logits.float(), targets)
         else:
             logits, mask_logits = self.net.forward_with_mask_logits(prepared)
-            loss = self.loss(logits.float(), batch["label"])
+            loss = self.loss(logits.float(), targets)
             for m in supervised:
                 if m in mask_logits:
                     loss = loss + self.net.branches[m].mask_loss * mask_loss(mask_logits[m], prepared, m)

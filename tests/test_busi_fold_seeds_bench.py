@@ -1,0 +1,50 @@
+"""bench/busi_fold_seeds.py: the BUSI headline recipes gathered over fold seeds from the stored bench results."""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+
+from .bench_scripts import load_bench
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return load_bench("busi_fold_seeds")
+
+
+def test_each_recipe_gathers_its_seeds_mean_sd_and_target(bench):
+    real_data = {"busi_pretrained_auc": 0.91, "busi_pretrained_ensemble_auc": 0.935,
+                 "busi_pretrained_ensemble_vs_pretrained": {"auc_difference": 0.025, "p": 0.01}}
+    recipes = [{"name": "lite0_cvseed1", "auc": 0.89},
+               {"name": "lite0_cvseed2", "auc": 0.92},
+               {"name": "lite0_localised_cvseed2", "auc": 0.93,
+                "members": [{"run": "busi_recipes/lite0_cvseed2", "auc": 0.92, "auc_difference": 0.01, "p": 0.2},
+                            {"run": "busi_recipes/localised_xfit_cvseed2", "auc": 0.88, "auc_difference": 0.05,
+                             "p": 0.001}]},
+               {"name": "unrelated", "auc": 0.5}]
+    summary = bench.summarise(real_data, recipes, other_seeds=(1, 2))
+
+    lite0 = summary["bus_clinical_lite0.yaml (ImageNet Lite0)"]
+    assert lite0["auc_by_fold_seed"] == {"0": 0.91, "1": 0.89, "2": 0.92}
+    assert lite0["mean"] == pytest.approx(statistics.fmean([0.91, 0.89, 0.92]))
+    assert lite0["sd"] == pytest.approx(statistics.stdev([0.91, 0.89, 0.92]))
+    assert lite0["fold_seeds_meeting_target"] == [] and lite0["missing_fold_seeds"] == []
+
+    ensemble = summary["ensemble Lite0 + localised"]
+    assert ensemble["auc_by_fold_seed"] == {"0": 0.935, "2": 0.93}
+    assert ensemble["missing_fold_seeds"] == [1]
+    assert ensemble["fold_seeds_meeting_target"] == ["0", "2"]
+    # the difference against Lite0 alone, not against the other member
+    assert ensemble["vs_lite0_by_fold_seed"] == {"0": {"auc_difference": 0.025, "p": 0.01},
+                                                 "2": {"auc_difference": 0.01, "p": 0.2}}
+
+    scratch = summary["bus_clinical.yaml (from scratch, whole frame, no masks)"]
+    assert scratch["auc_by_fold_seed"] == {} and scratch["mean"] is None and scratch["sd"] is None
+    assert scratch["missing_fold_seeds"] == [0, 1, 2]
+
+    table = bench.format_table(summary)
+    assert "| ensemble Lite0 + localised | 0.935 (+0.025 vs Lite0, p = 0.01) | — | 0.930 (+0.010 vs Lite0, p = 0.2)" \
+        in table
+    assert f"{lite0['mean']:.3f} ± {lite0['sd']:.3f}" in table
