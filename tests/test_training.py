@@ -162,13 +162,8 @@ def test_channels_last_holds_the_weights_in_that_layout_only_while_training():
 
 
 def test_fit_predict_trains_channels_last_and_returns_a_contiguous_network(tmp_path, monkeypatch):
-    root = tmp_path / "cohort"
-    generate_cohort(root, n_subjects=24, seed=3, image_px=32)
-    cohort = load_cohort(root)
     config = _config()
-    images = build_lesion_images(cohort, {"ultrasound": params_for("ultrasound", size=32)}, cache=None)
-    labels = cohort.lesions["y"].to_numpy()
-    data = LesionDataset(images, np.arange(len(labels)), labels, ("ultrasound",))
+    data = _tiny_data(tmp_path)
     net = build_network(("ultrasound",), config.model, 0)
     layouts = []
     original = LesionClassifier.training_step
@@ -184,3 +179,90 @@ def test_fit_predict_trains_channels_last_and_returns_a_contiguous_network(tmp_p
     assert all(p.is_contiguous() for p in net.parameters())
     # what training returned for the held-out lesions is what the (contiguous) network predicts afterwards
     np.testing.assert_allclose(probs, predict_probs(net, data, tta=config.training.tta), atol=1e-5)
+
+
+def _tiny_data(tmp_path):
+    """24 synthetic subjects' ultrasound lesions at 32 px, as one dataset."""
+    root = tmp_path / "cohort"
+    generate_cohort(root, n_subjects=24, seed=3, image_px=32)
+    cohort = load_cohort(root)
+    images = build_lesion_images(cohort, {"ultrasound": params_for("ultrasound", size=32)}, cache=None)
+    labels = cohort.lesions["y"].to_numpy()
+    return LesionDataset(images, np.arange(len(labels)), labels, ("ultrasound",))
+
+
+def _weights_after(data, training):
+    """The trained network's state and its predictions on ``data``, from a fixed initialisation."""
+    torch.manual_seed(0)
+    net = build_network(("ultrasound",), _config().model, 0)
+    probs = fit_predict(net, data, data, training, seed=0)
+    return {k: v.clone() for k, v in net.state_dict().items()}, probs
+
+
+def test_ema_predicts_with_the_moving_average_of_the_weights(tmp_path, monkeypatch):
+    """ema_epochs: the network that training returns (and predicts with) is the moving average: with a tiny
+    time constant it is the final weights, with a huge one it stays at the weights after the first step; in
+    between it is neither."""
+    data = _tiny_data(tmp_path)
+    base = _config().training.model_copy(update={"epochs": 3})
+    after_first_step = {}
+    original = LesionClassifier.on_train_batch_end
+
+    def keep_first(self, outputs, batch, batch_idx):
+        if not after_first_step:
+            after_first_step.update({k: v.detach().clone() for k, v in self.net.state_dict().items()})
+        return original(self, outputs, batch, batch_idx)
+
+    monkeypatch.setattr(LesionClassifier, "on_train_batch_end", keep_first, raising=False)
+    final, final_probs = _weights_after(data, base)
+    first = dict(after_first_step)
+    short, short_probs = _weights_after(data, base.model_copy(update={"ema_epochs": 1e-6}))
+    long, _ = _weights_after(data, base.model_copy(update={"ema_epochs": 1e9}))
+    mid, mid_probs = _weights_after(data, base.model_copy(update={"ema_epochs": 1.0}))
+    floats = [k for k, v in final.items() if v.is_floating_point()]
+    for k in floats:
+        torch.testing.assert_close(short[k], final[k])
+        torch.testing.assert_close(long[k], first[k], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(short_probs, final_probs, atol=1e-6)
+    assert any(not torch.allclose(mid[k], final[k]) for k in floats)
+    assert any(not torch.allclose(mid[k], first[k]) for k in floats)
+    assert not np.allclose(mid_probs, final_probs)
+
+
+def test_ema_time_constant_is_in_epochs_whatever_the_cohort_size():
+    from breastfusion.training.fit import WeightEMA
+
+    small, large = WeightEMA(2.0, 5), WeightEMA(2.0, 50)
+    # after one epoch's steps the old weights keep the same share: exp(-1/2)
+    assert small.decay ** 5 == pytest.approx(np.exp(-0.5)) and large.decay ** 50 == pytest.approx(np.exp(-0.5))
+    assert small.should_update(step_idx=0) and not small.should_update(epoch_idx=0)
+
+
+def test_an_interrupted_fit_with_ema_resumes_to_the_same_average(tmp_path, monkeypatch):
+    """The moving average is saved with every epoch's checkpoint and restored on resume, so a killed and resumed
+    fit ends with the same averaged network as an uninterrupted one."""
+    data = _tiny_data(tmp_path)
+    training = _config().training.model_copy(update={"epochs": 3, "ema_epochs": 1.0})
+    reference, reference_probs = _weights_after(data, training)
+
+    calls = itertools.count()
+    original = LesionClassifier.on_train_batch_end
+
+    def crash_in_epoch_3(self, outputs, batch, batch_idx):
+        if self.current_epoch == 2 and next(calls) == 0:
+            raise RuntimeError("simulated kill")
+        return original(self, outputs, batch, batch_idx)
+
+    monkeypatch.setattr(LesionClassifier, "on_train_batch_end", crash_in_epoch_3, raising=False)
+    torch.manual_seed(0)
+    net = build_network(("ultrasound",), _config().model, 0)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        fit_predict(net, data, data, training, seed=0, work_dir=tmp_path / "fold")
+    assert (tmp_path / "fold" / "last.ckpt").is_file()
+    monkeypatch.setattr(LesionClassifier, "on_train_batch_end", original, raising=False)
+    torch.manual_seed(0)
+    net = build_network(("ultrasound",), _config().model, 0)
+    probs = fit_predict(net, data, data, training, seed=0, work_dir=tmp_path / "fold")
+    for k, v in reference.items():
+        torch.testing.assert_close(net.state_dict()[k], v, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(probs, reference_probs, atol=1e-5)

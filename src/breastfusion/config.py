@@ -177,6 +177,9 @@ class TrainingConfig(_Strict):
                                  "fraction of the image side")
     mixup: float = Field(0.0, ge=0, description="mixup of training batches: the Beta(mixup, mixup) concentration "
                          "of the blend weight (breastfusion.data.transforms.mix_batch); 0: off")
+    ema_epochs: float = Field(0.0, ge=0, description="predict with an exponential moving average of the weights "
+                              "(updated every step, buffers included) whose time constant is this many epochs; 0: "
+                              "the final weights")
     finetune_epochs: int = Field(5, ge=1, description="epochs of a multimodal variant whose branches start "
                                  "from single-modality variants")
     finetune_lr_scale: float = Field(0.3, gt=0, le=1)

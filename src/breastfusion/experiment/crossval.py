@@ -109,7 +109,7 @@ def _key_exclusions(branch: Any) -> dict | set:
 #: Training settings added after networks had been trained: left out of a network's key at these values (the
 #: behaviour before they existed), so finished runs keep their keys.
 _LATER_TRAINING_DEFAULTS = {"seeds": 1, "augment_zoom": 0.1, "augment_rotation": 10.0, "augment_shift": 0.08,
-                            "mixup": 0.0}
+                            "mixup": 0.0, "ema_epochs": 0.0}
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, WeightAveraging
 from torch.utils.data import DataLoader
 
 from breastfusion.config import TrainingConfig
@@ -25,7 +25,7 @@ from breastfusion.data.transforms import AffineRanges, prepare_batch
 from breastfusion.training.module import LesionClassifier
 from breastfusion.training.sampling import EpochSampler
 
-__all__ = ["EpochEnd", "channels_last", "fit_predict", "predict_probs", "extract_features", "select_device",
+__all__ = ["EpochEnd", "WeightEMA", "channels_last", "fit_predict", "predict_probs", "extract_features", "select_device",
            "clear_work_dir"]
 
 for _name in ("lightning", "lightning.pytorch", "lightning.fabric"):
@@ -101,6 +101,27 @@ class _SaveLast(L.Callback):
         trainer.save_checkpoint(self.path)
 
 
+class WeightEMA(WeightAveraging):
+    """An exponential moving average of the weights (and BatchNorm buffers), updated after every training step,
+    that validation, early stopping, checkpoints and the final network use (Lightning's
+    :class:`~lightning.pytorch.callbacks.WeightAveraging`, which also saves and resumes the average).
+
+    Args:
+        epochs: the average's time constant in epochs (``training.ema_epochs``).
+        steps_per_epoch: optimiser steps in an epoch, so the decay per step is ``exp(-1 / (epochs * steps))``: the
+            same memory in epochs whatever the cohort's size.
+    """
+
+    def __init__(self, epochs: float, steps_per_epoch: int):
+        from torch.optim.swa_utils import get_ema_multi_avg_fn
+
+        self.decay = float(np.exp(-1.0 / (epochs * max(steps_per_epoch, 1))))
+        super().__init__(multi_avg_fn=get_ema_multi_avg_fn(self.decay))
+
+    def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
+        return step_idx is not None
+
+
 def fit_predict(
     net: torch.nn.Module,
     train: LesionDataset,
@@ -116,7 +137,8 @@ def fit_predict(
 
     Without ``val`` it trains for ``config.epochs``; with ``val`` it stops early
     on the validation loss (patience ``config.patience``) and predicts with the
-    best epoch's weights. With ``work_dir`` it saves a checkpoint after every
+    best epoch's weights. With ``config.ema_epochs`` those weights are a moving average (:class:`WeightEMA`).
+    With ``work_dir`` it saves a checkpoint after every
     epoch and, if one is already there (an interrupted run), resumes from it.
 
     Args:
@@ -160,6 +182,8 @@ def fit_predict(
             best = ModelCheckpoint(dirpath=root, filename="best", monitor="val_loss", save_top_k=1,
                                    enable_version_counter=False)
             callbacks += [EarlyStopping(monitor="val_loss", patience=config.patience), best]
+        if config.ema_epochs > 0:
+            callbacks.append(WeightEMA(config.ema_epochs, len(train_loader)))
         if work_dir is not None:
             callbacks.append(_SaveLast(root / "last.ckpt"))
         trainer = L.Trainer(
