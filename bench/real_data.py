@@ -1,7 +1,7 @@
 """Real-data accuracy: the shipped configs against plain scripts, on identical folds, in one run.
 
 Usage:
-    python bench/real_data.py [--data ../shared/data] [--work DIR] [--epochs-scale 1.0]
+    python bench/real_data.py [--data ../shared/data] [--work DIR] [--epochs-scale 1.0] [--cv-seed N]
         [--sections busi,busi_pretrained,busi_plain,busi_plain_pretrained,busi_roi,busi_roi_plain,busi_localised,
                     busi_ensemble,breast,breast_roi,breastmnist]
 
@@ -30,6 +30,10 @@ Sections (each prepares its dataset through the toolkit's adapters, read in plac
 * ``breastmnist``: ``configs/breastmnist.yaml``: trained on the official train split (val for early stopping
   and thresholds), reported on the official test split.
 
+With ``--cv-seed N`` every cross-validated section runs on the folds of seed N instead of the configs' own (0),
+under ``WORK/cvseedN``, into ``bench/results/real_data_cvseedN.json`` (same keys): a replicate that shows how much
+of a figure is the luck of one split. (``breastmnist`` has official splits and is refused there.)
+
 Prints a table and writes ``bench/results/real_data.json`` (AUCs with bootstrap CIs, DeLong p, wall times);
 asserts nothing. A section that is not run keeps its figures from the previous JSON; ``measured`` gives each
 section's date and command. Sections may run in parallel processes (e.g. one pinned to each core).
@@ -53,6 +57,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 RESULTS = ROOT / "bench" / "results" / "real_data.json"
 SECTIONS = ("busi", "busi_pretrained", "busi_plain", "busi_plain_pretrained", "busi_roi", "busi_roi_plain",
             "busi_localised", "busi_ensemble", "breast", "breast_roi", "breastmnist")
+#: ``--cv-seed``: the fold seed every config is run with (None: the configs' own).
+CV_SEED: int | None = None
 #: The lesion-ROI (reader-marked lesion) config; its ultrasound ``roi_margin`` is the plain ROI script's too.
 ROI_CONFIG = ROOT / "configs" / "bus_clinical_roi.yaml"
 
@@ -75,13 +81,23 @@ def prepare(name: str, data: Path, work: Path, *, group_duplicates: bool = False
     return load_cohort(grouped)
 
 
+def load_bench_config(path: Path):
+    """The config at ``path``, on the folds of ``--cv-seed`` when one is given."""
+    from breastfusion.config import load_config
+
+    config = load_config(path)
+    if CV_SEED is None:
+        return config
+    return config.model_copy(update={"cv": config.cv.model_copy(update={"seed": CV_SEED})})
+
+
 def run_config(cohort, config_path: Path, out: Path, *, variants: list[str] | None = None,
                epochs_scale: float = 1.0) -> tuple[dict, float, object]:
     """``breastfusion run CONFIG`` on ``cohort``: (results.json, seconds, the resolved config)."""
-    from breastfusion.config import load_config, select_variants
+    from breastfusion.config import select_variants
     from breastfusion.experiment.run import run_experiment
 
-    config = load_config(config_path)
+    config = load_bench_config(config_path)
     if variants:
         config = select_variants(config, variants)
     if epochs_scale != 1.0:
@@ -145,11 +161,10 @@ def section_busi_pretrained(data: Path, work: Path, args) -> dict:
 
 
 def section_busi_plain(data: Path, work: Path, args) -> dict:
-    from breastfusion.config import load_config
     from plain_baselines import load_images, plain_cnn_probs
 
     cohort = prepare("busi", data, work, group_duplicates=True)
-    folds = same_folds(cohort, load_config(ROOT / "configs" / "bus_clinical.yaml"))
+    folds = same_folds(cohort, load_bench_config(ROOT / "configs" / "bus_clinical.yaml"))
     y = cohort.lesions["y"].to_numpy()
     start = time.perf_counter()
     prob = plain_cnn_probs(load_images(image_paths(cohort), 128), y, folds, arch="resnet18",
@@ -165,14 +180,13 @@ def section_busi_plain_pretrained(data: Path, work: Path, args) -> dict:
     beat a plain fine-tuning loop given the same start?"""
     from timm.models import adapt_input_conv
 
-    from breastfusion.config import load_config
     from breastfusion.models.weights import lite0_state_dict
     from plain_baselines import load_images, plain_cnn_probs
 
     state = {k: v for k, v in lite0_state_dict().items() if not k.startswith("classifier")}
     state["conv_stem.weight"] = adapt_input_conv(1, state["conv_stem.weight"])
     cohort = prepare("busi", data, work, group_duplicates=True)
-    folds = same_folds(cohort, load_config(ROOT / "configs" / "bus_clinical_lite0.yaml"))
+    folds = same_folds(cohort, load_bench_config(ROOT / "configs" / "bus_clinical_lite0.yaml"))
     y = cohort.lesions["y"].to_numpy()
     start = time.perf_counter()
     prob = plain_cnn_probs(load_images(image_paths(cohort), 128), y, folds, arch="efficientnet_lite0",
@@ -235,10 +249,9 @@ def lesion_masks(cohort) -> list[list[str]]:
 
 
 def section_busi_roi_plain(data: Path, work: Path, args) -> dict:
-    from breastfusion.config import load_config
     from plain_baselines import load_roi_images, plain_cnn_probs
 
-    config = load_config(ROI_CONFIG)
+    config = load_bench_config(ROI_CONFIG)
     margin = float(config.model.ultrasound.preprocess["roi_margin"])
     cohort = prepare("busi", data, work, group_duplicates=True)
     folds = same_folds(cohort, config)
@@ -328,6 +341,8 @@ def main() -> None:
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, from {list(SECTIONS)}")
     parser.add_argument("--work", type=Path, help="folder for prepared datasets and runs (default: a temp folder)")
     parser.add_argument("--epochs-scale", type=float, default=1.0, help="scale every epoch count (smoke runs)")
+    parser.add_argument("--cv-seed", type=int, help="run on the folds of this seed (a replicate; own work folder "
+                        "and results file)")
     args = parser.parse_args()
     sections = [s for s in args.sections.split(",") if s]
     unknown = sorted(set(sections) - set(SECTIONS))
@@ -336,6 +351,14 @@ def main() -> None:
     if not args.data.is_dir():
         parser.error(f"{args.data}: no such folder (the real datasets of ../shared/data)")
     work = args.work or Path(tempfile.mkdtemp(prefix="bf-real-"))
+    results_path = RESULTS
+    if args.cv_seed is not None:
+        if "breastmnist" in sections:
+            parser.error("breastmnist is reported on its official test split; --cv-seed has no folds to change there")
+        global CV_SEED
+        CV_SEED = args.cv_seed
+        work = work / f"cvseed{args.cv_seed}"
+        results_path = RESULTS.with_name(f"real_data_cvseed{args.cv_seed}.json")
     measured: dict[str, str] = {}
     figures: dict[str, object] = {}  # this process's sections only
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -350,15 +373,17 @@ def main() -> None:
         measured[name] = {"at": stamp, "command": "python bench/real_data.py " + " ".join(sys.argv[1:])}
     if args.epochs_scale == 1.0:
         # Sections may run in parallel processes (one a core): keep what the others wrote, overlay ours.
-        latest = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+        latest = json.loads(results_path.read_text()) if results_path.is_file() else {}
         measured = {**latest.pop("measured", {}), **measured}
         figures = {**{k: v for k, v in latest.items() if k not in ("command", "epochs_scale")}, **figures}
         payload = {"measured": measured, "epochs_scale": args.epochs_scale, **figures}
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(payload, indent=2, default=float))
-        print(f"wrote {RESULTS}")
+        if args.cv_seed is not None:
+            payload = {"cv_seed": args.cv_seed, **payload}
+        results_path.parent.mkdir(parents=True, exist_ok=True)
+        results_path.write_text(json.dumps(payload, indent=2, default=float))
+        print(f"wrote {results_path}")
     else:
-        print("epochs scaled: a smoke run, bench/results/real_data.json left as it was")
+        print(f"epochs scaled: a smoke run, {results_path.relative_to(ROOT)} left as it was")
 
 
 if __name__ == "__main__":
