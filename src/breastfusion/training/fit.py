@@ -25,8 +25,8 @@ from breastfusion.data.transforms import AffineRanges, prepare_batch
 from breastfusion.training.module import LesionClassifier
 from breastfusion.training.sampling import EpochSampler
 
-__all__ = ["EpochEnd", "WeightEMA", "channels_last", "fit_predict", "predict_probs", "extract_features", "select_device",
-           "clear_work_dir"]
+__all__ = ["EpochEnd", "WeightEMA", "channels_last", "fit_predict", "predict_probs", "extract_features",
+           "select_device", "clear_work_dir"]
 
 for _name in ("lightning", "lightning.pytorch", "lightning.fabric"):
     logging.getLogger(_name).setLevel(logging.ERROR)
@@ -138,8 +138,8 @@ def fit_predict(
     Without ``val`` it trains for ``config.epochs``; with ``val`` it stops early
     on the validation loss (patience ``config.patience``) and predicts with the
     best epoch's weights. With ``config.ema_epochs`` those weights are a moving average (:class:`WeightEMA`).
-    With ``work_dir`` it saves a checkpoint after every
-    epoch and, if one is already there (an interrupted run), resumes from it.
+    With ``work_dir`` it saves a checkpoint after every epoch and, if one is already there (an interrupted run),
+    resumes from it.
 
     Args:
         net: the network to train (modified in place: it ends with the weights used to predict).
