@@ -1,7 +1,8 @@
 """How much of the output change do exact modality Shapley values give a modality that is pure noise?
 
 Usage:
-    OMP_NUM_THREADS=1 python bench/explain_noise_share.py [--cohorts 3] [--seeds 2] [--subjects 800] [--epochs 40]
+    OMP_NUM_THREADS=1 python bench/explain_noise_share.py [--cohorts 3] [--seeds 2] [--subjects 800] [--epochs 40] \
+        [--fusions gated,concat] [--recipes dropout,control] [--out explain_noise_share]
 
 Synthetic cohorts of ``--subjects`` subjects (:func:`breastfusion.explain.noise_check.noise_cohort`):
 ultrasound frames replaced by pixel noise, a clinical marker ``y + N(0, 0.7)``; an ultrasound (timm's
@@ -16,8 +17,8 @@ network's all-masked output (``network``) and worth the no-information predictio
 * ``dropout_null``: modality dropout 0.5 and gated fusion's learned no-information slot;
 * ``control``: the ``dropout`` recipe on the cohort with the ultrasound frames as rendered.
 
-Each for ``--cohorts`` cohort seeds x ``--seeds`` training seeds. Prints and writes
-``bench/results/explain_noise_share.json``; asserts nothing.
+Each for ``--cohorts`` cohort seeds x ``--seeds`` training seeds (``--recipes``: only those). Prints and writes
+``bench/results/OUT.json`` (``--out``, by default ``explain_noise_share``); asserts nothing.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -49,7 +51,13 @@ def main() -> None:
     parser.add_argument("--subjects", type=int, default=800)
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--fusions", default="gated,concat")
+    parser.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated, of: " + ", ".join(RECIPES))
+    parser.add_argument("--out", default="explain_noise_share", help="result name under bench/results")
     args = parser.parse_args()
+    recipes = args.recipes.split(",")
+    unknown = sorted(set(recipes) - set(RECIPES))
+    if unknown:
+        parser.error(f"--recipes: unknown {unknown}; expected some of {list(RECIPES)}")
 
     import numpy as np
     import torch
@@ -65,7 +73,8 @@ def main() -> None:
                                                 n_subjects=args.subjects)
                        for noise in (True, False)}
             for fusion in args.fusions.split(","):
-                for name, (training, null_slot, noise) in RECIPES.items():
+                for name in recipes:
+                    training, null_slot, noise = RECIPES[name]
                     if null_slot and fusion != "gated":
                         continue
                     for seed in range(args.seeds):
@@ -81,7 +90,7 @@ def main() -> None:
                               f"AUC {r['auc']:.3f}", flush=True)
     summary = {}
     for fusion in args.fusions.split(","):
-        for name in RECIPES:
+        for name in recipes:
             for baseline in BASELINES:
                 shares = [r["ultrasound_share"][baseline] for r in rows
                           if r["recipe"] == name and r["fusion"] == fusion]
@@ -89,13 +98,15 @@ def main() -> None:
                     summary[f"{fusion}/{name}/{baseline}"] = {
                         "mean": float(np.mean(shares)), "min": float(np.min(shares)),
                         "max": float(np.max(shares)), "n": len(shares)}
-    recipes = {k: v[0] | {"null_slot": v[1], "ultrasound": "noise" if v[2] else "as rendered"}
-               for k, v in RECIPES.items()}
     record = {"what": __doc__.split("\n\n")[0], "train": TRAIN | {"epochs": args.epochs},
-              "n_subjects": args.subjects, "recipes": recipes,
+              "n_subjects": args.subjects,
+              "recipes": {k: RECIPES[k][0] | {"null_slot": RECIPES[k][1],
+                                              "ultrasound": "noise" if RECIPES[k][2] else "as rendered"}
+                          for k in recipes},
+              "command": "python bench/explain_noise_share.py " + " ".join(sys.argv[1:]),
               "summary_ultrasound_share_percent": summary, "runs": rows,
               "runtime_s": round(time.perf_counter() - started, 1), "threads": torch.get_num_threads()}
-    out = Path(__file__).parent / "results" / "explain_noise_share.json"
+    out = Path(__file__).parent / "results" / f"{args.out}.json"
     out.write_text(json.dumps(record, indent=2))
     for key, s in summary.items():
         print(f"{key:<34} ultrasound share mean {s['mean']:5.1f}%  range {s['min']:.1f} – {s['max']:.1f} "

@@ -163,18 +163,27 @@ def noise_shares(tmp_path_factory) -> dict[str, dict]:
     from breastfusion.explain.noise_check import noise_cohort, noise_modality_shares
 
     training = {"epochs": NOISE_EPOCHS, "lr": 0.01, "weight_decay": 0.05, "modality_dropout": 0.5}
-    return {name: noise_modality_shares(noise_cohort(tmp_path_factory.mktemp(name), noise=name == "noise",
-                                                     n_subjects=NOISE_SUBJECTS),
-                                        fusion="gated", training=training, seed=0)
-            for name in ("noise", "control")}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the bench's setting: the same floating-point sums on any machine's core count
+    try:
+        return {name: noise_modality_shares(noise_cohort(tmp_path_factory.mktemp(name), noise=name == "noise",
+                                                         n_subjects=NOISE_SUBJECTS),
+                                            fusion="gated", training=training, seed=0)
+                for name in ("noise", "control")}
+    finally:
+        torch.set_num_threads(threads)
 
 
 NOISE_SUBJECTS, NOISE_EPOCHS = 800, 40  # 600 training subjects: enough that the network learns to ignore noise
-# bench/explain_noise_share.py, this recipe ("dropout", prior baseline, gated), 3 cohorts x 2 seeds: the noise got
-# 1.9% on average (0.8-3.5%; this test's cohort and seed: 2.1%), 25.4% without modality dropout; the real
-# ultrasound of the control 28.2% (27.0-30.0%). At 200 subjects and 16 epochs the noise got 7.2% (4.9-10.1%).
-NOISE_BOUND = 5.0  # percent: "near zero"
+# bench/explain_noise_share.py, this recipe ("dropout", prior baseline, gated), 3 cohorts x 2 seeds, on the current
+# (channels-last) training: the noise got 1.7% on average (0.9-2.1%; this test's cohort and seed: 2.0%) on one
+# thread (results/explain_noise_share_channels_last.json) and 2.9% (1.9-5.4%; this cohort and seed: 5.4%) on two
+# (results/explain_noise_share_2threads.json): a last-bit change in a sum moves one run by a few points. Without
+# modality dropout the noise got 28.9% (13.2-38.5%), the real ultrasound of the control 25.1-29.1%. At 200
+# subjects and 16 epochs (older training) the noise got 7.2% (4.9-10.1%).
+NOISE_BOUND = 8.0  # percent: "near zero", above every run of the recipe, below every run without dropout
 CONTROL_FLOOR = 20.0  # percent
+CONTROL_RATIO = 3.0  # the real ultrasound's share over the noise's: 14x in this test's run, >= 5x in every bench run
 
 
 def test_a_pure_noise_modality_gets_a_small_share(noise_shares):
@@ -192,4 +201,4 @@ def test_the_same_recipe_gives_real_ultrasound_a_large_share(noise_shares):
     """Control: the recipe does not silence the image branch whatever it sees. With the frames as rendered
     (lesion shape, margin, shadowing), ultrasound takes a several times larger share."""
     noise, control = noise_shares["noise"]["share"]["ultrasound"], noise_shares["control"]["share"]["ultrasound"]
-    assert control > CONTROL_FLOOR and control > 6 * noise, (noise, control)
+    assert control > CONTROL_FLOOR and control > CONTROL_RATIO * noise, (noise, control)

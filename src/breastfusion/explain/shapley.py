@@ -23,9 +23,11 @@ modalities in training (``training.modality_dropout`` > 0): otherwise a
 single-modality prediction is an extrapolation. On synthetic cohorts whose
 ultrasound is pure pixel noise (bench/explain_noise_share.py: 600 training
 subjects, 40 epochs, shares on 200 held-out lesions, 3 cohorts x 2 seeds) the
-noise got 25.4% of the output change without modality dropout and 1.9%
-(0.8–3.5%) with 0.5 in gated fusion (1.2% with the null slot), against 28.2% for
-the ultrasound as rendered; in concat fusion 5.2% (2.4–12.0%) against 31.8%.
+noise got 28.9% of the output change without modality dropout and 1.7%
+(0.9–2.1% on one thread, 1.9–5.4% on two) with 0.5 in gated fusion, against
+27.1% for the ultrasound as rendered; earlier runs (before channels-last
+training) gave 1.2% with the null slot and, in concat fusion, 5.2% (2.4–12.0%)
+against 31.8%.
 What remains is the network's own response to the noise when the noise is all
 it is shown: the values report it faithfully, only a network that ignores the
 noise removes it.

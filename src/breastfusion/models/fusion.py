@@ -61,7 +61,7 @@ class GatedFusion(nn.Module):
             only one present, and a lesion with no modality gets the slot's output (a trained
             prior) instead of the head's bias, which no training sample reaches. On pure-noise
             ultrasound it lowered the noise's Shapley share from 1.9% to 1.2% on average
-            (bench/explain_noise_share.py, 600 training subjects); off by default.
+            (bench/explain_noise_share.py, 600 training subjects, before channels-last training); off by default.
 
     Attributes:
         last_gates: (B, M) gate weights of the last forward pass, in ``modalities`` order
