@@ -48,3 +48,26 @@ def test_each_recipe_gathers_its_seeds_mean_sd_and_target(bench):
     assert "| ensemble Lite0 + localised | 0.935 (+0.025 vs Lite0, p = 0.01) | — | 0.930 (+0.010 vs Lite0, p = 0.2)" \
         in table
     assert f"{lite0['mean']:.3f} ± {lite0['sd']:.3f}" in table
+
+
+def test_a_recipe_real_data_does_not_run_takes_seed_0_from_the_recipe_runs(bench):
+    """The from-scratch pair has no real_data.json key: its seed 0 is the ``*_cvseed0`` entry, compared with its
+    localised member (not with Lite0, which it does not contain)."""
+    pair = {"run": "busi_recipes/localised_xfit_cvseed0", "auc": 0.89, "auc_difference": 0.012, "p": 0.03}
+    recipes = [{"name": "scratch_localised_cvseed0", "auc": 0.902,
+                "members": [{"run": "busi_recipes/scratch_cvseed0", "auc": 0.85, "auc_difference": 0.05,
+                             "p": 0.001}, pair]},
+               {"name": "scratch_localised_cvseed2", "auc": 0.87, "members": []}]
+    summary = bench.summarise({"busi_default_auc": 0.84}, recipes, other_seeds=(1, 2))
+
+    row = summary["ensemble bus_clinical.yaml + localised (from scratch; masks for training)"]
+    assert row["auc_by_fold_seed"] == {"0": 0.902, "2": 0.87}
+    assert row["missing_fold_seeds"] == [1]
+    assert row["fold_seeds_meeting_target"] == ["0"] and row["target"] == 0.88
+    assert row["vs_localised_by_fold_seed"] == {"0": {"auc_difference": 0.012, "p": 0.03}}
+    assert "vs_lite0_by_fold_seed" not in row
+    # recipes real_data.json runs still read seed 0 there, not from a *_cvseed0 entry
+    assert summary["bus_clinical.yaml (from scratch, whole frame, no masks)"]["auc_by_fold_seed"] == {"0": 0.84}
+
+    table = bench.format_table(summary)
+    assert "0.902 (+0.012 vs localised, p = 0.03)" in table
