@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,20 @@ TINY_MODEL = {
     "ultrasound": {"encoder": "test_resnet", "encoder_kwargs": {}, "image_size": 32},
 }
 TINY_TRAINING = {"epochs": 2, "batch_size": 16}
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op torch thread inside the block, the caller's count restored after: the same floating-point sums
+    on any machine's core count, and no two OpenMP threads spin-waiting on a busy 2-core machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session", autouse=True)

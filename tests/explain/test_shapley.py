@@ -13,7 +13,7 @@ from breastfusion.explain.shapley import (coalition_values, gate_weights, modali
                                           shapley_shares)
 from breastfusion.models.network import build_network
 
-from ..conftest import TINY_MODEL
+from ..conftest import TINY_MODEL, one_torch_thread
 
 MODALITIES = ("mammography", "ultrasound", "clinical")
 
@@ -163,15 +163,11 @@ def noise_shares(tmp_path_factory) -> dict[str, dict]:
     from breastfusion.explain.noise_check import noise_cohort, noise_modality_shares
 
     training = {"epochs": NOISE_EPOCHS, "lr": 0.01, "weight_decay": 0.05, "modality_dropout": 0.5}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the bench's setting: the same floating-point sums on any machine's core count
-    try:
+    with one_torch_thread():  # the bench's setting: the same floating-point sums on any machine's core count
         return {name: noise_modality_shares(noise_cohort(tmp_path_factory.mktemp(name), noise=name == "noise",
                                                          n_subjects=NOISE_SUBJECTS),
                                             fusion="gated", training=training, seed=0)
                 for name in ("noise", "control")}
-    finally:
-        torch.set_num_threads(threads)
 
 
 NOISE_SUBJECTS, NOISE_EPOCHS = 800, 40  # 600 training subjects: enough that the network learns to ignore noise

@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ..conftest import one_torch_thread
+
 
 @pytest.fixture(autouse=True, scope="package")
 def _one_thread():
     """One intra-op thread: these are tiny tensors, and on a busy 2-core machine two OpenMP threads
     that spin-wait for each other made this folder 15-20× slower (measured: 7 s vs 110-165 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(autouse=True)

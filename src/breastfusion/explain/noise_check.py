@@ -17,10 +17,9 @@ What the share of the noise modality measures, and what keeps it small:
   that learned to ignore the noise removes: enough training subjects and epochs. With 600 training
   subjects and 40 epochs (gated fusion, modality dropout 0.5) the noise got 1.7% of the output change
   on held-out lesions (0.9–2.1% over 3 cohorts x 2 seeds on one thread, 1.9–5.4% on two), the rendered
-  ultrasound 27.1%; with 150
-  subjects and 16 epochs the noise got 7.2%. Most of what is left is a constant offset: the
-  ultrasound-only coalition predicts about 0.01 above the no-information value for every lesion
-  (bench/explain_noise_share.py).
+  ultrasound 27.1%; with 150 subjects and 16 epochs the noise got 7.2%. Most of what is left is a
+  constant offset: the ultrasound-only coalition predicts about 0.01 above the no-information value
+  for every lesion (bench/explain_noise_share.py).
 """
 
 from __future__ import annotations
