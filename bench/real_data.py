@@ -3,7 +3,7 @@
 Usage:
     python bench/real_data.py [--data ../shared/data] [--work DIR] [--epochs-scale 1.0] [--cv-seed N]
         [--sections busi,busi_pretrained,busi_plain,busi_plain_pretrained,busi_roi,busi_roi_plain,busi_localised,
-                    busi_ensemble,breast,breast_roi,breastmnist]
+                    busi_ensemble,busi_pair,breast,breast_roi,breastmnist]
 
 Sections (each prepares its dataset through the toolkit's adapters, read in place):
 
@@ -23,6 +23,9 @@ Sections (each prepares its dataset through the toolkit's adapters, read in plac
 * ``busi_ensemble``: ``breastfusion ensemble`` of the ``busi_pretrained`` run with the ``busi_localised`` run, and
   with the ``busi`` run (needs them in the same ``--work``): the mean of the two networks' logits, fold by fold;
   DeLong against each member;
+* ``busi_pair``: the same folds with ``configs/bus_clinical_pair.yaml``, the from-scratch recipe for cohorts with
+  training masks: ``bus_clinical.yaml`` and ``bus_clinical_localised.yaml`` fitted and ensembled in one run
+  (members under ``WORK/runs/busi_pair/members``); DeLong against each member;
 * ``breast``: BrEaST-Lesions, ``configs/bus_clinical.yaml`` (clinical, ultrasound, fused), the DeLong test of
   fused vs ultrasound, and on the same folds the plain logistic regression + plain CNN average;
 * ``breast_roi``: the same with ``configs/bus_clinical_roi.yaml`` (clinical, ultrasound, fused), the plain CNN on
@@ -56,11 +59,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 RESULTS = ROOT / "bench" / "results" / "real_data.json"
 SECTIONS = ("busi", "busi_pretrained", "busi_plain", "busi_plain_pretrained", "busi_roi", "busi_roi_plain",
-            "busi_localised", "busi_ensemble", "breast", "breast_roi", "breastmnist")
+            "busi_localised", "busi_ensemble", "busi_pair", "breast", "breast_roi", "breastmnist")
 #: ``--cv-seed``: the fold seed every config is run with (None: the configs' own).
 CV_SEED: int | None = None
 #: The lesion-ROI (reader-marked lesion) config; its ultrasound ``roi_margin`` is the plain ROI script's too.
 ROI_CONFIG = ROOT / "configs" / "bus_clinical_roi.yaml"
+#: The from-scratch recipe for cohorts with training masks: whole-frame + localised networks, ensembled.
+PAIR_RECIPE = ROOT / "configs" / "bus_clinical_pair.yaml"
 
 
 def prepare(name: str, data: Path, work: Path, *, group_duplicates: bool = False):
@@ -81,23 +86,25 @@ def prepare(name: str, data: Path, work: Path, *, group_duplicates: bool = False
     return load_cohort(grouped)
 
 
-def load_bench_config(path: Path):
-    """The config at ``path``, on the folds of ``--cv-seed`` when one is given."""
-    from breastfusion.config import load_config
-
-    config = load_config(path)
+def on_bench_folds(config):
+    """``config`` on the folds of ``--cv-seed`` when one is given."""
     if CV_SEED is None:
         return config
     return config.model_copy(update={"cv": config.cv.model_copy(update={"seed": CV_SEED})})
 
 
-def run_config(cohort, config_path: Path, out: Path, *, variants: list[str] | None = None,
-               epochs_scale: float = 1.0) -> tuple[dict, float, object]:
-    """``breastfusion run CONFIG`` on ``cohort``: (results.json, seconds, the resolved config)."""
-    from breastfusion.config import select_variants
-    from breastfusion.experiment.run import run_experiment
+def load_bench_config(path: Path):
+    """The config at ``path``, on the folds of ``--cv-seed`` when one is given."""
+    from breastfusion.config import load_config
 
-    config = load_bench_config(config_path)
+    return on_bench_folds(load_config(path))
+
+
+def bench_settings(config, *, variants: list[str] | None = None, epochs_scale: float = 1.0):
+    """``config`` on the bench's folds, cut to ``variants``, with every epoch count scaled (smoke runs)."""
+    from breastfusion.config import select_variants
+
+    config = on_bench_folds(config)
     if variants:
         config = select_variants(config, variants)
     if epochs_scale != 1.0:
@@ -105,6 +112,16 @@ def run_config(cohort, config_path: Path, out: Path, *, variants: list[str] | No
         config = config.model_copy(update={"training": t.model_copy(update={
             "epochs": max(1, round(t.epochs * epochs_scale)),
             "finetune_epochs": max(1, round(t.finetune_epochs * epochs_scale))})})
+    return config
+
+
+def run_config(cohort, config_path: Path, out: Path, *, variants: list[str] | None = None,
+               epochs_scale: float = 1.0) -> tuple[dict, float, object]:
+    """``breastfusion run CONFIG`` on ``cohort``: (results.json, seconds, the resolved config)."""
+    from breastfusion.config import load_config
+    from breastfusion.experiment.run import run_experiment
+
+    config = bench_settings(load_config(config_path), variants=variants, epochs_scale=epochs_scale)
     start = time.perf_counter()
     run_experiment(cohort, config, out)
     return json.loads((out / "results.json").read_text()), time.perf_counter() - start, config
@@ -239,6 +256,31 @@ def section_busi_ensemble(data: Path, work: Path, args) -> dict:
                 f"{key}_vs_partner": {k: vs[partner][k] for k in ("auc_difference", "p")},
                 key: f"breastfusion ensemble RUN(bus_clinical_lite0) RUN({partner}) --variants ultrasound"}
     return out
+
+
+def section_busi_pair(data: Path, work: Path, args) -> dict:
+    """``breastfusion run configs/bus_clinical_pair.yaml --variants ultrasound``: the from-scratch recipe for
+    cohorts with training masks, the whole-frame and the localised network fitted and ensembled in one run; with
+    each member's AUC and the paired DeLong test of the ensemble against it."""
+    from breastfusion.experiment.ensemble_recipe import load_ensemble_recipe, run_ensemble_recipe
+
+    cohort = prepare("busi", data, work, group_duplicates=True)
+    recipe = load_ensemble_recipe(PAIR_RECIPE)
+    recipe = recipe.model_copy(update={"members": {
+        name: bench_settings(config, variants=["ultrasound"], epochs_scale=args.epochs_scale)
+        for name, config in recipe.members.items()}})
+    out = work / "runs" / "busi_pair"
+    (out / "results.json").unlink(missing_ok=True)  # a rerun keeps finished members and rebuilds the ensemble
+    start = time.perf_counter()
+    results = run_ensemble_recipe(cohort, recipe, out)
+    v = results["variants"]["ultrasound"]
+    members = {Path(t["run"]).name: {"auc": m["variants"]["ultrasound"]["auc"], "auc_difference": t["auc_difference"],
+                                     "p": t["p"]}
+               for t, m in zip(v["vs_members"], results["ensemble"]["members"])}
+    return {"busi_pair_auc": v["auc"], "busi_pair_auc_ci": v["auc_ci"], "busi_pair_seconds": time.perf_counter() - start,
+            "busi_pair_members": members, "busi_n_lesions": int(len(cohort.lesions)),
+            "busi_pair": "breastfusion run configs/bus_clinical_pair.yaml --variants ultrasound (members "
+                         f"{', '.join(recipe.members)}; ensemble vs each member: paired DeLong)"}
 
 
 def lesion_masks(cohort) -> list[list[str]]:

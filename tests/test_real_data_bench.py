@@ -40,3 +40,42 @@ def test_a_cv_seed_refuses_the_official_split_section(bench, monkeypatch, tmp_pa
     with pytest.raises(SystemExit):
         bench.main()
     assert "breastmnist is reported on its official test split" in capsys.readouterr().err
+
+
+def test_the_pair_section_runs_the_recipe_on_the_bench_folds_and_reruns_only_the_ensemble(
+        bench, monkeypatch, small_cohort_dir, tmp_path):
+    import json
+
+    import yaml
+
+    from breastfusion.data.manifest import load_cohort
+
+    from .conftest import TINY_MODEL
+
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    for name, seed in (("a", 0), ("b", 1)):
+        (configs / f"{name}.yaml").write_text(yaml.safe_dump({
+            "name": name, "variants": {"ultrasound": ["ultrasound"], "clinical": ["clinical"]}, "model": TINY_MODEL,
+            "training": {"epochs": 1, "batch_size": 16, "seed": seed}, "cv": {"n_splits": 2, "bootstrap": 100}}))
+    (configs / "pair.yaml").write_text(yaml.safe_dump({"name": "pair", "members": {"a": "a.yaml", "b": "b.yaml"}}))
+    monkeypatch.setattr(bench, "PAIR_RECIPE", configs / "pair.yaml")
+    monkeypatch.setattr(bench, "prepare", lambda *a, **k: load_cohort(small_cohort_dir))
+    monkeypatch.setattr(bench, "CV_SEED", 3)
+    args = type("Args", (), {"epochs_scale": 1.0})()
+
+    out = bench.section_busi_pair(tmp_path, tmp_path, args)
+    run = tmp_path / "runs" / "busi_pair"
+    results = json.loads((run / "results.json").read_text())
+    assert out["busi_pair_auc"] == results["variants"]["ultrasound"]["auc"]
+    assert list(results["variants"]) == ["ultrasound"]  # the image arm only, as the BUSI sections run
+    assert sorted(out["busi_pair_members"]) == ["a", "b"]
+    for name in ("a", "b"):
+        member = json.loads((run / "members" / name / "results.json").read_text())
+        assert member["cv"]["seed"] == 3  # on the bench's folds, not the configs' own
+        assert out["busi_pair_members"][name]["auc"] == member["variants"]["ultrasound"]["auc"]
+    weights = sorted((run / "members").rglob("*.safetensors"))
+    stamps = [w.stat().st_mtime_ns for w in weights]
+    again = bench.section_busi_pair(tmp_path, tmp_path, args)
+    assert weights and [w.stat().st_mtime_ns for w in weights] == stamps
+    assert again["busi_pair_auc"] == pytest.approx(out["busi_pair_auc"])

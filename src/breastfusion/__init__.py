@@ -13,6 +13,9 @@ The public Python API, for notebooks and scripts (each name is imported on first
 
     bf.ensemble_runs(["runs/lite0", "runs/localised"], "runs/both")   # mean logit of runs on the same folds
     bundle = bf.export_bundle("runs/both", "both-model")               # applied like any bundle
+
+    recipe = bf.load_ensemble_recipe("configs/bus_clinical_pair.yaml")  # member configs, fitted then ensembled
+    bf.run_ensemble_recipe(cohort, recipe, "runs/pair")                  # runs/pair/members/NAME + the ensemble
 """
 
 from importlib import import_module
@@ -31,6 +34,8 @@ _LAZY = {
     "create_encoder": "breastfusion.models.encoders",
     "load_config": "breastfusion.config",
     "ensemble_runs": "breastfusion.experiment.run_ensemble",
+    "load_ensemble_recipe": "breastfusion.experiment.ensemble_recipe",
+    "run_ensemble_recipe": "breastfusion.experiment.ensemble_recipe",
 }
 __all__ = ["__version__", *sorted(_LAZY)]
 

@@ -440,6 +440,10 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> ExperimentC
             raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
+    if "members" in data:
+        raise ConfigError(f"{source} is an ensemble recipe (it lists member configs under `members`), not an "
+                          "experiment config: `breastfusion run` fits it, or from Python "
+                          "breastfusion.load_ensemble_recipe and breastfusion.run_ensemble_recipe")
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return ExperimentConfig.model_validate(data)

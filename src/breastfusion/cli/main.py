@@ -107,7 +107,14 @@ def run(
     from breastfusion.experiment.run import run_experiment
     from breastfusion.experiment.run_folder import RunLayout
 
+    from breastfusion.experiment.ensemble_recipe import is_ensemble_recipe
+    from breastfusion.experiment.run_ensemble import EnsembleError
+
     try:
+        if is_ensemble_recipe(config):
+            _run_recipe(config, manifest=manifest, out=out, no_cache=no_cache, exclude_unreadable=exclude_unreadable,
+                        resume=resume, variants=variants, executor=executor, ray_address=ray_address)
+            return
         cfg = load_config(config, manifest=manifest, cache=False if no_cache else None,
                           exclude_unreadable=True if exclude_unreadable else None)
         if variants:
@@ -126,10 +133,42 @@ def run(
         out = out or default_out(cfg.name)
         with progress_bar() as progress:
             results = run_experiment(cohort, cfg, out, progress=progress)
-    except (ConfigError, ManifestError, MissingModalityError, FileNotFoundError, ExecutionError) as exc:
+    except (ConfigError, ManifestError, MissingModalityError, FileNotFoundError, ExecutionError,
+            EnsembleError) as exc:
         fail(str(exc))
     console.print(_results_table(results))
     console.print(f"Run folder: [b]{out}[/b]")
+
+
+def _run_recipe(path: Path, *, manifest: Path | None, out: Path | None, no_cache: bool, exclude_unreadable: bool,
+                resume: bool, variants: str | None, executor: str | None, ray_address: str | None) -> None:
+    """``run`` of an ensemble recipe: each member config into ``OUT/members/NAME``, then their ensemble in ``OUT``
+    (:mod:`breastfusion.experiment.ensemble_recipe`). Errors propagate to ``run``'s handler."""
+    from breastfusion.data.manifest import load_cohort
+    from breastfusion.execution import with_executor
+    from breastfusion.experiment.ensemble_recipe import load_ensemble_recipe, member_dir, run_ensemble_recipe
+    from breastfusion.experiment.run_folder import RunLayout
+
+    recipe = load_ensemble_recipe(path, manifest=manifest, cache=False if no_cache else None,
+                                  exclude_unreadable=True if exclude_unreadable else None)
+    if variants:
+        recipe = recipe.with_variants([v.strip() for v in variants.split(",") if v.strip()])
+    recipe = recipe.model_copy(update={"members": {name: with_executor(cfg, executor, ray_address)
+                                                   for name, cfg in recipe.members.items()}})
+    if out is not None and RunLayout(out).results.exists():
+        fail(f"{out} already holds a finished run (results.json); choose another --out")
+    if out is not None and member_dir(out, "").exists() and not resume:
+        fail(f"{out} already holds the members of a recipe run; pass --resume to continue it "
+             f"(`breastfusion run {path} --resume --out {out}`) or choose another --out")
+    if recipe.manifest is None:
+        fail("no manifest: give --manifest DIR or set `manifest:` in the recipe "
+             "(or run `breastfusion synthetic --out DIR` to make one)")
+    cohort = load_cohort(recipe.manifest)
+    out = out or default_out(recipe.name)
+    with progress_bar() as progress:
+        results = run_ensemble_recipe(cohort, recipe, out, progress=progress)
+    console.print(_ensemble_table(results))
+    console.print(f"Run folder: [b]{out}[/b] (members: {member_dir(out, '')}; report: {out / 'report.html'})")
 
 
 @app.command()
