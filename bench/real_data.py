@@ -3,7 +3,7 @@
 Usage:
     python bench/real_data.py [--data ../shared/data] [--work DIR] [--epochs-scale 1.0] [--cv-seed N]
         [--sections busi,busi_pretrained,busi_plain,busi_plain_pretrained,busi_roi,busi_roi_plain,busi_localised,
-                    busi_ensemble,busi_pair,breast,breast_roi,breastmnist]
+                    busi_ensemble,busi_pair,busi_trio,breast,breast_roi,breastmnist]
 
 Sections (each prepares its dataset through the toolkit's adapters, read in place):
 
@@ -26,6 +26,8 @@ Sections (each prepares its dataset through the toolkit's adapters, read in plac
 * ``busi_pair``: the same folds with ``configs/bus_clinical_pair.yaml``, the from-scratch recipe for cohorts with
   training masks: ``bus_clinical.yaml`` and ``bus_clinical_localised.yaml`` fitted and ensembled in one run
   (members under ``WORK/runs/busi_pair/members``); DeLong against each member;
+* ``busi_trio``: the same folds with ``configs/bus_clinical_lite0_trio.yaml`` (Lite0 + the pair's two networks,
+  which it takes from ``busi_pair``'s run when there is one: only Lite0 is trained);
 * ``breast``: BrEaST-Lesions, ``configs/bus_clinical.yaml`` (clinical, ultrasound, fused), the DeLong test of
   fused vs ultrasound, and on the same folds the plain logistic regression + plain CNN average;
 * ``breast_roi``: the same with ``configs/bus_clinical_roi.yaml`` (clinical, ultrasound, fused), the plain CNN on
@@ -59,13 +61,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 RESULTS = ROOT / "bench" / "results" / "real_data.json"
 SECTIONS = ("busi", "busi_pretrained", "busi_plain", "busi_plain_pretrained", "busi_roi", "busi_roi_plain",
-            "busi_localised", "busi_ensemble", "busi_pair", "breast", "breast_roi", "breastmnist")
+            "busi_localised", "busi_ensemble", "busi_pair", "busi_trio", "breast", "breast_roi", "breastmnist")
 #: ``--cv-seed``: the fold seed every config is run with (None: the configs' own).
 CV_SEED: int | None = None
 #: The lesion-ROI (reader-marked lesion) config; its ultrasound ``roi_margin`` is the plain ROI script's too.
 ROI_CONFIG = ROOT / "configs" / "bus_clinical_roi.yaml"
 #: The from-scratch recipe for cohorts with training masks: whole-frame + localised networks, ensembled.
 PAIR_RECIPE = ROOT / "configs" / "bus_clinical_pair.yaml"
+#: With ImageNet weights and training masks: Lite0 + the pair's two networks, ensembled.
+TRIO_RECIPE = ROOT / "configs" / "bus_clinical_lite0_trio.yaml"
 
 
 def prepare(name: str, data: Path, work: Path, *, group_duplicates: bool = False):
@@ -258,29 +262,57 @@ def section_busi_ensemble(data: Path, work: Path, args) -> dict:
     return out
 
 
-def section_busi_pair(data: Path, work: Path, args) -> dict:
-    """``breastfusion run configs/bus_clinical_pair.yaml --variants ultrasound``: the from-scratch recipe for
-    cohorts with training masks, the whole-frame and the localised network fitted and ensembled in one run; with
-    each member's AUC and the paired DeLong test of the ensemble against it."""
-    from breastfusion.experiment.ensemble_recipe import load_ensemble_recipe, run_ensemble_recipe
+def _busi_recipe(data: Path, work: Path, args, recipe_path: Path, key: str,
+                 seeds: dict[str, Path] | None = None) -> dict:
+    """``breastfusion run RECIPE --variants ultrasound`` on grouped BUSI into ``WORK/runs/KEY``: ``{key}_auc``,
+    ``_auc_ci``, ``_seconds`` and each member's AUC with the paired DeLong test of the ensemble against it.
+
+    ``seeds``: member name -> a finished run folder of the same config on the same folds (another section's),
+    copied in as that member before the recipe runs, so the recipe resumes it instead of training it again (the
+    recipe refuses a copy whose config differs)."""
+    import shutil
+
+    from breastfusion.experiment.ensemble_recipe import load_ensemble_recipe, member_dir, run_ensemble_recipe
 
     cohort = prepare("busi", data, work, group_duplicates=True)
-    recipe = load_ensemble_recipe(PAIR_RECIPE)
+    recipe = load_ensemble_recipe(recipe_path)
     recipe = recipe.model_copy(update={"members": {
         name: bench_settings(config, variants=["ultrasound"], epochs_scale=args.epochs_scale)
         for name, config in recipe.members.items()}})
-    out = work / "runs" / "busi_pair"
+    out = work / "runs" / key
     (out / "results.json").unlink(missing_ok=True)  # a rerun keeps finished members and rebuilds the ensemble
+    reused = {}
+    for name, folder in (seeds or {}).items():
+        target = member_dir(out, name)
+        if (folder / "results.json").is_file() and not target.exists():
+            shutil.copytree(folder, target)
+        reused[name] = str(folder) if target.exists() else None
     start = time.perf_counter()
     results = run_ensemble_recipe(cohort, recipe, out)
     v = results["variants"]["ultrasound"]
     members = {Path(t["run"]).name: {"auc": m["variants"]["ultrasound"]["auc"], "auc_difference": t["auc_difference"],
                                      "p": t["p"]}
                for t, m in zip(v["vs_members"], results["ensemble"]["members"])}
-    return {"busi_pair_auc": v["auc"], "busi_pair_auc_ci": v["auc_ci"], "busi_pair_seconds": time.perf_counter() - start,
-            "busi_pair_members": members, "busi_n_lesions": int(len(cohort.lesions)),
-            "busi_pair": "breastfusion run configs/bus_clinical_pair.yaml --variants ultrasound (members "
-                         f"{', '.join(recipe.members)}; ensemble vs each member: paired DeLong)"}
+    return {f"{key}_auc": v["auc"], f"{key}_auc_ci": v["auc_ci"], f"{key}_seconds": time.perf_counter() - start,
+            f"{key}_members": members, "busi_n_lesions": int(len(cohort.lesions)),
+            **({f"{key}_reused_members": reused} if reused else {}),
+            key: f"breastfusion run configs/{recipe_path.name} --variants ultrasound (members "
+                 f"{', '.join(recipe.members)}; ensemble vs each member: paired DeLong)"}
+
+
+def section_busi_pair(data: Path, work: Path, args) -> dict:
+    """``configs/bus_clinical_pair.yaml``: the from-scratch recipe for cohorts with training masks, the whole-frame
+    and the localised network fitted and ensembled in one run."""
+    return _busi_recipe(data, work, args, PAIR_RECIPE, "busi_pair")
+
+
+def section_busi_trio(data: Path, work: Path, args) -> dict:
+    """``configs/bus_clinical_lite0_trio.yaml``: the pretrained recipe for cohorts with training masks (Lite0 + the
+    pair's two from-scratch networks). The pair's members are taken from ``busi_pair`` when it ran in this
+    ``--work`` (the same configs and folds), so only the Lite0 network is trained here."""
+    pair = work / "runs" / "busi_pair" / "members"
+    return _busi_recipe(data, work, args, TRIO_RECIPE, "busi_trio",
+                        seeds={"whole_frame": pair / "whole_frame", "localised": pair / "localised"})
 
 
 def lesion_masks(cohort) -> list[list[str]]:

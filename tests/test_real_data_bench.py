@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from breastfusion.experiment.crossval import fold_positions
@@ -79,3 +81,53 @@ def test_the_pair_section_runs_the_recipe_on_the_bench_folds_and_reruns_only_the
     again = bench.section_busi_pair(tmp_path, tmp_path, args)
     assert weights and [w.stat().st_mtime_ns for w in weights] == stamps
     assert again["busi_pair_auc"] == pytest.approx(out["busi_pair_auc"])
+
+
+def test_the_trio_section_reuses_the_pair_members_and_trains_only_the_rest(bench, monkeypatch, small_cohort_dir,
+                                                                           tmp_path):
+    import json
+
+    import yaml
+
+    from breastfusion.data.manifest import load_cohort
+
+    from .conftest import TINY_MODEL
+
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    for name, seed in (("a", 0), ("b", 1), ("c", 2)):
+        (configs / f"{name}.yaml").write_text(yaml.safe_dump({
+            "name": name, "variants": {"ultrasound": ["ultrasound"]}, "model": TINY_MODEL,
+            "training": {"epochs": 1, "batch_size": 16, "seed": seed}, "cv": {"n_splits": 2, "bootstrap": 100}}))
+    (configs / "pair.yaml").write_text(yaml.safe_dump({"name": "pair", "members": {
+        "whole_frame": "a.yaml", "localised": "b.yaml"}}))
+    (configs / "trio.yaml").write_text(yaml.safe_dump({"name": "trio", "members": {
+        "lite0": "c.yaml", "whole_frame": "a.yaml", "localised": "b.yaml"}}))
+    monkeypatch.setattr(bench, "PAIR_RECIPE", configs / "pair.yaml")
+    monkeypatch.setattr(bench, "TRIO_RECIPE", configs / "trio.yaml")
+    monkeypatch.setattr(bench, "prepare", lambda *a, **k: load_cohort(small_cohort_dir))
+    args = type("Args", (), {"epochs_scale": 1.0})()
+
+    bench.section_busi_pair(tmp_path, tmp_path, args)
+    pair = tmp_path / "runs" / "busi_pair" / "members"
+    trained = []
+    import breastfusion.experiment.run as run_module
+
+    original = run_module.run_experiment
+
+    def recording(cohort, config, out, **kwargs):
+        if not (Path(out) / "results.json").is_file():
+            trained.append(Path(out).name)
+        return original(cohort, config, out, **kwargs)
+
+    monkeypatch.setattr(run_module, "run_experiment", recording)
+    out = bench.section_busi_trio(tmp_path, tmp_path, args)
+    assert trained == ["lite0"]
+    assert out["busi_trio_reused_members"] == {"whole_frame": str(pair / "whole_frame"),
+                                               "localised": str(pair / "localised")}
+    trio = tmp_path / "runs" / "busi_trio" / "members"
+    for name in ("whole_frame", "localised"):
+        assert pd.read_csv(trio / name / "predictions.csv").equals(pd.read_csv(pair / name / "predictions.csv"))
+    assert sorted(out["busi_trio_members"]) == ["lite0", "localised", "whole_frame"]
+    results = json.loads((tmp_path / "runs" / "busi_trio" / "results.json").read_text())
+    assert out["busi_trio_auc"] == results["variants"]["ultrasound"]["auc"]

@@ -166,8 +166,13 @@ def test_a_recipe_is_not_mistaken_for_an_experiment_config():
         load_config(pair)
 
 
-def test_the_shipped_pair_is_the_whole_frame_and_the_localised_configs():
-    recipe = load_ensemble_recipe(CONFIGS / "bus_clinical_pair.yaml")
-    assert list(recipe.members) == ["whole_frame", "localised"]
-    assert recipe.members["whole_frame"] == load_config(CONFIGS / "bus_clinical.yaml")
-    assert recipe.members["localised"] == load_config(CONFIGS / "bus_clinical_localised.yaml")
+@pytest.mark.parametrize(("recipe", "members"), [
+    ("bus_clinical_pair.yaml", {"whole_frame": "bus_clinical.yaml", "localised": "bus_clinical_localised.yaml"}),
+    ("bus_clinical_lite0_trio.yaml", {"lite0": "bus_clinical_lite0.yaml", "whole_frame": "bus_clinical.yaml",
+                                      "localised": "bus_clinical_localised.yaml"}),
+])
+def test_the_shipped_recipes_are_the_shipped_configs(recipe, members):
+    loaded = load_ensemble_recipe(CONFIGS / recipe)
+    assert list(loaded.members) == list(members)
+    for name, config in members.items():
+        assert loaded.members[name] == load_config(CONFIGS / config)
