@@ -102,23 +102,21 @@ def run(
     """Cross-validate the variants of an experiment on a manifest folder and write a run folder."""
     from breastfusion.config import ConfigError, load_config, select_variants
     from breastfusion.execution import ExecutionError, same_experiment, with_executor
-    from breastfusion.data.manifest import ManifestError, load_cohort
+    from breastfusion.data.manifest import ManifestError
     from breastfusion.experiment.crossval import MissingModalityError
-    from breastfusion.experiment.run import run_experiment
-    from breastfusion.experiment.run_folder import RunLayout
-
     from breastfusion.experiment.ensemble_recipe import is_ensemble_recipe
+    from breastfusion.experiment.run import run_experiment
     from breastfusion.experiment.run_ensemble import EnsembleError
+    from breastfusion.experiment.run_folder import RunLayout
 
     try:
         if is_ensemble_recipe(config):
             _run_recipe(config, manifest=manifest, out=out, no_cache=no_cache, exclude_unreadable=exclude_unreadable,
                         resume=resume, variants=variants, executor=executor, ray_address=ray_address)
             return
-        cfg = load_config(config, manifest=manifest, cache=False if no_cache else None,
-                          exclude_unreadable=True if exclude_unreadable else None)
+        cfg = load_config(config, **_data_overrides(manifest, no_cache, exclude_unreadable))
         if variants:
-            cfg = select_variants(cfg, [v.strip() for v in variants.split(",") if v.strip()])
+            cfg = select_variants(cfg, _names(variants))
         cfg = with_executor(cfg, executor, ray_address)
         if out is not None and RunLayout(out).checkpoints.root.exists() and not resume:
             fail(f"{out} already holds a run; pass --resume to continue it or choose another --out")
@@ -126,10 +124,7 @@ def run(
                 load_config(RunLayout(out).config), cfg):
             fail(f"--resume: the configuration differs from the one in {RunLayout(out).config}; "
                  f"resume with that file (`breastfusion run {out}/config.yaml --resume --out {out}`)")
-        if cfg.manifest is None:
-            fail("no manifest: give --manifest DIR or set `manifest:` in the config "
-                 "(or run `breastfusion synthetic --out DIR` to make one)")
-        cohort = load_cohort(cfg.manifest)
+        cohort = _run_cohort(cfg.manifest, "config")
         out = out or default_out(cfg.name)
         with progress_bar() as progress:
             results = run_experiment(cohort, cfg, out, progress=progress)
@@ -140,19 +135,38 @@ def run(
     console.print(f"Run folder: [b]{out}[/b]")
 
 
+def _data_overrides(manifest: Path | None, no_cache: bool, exclude_unreadable: bool) -> dict:
+    """``run``'s data flags as config overrides (``None``: keep the config's value)."""
+    return {"manifest": manifest, "cache": False if no_cache else None,
+            "exclude_unreadable": True if exclude_unreadable else None}
+
+
+def _names(option: str) -> list[str]:
+    """A comma-separated option as its names."""
+    return [v.strip() for v in option.split(",") if v.strip()]
+
+
+def _run_cohort(manifest: Path | None, where: str):
+    """The cohort a run trains on; a clear failure when neither ``--manifest`` nor the config/recipe names one."""
+    from breastfusion.data.manifest import load_cohort
+
+    if manifest is None:
+        fail(f"no manifest: give --manifest DIR or set `manifest:` in the {where} "
+             "(or run `breastfusion synthetic --out DIR` to make one)")
+    return load_cohort(manifest)
+
+
 def _run_recipe(path: Path, *, manifest: Path | None, out: Path | None, no_cache: bool, exclude_unreadable: bool,
                 resume: bool, variants: str | None, executor: str | None, ray_address: str | None) -> None:
     """``run`` of an ensemble recipe: each member config into ``OUT/members/NAME``, then their ensemble in ``OUT``
     (:mod:`breastfusion.experiment.ensemble_recipe`). Errors propagate to ``run``'s handler."""
-    from breastfusion.data.manifest import load_cohort
     from breastfusion.execution import with_executor
     from breastfusion.experiment.ensemble_recipe import load_ensemble_recipe, member_dir, run_ensemble_recipe
     from breastfusion.experiment.run_folder import RunLayout
 
-    recipe = load_ensemble_recipe(path, manifest=manifest, cache=False if no_cache else None,
-                                  exclude_unreadable=True if exclude_unreadable else None)
+    recipe = load_ensemble_recipe(path, **_data_overrides(manifest, no_cache, exclude_unreadable))
     if variants:
-        recipe = recipe.with_variants([v.strip() for v in variants.split(",") if v.strip()])
+        recipe = recipe.with_variants(_names(variants))
     recipe = recipe.model_copy(update={"members": {name: with_executor(cfg, executor, ray_address)
                                                    for name, cfg in recipe.members.items()}})
     if out is not None and RunLayout(out).results.exists():
@@ -160,10 +174,7 @@ def _run_recipe(path: Path, *, manifest: Path | None, out: Path | None, no_cache
     if out is not None and member_dir(out, "").exists() and not resume:
         fail(f"{out} already holds the members of a recipe run; pass --resume to continue it "
              f"(`breastfusion run {path} --resume --out {out}`) or choose another --out")
-    if recipe.manifest is None:
-        fail("no manifest: give --manifest DIR or set `manifest:` in the recipe "
-             "(or run `breastfusion synthetic --out DIR` to make one)")
-    cohort = load_cohort(recipe.manifest)
+    cohort = _run_cohort(recipe.manifest, "recipe")
     out = out or default_out(recipe.name)
     with progress_bar() as progress:
         results = run_ensemble_recipe(cohort, recipe, out, progress=progress)
