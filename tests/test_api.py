@@ -102,3 +102,26 @@ def test_fit_on_a_manifest_dataframe_matches_the_folder_run(fitted, cohort_dir, 
 def test_clinical_without_a_dataframe_is_refused(cohort_dir):
     with pytest.raises(TypeError, match="go with a manifest DataFrame"):
         bf.Experiment(TINY).fit(cohort_dir, clinical=object())
+
+
+def test_an_ensemble_recipe_fits_its_members_and_exports_their_ensemble(cohort_dir, tmp_path):
+    import yaml
+
+    from breastfusion.ensemble_bundle import EnsembleBundle
+
+    for name, seed in (("a", 0), ("b", 1)):
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump({**TINY, "name": name,
+                                                               "training": {**TINY["training"], "seed": seed}}))
+    recipe = tmp_path / "pair.yaml"
+    recipe.write_text(yaml.safe_dump({"name": "pair", "members": {"a": "a.yaml", "b": "b.yaml"}}))
+    experiment = bf.Experiment(recipe)
+    assert experiment.recipe is not None and experiment.config.name == "pair"
+    variants = experiment.fit(cohort_dir, tmp_path / "run")
+    assert set(variants) == {"fused", "clinical"}
+    for name in ("a", "b"):  # each member is an ordinary run folder on the same cohort
+        member = json.loads((tmp_path / "run" / "members" / name / "results.json").read_text())
+        assert member["name"] == name and member["manifest_sha256"] == experiment.results["manifest_sha256"]
+    assert [m["name"] for m in experiment.results["ensemble"]["members"]] == ["a", "b"]
+    bundle = experiment.export(tmp_path / "model")
+    assert isinstance(bundle, EnsembleBundle) and bundle.variant == "fused"
+    assert len(bundle.predict(cohort_dir)) == 24

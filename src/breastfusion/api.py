@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # torch-heavy modules: imported only when used
 
     from breastfusion.bundle import Bundle
     from breastfusion.data.manifest import Cohort
+    from breastfusion.experiment.ensemble_recipe import EnsembleRecipe
 
 __all__ = ["Experiment"]
 
@@ -72,7 +73,9 @@ class Experiment:
 
     Args:
         config: an :class:`~breastfusion.config.ExperimentConfig`, a dict of config keys (the YAML's structure,
-            unknown keys are errors), a path to an experiment YAML, or ``None`` for the defaults.
+            unknown keys are errors), a path to an experiment YAML or an ensemble recipe (members fitted into
+            ``out/members/NAME``, their ensemble in ``out``: :mod:`breastfusion.experiment.ensemble_recipe`), or
+            ``None`` for the defaults.
 
     Raises:
         ConfigError: an unreadable YAML, an unknown key or a bad value (named by its dotted key).
@@ -82,6 +85,14 @@ class Experiment:
     """
 
     def __init__(self, config: ExperimentConfig | Mapping[str, Any] | str | Path | None = None) -> None:
+        from breastfusion.experiment.ensemble_recipe import is_ensemble_recipe, load_ensemble_recipe
+
+        #: an ensemble recipe's members (``None`` for one experiment config); :meth:`fit` fits and ensembles them
+        self.recipe: EnsembleRecipe | None = None
+        if isinstance(config, (str, Path)) and is_ensemble_recipe(config):
+            self.recipe = load_ensemble_recipe(config)
+            first = next(iter(self.recipe.members.values()))
+            config = first.model_copy(update={"name": self.recipe.name})
         self.config: ExperimentConfig = _as_config(config)
         self._run_dir: Path | None = None
         self._results: dict[str, Any] | None = None
@@ -138,8 +149,16 @@ class Experiment:
         elif not isinstance(cohort, Cohort):
             cohort = load_cohort(Path(cohort).resolve())
         # Record where the cohort is, so reloading the run (explain) finds it from any working directory.
-        self.config = self.config.model_copy(update={"manifest": Path(cohort.root).resolve()})
-        self._results = run_experiment(cohort, self.config, out)
+        located = {"manifest": Path(cohort.root).resolve()}
+        self.config = self.config.model_copy(update=located)
+        if self.recipe is not None:
+            from breastfusion.experiment.ensemble_recipe import run_ensemble_recipe
+
+            self.recipe = self.recipe.model_copy(update={"members": {
+                name: member.model_copy(update=located) for name, member in self.recipe.members.items()}})
+            self._results = run_ensemble_recipe(cohort, self.recipe, out)
+        else:
+            self._results = run_experiment(cohort, self.config, out)
         self._run_dir = Path(out)
         return self._results["variants"]
 
