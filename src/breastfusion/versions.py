@@ -8,8 +8,11 @@ from importlib.metadata import PackageNotFoundError, version
 
 __all__ = ["RUN_LIBRARIES", "library_versions"]
 
-#: What a run's numbers depend on.
-RUN_LIBRARIES = ("breastfusion", "torch", "timm", "lightning", "scikit-learn", "numpy", "pandas")
+#: What a run's numbers depend on: training and evaluation, and the image path (Pillow and pydicom decode, scipy
+#: crops and masks, segmentation_models_pytorch builds the localiser). A rerun in a rebuilt environment can move a
+#: BUSI figure by 0.02-0.035 (README, "Reruns"), so every library that touches the pixels is recorded.
+RUN_LIBRARIES = ("breastfusion", "torch", "timm", "lightning", "scikit-learn", "numpy", "pandas", "pillow", "scipy",
+                 "pydicom", "segmentation_models_pytorch")
 
 
 def library_versions(names: Iterable[str] = RUN_LIBRARIES) -> dict[str, str]:
