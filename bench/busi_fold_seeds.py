@@ -24,20 +24,31 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 OUT = RESULTS / "busi_fold_seeds.json"
 
+#: ``reruns``: per fold seed, runs of the same config on the same folds made again in a later session (or with another
+#: training.seed): other draws of the recipe (training reproduces exactly only within one environment), listed beside
+#: the seed's first run and counted in the every-run mean, never left out. The recipe runs of real_data.py
+#: (busi_pair, busi_trio) are not listed: in the same environment they reproduce the member runs their seed-0
+#: entries were made from, digit for digit, so they are no new draw.
+#:
 #: recipe → its seed-0 AUC key in real_data.json (absent: seed 0 from busi_recipes.json as well), its
 #: busi_recipes.json entry name on cv.seed N ({seed}), issue 12's target and, for an ensemble, the member it is
 #: compared with (``versus``: key, name in the table, run-name prefix) and that comparison's seed-0 key in
 #: real_data.json
 RECIPES: dict[str, dict] = {
     "bus_clinical.yaml (from scratch, whole frame, no masks)": {
-        "seed0": "busi_default_auc", "other": "scratch_cvseed{seed}", "target": 0.88},
+        "seed0": "busi_default_auc", "other": "scratch_cvseed{seed}", "target": 0.88,
+        "reruns": {0: ["scratch_cvseed0"], 1: ["scratch_cvseed1_rerun"]}},
     "bus_clinical_localised.yaml (from scratch, in-fold localiser; masks for training)": {
-        "seed0": "busi_localised_auc", "other": "localised_xfit_cvseed{seed}", "target": 0.88},
+        "seed0": "busi_localised_auc", "other": "localised_xfit_cvseed{seed}", "target": 0.88,
+        "reruns": {0: ["localised_xfit_cvseed0"], 1: ["localised_xfit_cvseed1_rerun"]}},
     "bus_clinical_lite0.yaml (ImageNet Lite0)": {
-        "seed0": "busi_pretrained_auc", "other": "lite0_cvseed{seed}", "target": 0.93},
+        "seed0": "busi_pretrained_auc", "other": "lite0_cvseed{seed}", "target": 0.93,
+        "reruns": {0: ["lite0_cvseed0_2026_12_06", "lite0_cvseed0_tseed1", "lite0_cvseed0_tseed2"],
+                   1: ["lite0_cvseed1_2026_12_06"]}},
     "ensemble Lite0 + localised": {
         "seed0": "busi_pretrained_ensemble_auc", "other": "lite0_localised_cvseed{seed}", "target": 0.93,
-        "versus": ("lite0", "Lite0", "lite0_cvseed"), "seed0_versus": "busi_pretrained_ensemble_vs_pretrained"},
+        "versus": ("lite0", "Lite0", "lite0_cvseed"), "seed0_versus": "busi_pretrained_ensemble_vs_pretrained",
+        "reruns": {0: ["lite0_localised_cvseed0_2026_12_06"], 1: ["lite0_localised_cvseed1_2026_12_06"]}},
     "ensemble Lite0 + bus_clinical.yaml (no masks)": {
         "seed0": "busi_pretrained_default_ensemble_auc", "other": "lite0_scratch_cvseed{seed}", "target": 0.93,
         "versus": ("lite0", "Lite0", "lite0_cvseed"),
@@ -49,20 +60,6 @@ RECIPES: dict[str, dict] = {
         "other": "lite0_trio_cvseed{seed}", "target": 0.93,
         "versus": ("lite0", "Lite0", "lite0_cvseed")},
 }
-# Reruns: the same config on the same folds, run again in a later session (or with another training.seed). The
-# recipe runs of bench/real_data.py (busi_pair, busi_trio) are not listed: in the same environment they reproduce
-# the member runs their seed-0 entries were made from, digit for digit, so they are no new draw.
-# Training is deterministic within one environment, but runs months apart, or after a rebuilt environment or
-# data cache, are other draws of the same recipe; they are listed beside the first run of each seed and counted
-# in the all-runs mean, never left out.
-RECIPES["bus_clinical.yaml (from scratch, whole frame, no masks)"]["reruns"] = {
-    0: ["scratch_cvseed0"], 1: ["scratch_cvseed1_rerun"]}
-RECIPES["bus_clinical_localised.yaml (from scratch, in-fold localiser; masks for training)"]["reruns"] = {
-    0: ["localised_xfit_cvseed0"], 1: ["localised_xfit_cvseed1_rerun"]}
-RECIPES["bus_clinical_lite0.yaml (ImageNet Lite0)"]["reruns"] = {
-    0: ["lite0_cvseed0_2026_12_06", "lite0_cvseed0_tseed1", "lite0_cvseed0_tseed2"], 1: ["lite0_cvseed1_2026_12_06"]}
-RECIPES["ensemble Lite0 + localised"]["reruns"] = {
-    0: ["lite0_localised_cvseed0_2026_12_06"], 1: ["lite0_localised_cvseed1_2026_12_06"]}
 #: the fold seeds looked for besides 0
 OTHER_SEEDS = (1, 2)
 

@@ -420,6 +420,27 @@ def format_validation_error(error: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """The YAML file at ``path`` as a mapping of keys (an empty file: ``{}``).
+
+    Raises:
+        ConfigError: invalid YAML, or a top level that is not a mapping (the file named).
+    """
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
+    return data
+
+
+def first_difference(a: BaseModel, b: BaseModel) -> str | None:
+    """The first top-level field whose value differs between two settings of one kind (``None``: equal)."""
+    dump_a, dump_b = a.model_dump(), b.model_dump()
+    return next((key for key in dump_a if dump_a[key] != dump_b[key]), None)
+
+
 def load_config(path: str | Path | None = None, **overrides: Any) -> ExperimentConfig:
     """Read and validate an experiment YAML (``None``: the demo defaults).
 
@@ -434,12 +455,7 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> ExperimentC
     source = "defaults"
     if path is not None:
         source = str(path)
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
+        data = read_yaml_mapping(path)
     if "members" in data:
         raise ConfigError(f"{source} is an ensemble recipe (it lists member configs under `members`), not an "
                           "experiment config: `breastfusion run` fits it, or from Python "

@@ -26,10 +26,10 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from breastfusion.config import ConfigError, ExperimentConfig, format_validation_error, load_config, select_variants
+from breastfusion.config import (ConfigError, ExperimentConfig, first_difference, format_validation_error,
+                                 load_config, read_yaml_mapping, select_variants)
 from breastfusion.experiment.run_folder import RunLayout
 
 if TYPE_CHECKING:  # torch-heavy modules: imported only when a recipe runs
@@ -86,19 +86,11 @@ class EnsembleRecipe(BaseModel):
         return self.model_copy(update={"members": {m: select_variants(c, names) for m, c in self.members.items()}})
 
 
-def _read_yaml(path: Path) -> Any:
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-
-
 def is_ensemble_recipe(path: str | Path | None) -> bool:
     """Whether the YAML at ``path`` is an ensemble recipe (a mapping with ``members``), not an experiment config."""
     if path is None or not Path(path).is_file():
         return False
-    data = _read_yaml(Path(path))
-    return isinstance(data, dict) and RECIPE_KEY in data
+    return RECIPE_KEY in read_yaml_mapping(path)
 
 
 def _check_shared(members: dict[str, ExperimentConfig], source: Path) -> None:
@@ -110,12 +102,13 @@ def _check_shared(members: dict[str, ExperimentConfig], source: Path) -> None:
                               f"({list(first.variants)} vs {list(config.variants)}); the ensemble averages each "
                               "variant's scores, so give the members the same variant names")
         for section in _SHARED:
-            a, b = getattr(first, section).model_dump(), getattr(config, section).model_dump()
-            for key in a:
-                if a[key] != b[key]:
-                    raise ConfigError(f"{source}: members {first_name!r} and {name!r} differ in {section}.{key} "
-                                      f"({a[key]!r} vs {b[key]!r}); an ensemble averages each lesion's scores on "
-                                      "the same folds, so the members need the same cv and evaluation settings")
+            a, b = getattr(first, section), getattr(config, section)
+            key = first_difference(a, b)
+            if key:
+                raise ConfigError(f"{source}: members {first_name!r} and {name!r} differ in {section}.{key} "
+                                  f"({getattr(a, key)!r} vs {getattr(b, key)!r}); an ensemble averages each "
+                                  "lesion's scores on the same folds, so the members need the same cv and "
+                                  "evaluation settings")
         if first.training.val_fraction != config.training.val_fraction:
             raise ConfigError(f"{source}: members {first_name!r} and {name!r} differ in training.val_fraction "
                               f"({first.training.val_fraction!r} vs {config.training.val_fraction!r}); each fold's "
@@ -135,9 +128,7 @@ def load_ensemble_recipe(path: str | Path, **overrides: Any) -> EnsembleRecipe:
             a member's invalid config (its file named), or members whose folds or evaluation would differ.
     """
     source = Path(path)
-    data = _read_yaml(source)
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping of keys at the top level, got {type(data).__name__}")
+    data = read_yaml_mapping(source)
     try:
         recipe = _RecipeFile.model_validate(data)
     except ValidationError as exc:

@@ -31,7 +31,8 @@ import numpy as np
 import pandas as pd
 from scipy.special import expit, logit
 
-from breastfusion.config import ConfigError, ExperimentConfig, dump_config, load_config, select_variants
+from breastfusion.config import (ConfigError, ExperimentConfig, dump_config, first_difference, load_config,
+                                 select_variants)
 from breastfusion.evaluation.repeats import with_repeat
 from breastfusion.evaluation.summary import paired_delong, score_subjects
 from breastfusion.experiment.run import evaluate_predictions, write_outputs
@@ -127,12 +128,11 @@ def _check_members(members: list[_Member], allow_different_manifest: bool) -> No
                                 f"{sha_a[:12]}…, {other.root} records {sha_b[:12]}…; an ensemble averages each "
                                 "lesion's scores, so the members need the same cohort (pass "
                                 "--allow-different-manifest if only the file changed)")
-        a, b = first.config.evaluation.model_dump(), other.config.evaluation.model_dump()
-        differ = [k for k in a if a[k] != b[k]]
-        if differ:
-            raise EnsembleError(f"evaluation.{differ[0]} is {a[differ[0]]!r} in {first.root} but "
-                                f"{b[differ[0]]!r} in {other.root}; the ensemble scores subjects one way: give the "
-                                "members the same evaluation settings")
+        key = first_difference(first.config.evaluation, other.config.evaluation)
+        if key:
+            raise EnsembleError(f"evaluation.{key} is {getattr(first.config.evaluation, key)!r} in {first.root} but "
+                                f"{getattr(other.config.evaluation, key)!r} in {other.root}; the ensemble scores "
+                                "subjects one way: give the members the same evaluation settings")
 
 
 def _combine(members: list[_Member], frames: list[pd.DataFrame], variant: str, what: str) -> pd.DataFrame:
