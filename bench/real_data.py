@@ -3,7 +3,7 @@
 Usage:
     python bench/real_data.py [--data ../shared/data] [--work DIR] [--epochs-scale 1.0] [--cv-seed N]
         [--sections busi,busi_pretrained,busi_plain,busi_plain_pretrained,busi_roi,busi_roi_plain,busi_localised,
-                    busi_ensemble,busi_pair,busi_trio,breast,breast_roi,breastmnist]
+                    busi_ensemble,busi_pair,busi_trio,busi_quartet,breast,breast_roi,breastmnist]
 
 Sections (each prepares its dataset through the toolkit's adapters, read in place):
 
@@ -28,6 +28,9 @@ Sections (each prepares its dataset through the toolkit's adapters, read in plac
   (members under ``WORK/runs/busi_pair/members``); DeLong against each member;
 * ``busi_trio``: the same folds with ``configs/bus_clinical_lite0_trio.yaml`` (Lite0 + the pair's two networks,
   which it takes from ``busi_pair``'s run when there is one: only Lite0 is trained);
+* ``busi_quartet``: the same folds with ``configs/bus_clinical_lite0_quartet.yaml`` (the trio + Lite0 on the
+  localiser's crops, which shares the localised member's fold localisers; the trio's three runs are taken from
+  ``busi_trio``'s when there are some: only Lite0 on the crops is trained);
 * ``breast``: BrEaST-Lesions, ``configs/bus_clinical.yaml`` (clinical, ultrasound, fused), the DeLong test of
   fused vs ultrasound, and on the same folds the plain logistic regression + plain CNN average;
 * ``breast_roi``: the same with ``configs/bus_clinical_roi.yaml`` (clinical, ultrasound, fused), the plain CNN on
@@ -61,7 +64,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 RESULTS = ROOT / "bench" / "results" / "real_data.json"
 SECTIONS = ("busi", "busi_pretrained", "busi_plain", "busi_plain_pretrained", "busi_roi", "busi_roi_plain",
-            "busi_localised", "busi_ensemble", "busi_pair", "busi_trio", "breast", "breast_roi", "breastmnist")
+            "busi_localised", "busi_ensemble", "busi_pair", "busi_trio", "busi_quartet", "breast", "breast_roi",
+            "breastmnist")
 #: ``--cv-seed``: the fold seed every config is run with (None: the configs' own).
 CV_SEED: int | None = None
 #: The lesion-ROI (reader-marked lesion) config; its ultrasound ``roi_margin`` is the plain ROI script's too.
@@ -70,6 +74,8 @@ ROI_CONFIG = ROOT / "configs" / "bus_clinical_roi.yaml"
 PAIR_RECIPE = ROOT / "configs" / "bus_clinical_pair.yaml"
 #: With ImageNet weights and training masks: Lite0 + the pair's two networks, ensembled.
 TRIO_RECIPE = ROOT / "configs" / "bus_clinical_lite0_trio.yaml"
+#: The trio + Lite0 on the localiser's crops.
+QUARTET_RECIPE = ROOT / "configs" / "bus_clinical_lite0_quartet.yaml"
 
 
 def prepare(name: str, data: Path, work: Path, *, group_duplicates: bool = False):
@@ -313,6 +319,15 @@ def section_busi_trio(data: Path, work: Path, args) -> dict:
     pair = work / "runs" / "busi_pair" / "members"
     return _busi_recipe(data, work, args, TRIO_RECIPE, "busi_trio",
                         seeds={"whole_frame": pair / "whole_frame", "localised": pair / "localised"})
+
+
+def section_busi_quartet(data: Path, work: Path, args) -> dict:
+    """``configs/bus_clinical_lite0_quartet.yaml``: the trio + Lite0 on the localiser's crops. The trio's members are
+    taken from ``busi_trio`` when it ran in this ``--work``; the new member reuses the localised member's fold
+    localisers (the recipe shares them), so only its networks are trained here."""
+    trio = work / "runs" / "busi_trio" / "members"
+    return _busi_recipe(data, work, args, QUARTET_RECIPE, "busi_quartet",
+                        seeds={name: trio / name for name in ("lite0", "whole_frame", "localised")})
 
 
 def lesion_masks(cohort) -> list[list[str]]:

@@ -99,6 +99,18 @@ def test_localised_config_is_the_scratch_config_with_a_localiser_box_crop():
     assert crossval.preprocessing_params(localised, ["ultrasound"])["ultrasound"].roi == "predicted"
 
 
+def test_lite0_localised_config_is_the_lite0_config_with_the_localised_crop():
+    lite0_localised = load_config(CONFIGS / "bus_clinical_lite0_localised.yaml")
+    lite0 = load_config(CONFIGS / "bus_clinical_lite0.yaml")
+    localised = load_config(CONFIGS / "bus_clinical_localised.yaml")
+    branch = lite0_localised.model.ultrasound
+    assert (branch.preprocess, branch.localiser) == (localised.model.ultrasound.preprocess,
+                                                     localised.model.ultrasound.localiser)  # the same fold localisers
+    as_lite0 = lite0_localised.model_copy(update={"name": lite0.name, "model": lite0_localised.model.model_copy(
+        update={"ultrasound": branch.model_copy(update={"preprocess": {}, "localiser": None})})})
+    assert as_lite0.model_dump() == lite0.model_dump()
+
+
 #: network keys at the last commit, before localisers existed (git show HEAD:src/breastfusion/experiment/crossval.py)
 KEYS_BEFORE_LOCALISERS = {
     "bus_clinical.yaml": {"clinical": "2035337fbc376f0f", "ultrasound": "4c877cc572fa1dcb",

@@ -131,3 +131,15 @@ def test_the_trio_section_reuses_the_pair_members_and_trains_only_the_rest(bench
     assert sorted(out["busi_trio_members"]) == ["lite0", "localised", "whole_frame"]
     results = json.loads((tmp_path / "runs" / "busi_trio" / "results.json").read_text())
     assert out["busi_trio_auc"] == results["variants"]["ultrasound"]["auc"]
+
+
+def test_the_quartet_section_runs_the_quartet_recipe_on_the_trio_members(bench, monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(bench, "_busi_recipe", lambda *a, **k: calls.append((a, k)) or {})
+    bench.section_busi_quartet(tmp_path, tmp_path, None)
+    (data, work, _, recipe, key), kwargs = calls[0]
+    assert data == work == tmp_path
+    assert (recipe, key) == (bench.QUARTET_RECIPE, "busi_quartet") and recipe.is_file()
+    trio = tmp_path / "runs" / "busi_trio" / "members"
+    assert kwargs["seeds"] == {name: trio / name for name in ("lite0", "whole_frame", "localised")}
+

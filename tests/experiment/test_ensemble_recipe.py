@@ -16,9 +16,19 @@ from breastfusion import load_bundle
 from breastfusion.bundle import export_bundle
 from breastfusion.cli.main import app
 from breastfusion.config import ConfigError, load_config
+from breastfusion.data.manifest import load_cohort
 from breastfusion.ensemble_bundle import EnsembleBundle
-from breastfusion.experiment.ensemble_recipe import is_ensemble_recipe, load_ensemble_recipe, member_dir
+from breastfusion.experiment import crossval
+from breastfusion.experiment.ensemble_recipe import (
+    is_ensemble_recipe,
+    load_ensemble_recipe,
+    member_dir,
+    run_ensemble_recipe,
+    share_localisers,
+)
+from breastfusion.experiment.localisation import localiser_tag
 from breastfusion.experiment.run_ensemble import average_logits
+from breastfusion.experiment.run_folder import RunLayout
 
 from ..conftest import TINY_MODEL
 
@@ -166,10 +176,75 @@ def test_a_recipe_is_not_mistaken_for_an_experiment_config():
         load_config(pair)
 
 
+LOCALISED = {"preprocess": {"roi": "predicted"}, "localiser": {"image_size": 32, "epochs": 2}}
+
+
+def _localised_member(name: str, *, seed: int, attention: str, localiser: dict | None = None) -> dict:
+    config = _member_config(name, seed=seed, attention=attention)
+    config["model"]["ultrasound"] = {**config["model"]["ultrasound"], **LOCALISED,
+                                     "localiser": {**LOCALISED["localiser"], **(localiser or {})}}
+    return config
+
+
+def _localiser_files(folder: Path) -> dict[str, bytes]:
+    root = RunLayout(folder).checkpoints.root / "localisers"
+    return {str(f.relative_to(root)): f.read_bytes() for f in sorted(root.rglob("*.safetensors"))}
+
+
+def test_members_with_the_same_localiser_fit_it_once(tmp_path, small_cohort_dir, monkeypatch):
+    fits = []
+    fit = crossval.fit_fold_localiser
+    monkeypatch.setattr(crossval, "fit_fold_localiser", lambda *a, **k: fits.append(k["seed"]) or fit(*a, **k))
+    path = _recipe(tmp_path / "configs", {"eca": _localised_member("eca", seed=0, attention="eca"),
+                                          "plain": _localised_member("plain", seed=0, attention="none")})
+    recipe = load_ensemble_recipe(path, manifest=small_cohort_dir)
+    out = tmp_path / "run"
+    run_ensemble_recipe(load_cohort(small_cohort_dir), recipe, out)
+    assert len(fits) == 2                                      # one localiser per fold, for the first member only
+    first, second = (_localiser_files(member_dir(out, m)) for m in ("eca", "plain"))
+    assert len(first) == 2 and first == second                 # the second member cropped with the same localisers
+    boxes = [pd.read_csv(f) for f in sorted((RunLayout(member_dir(out, "plain")).checkpoints.root
+                                              / "localisers").rglob("*.boxes.csv"))]
+    assert len(boxes) == 2                                     # and wrote its own boxes from them
+
+    # a cold run of the second member alone fits the same localisers: sharing changed nothing but the time
+    alone = tmp_path / "alone"
+    from breastfusion.experiment.run import run_experiment
+    run_experiment(load_cohort(small_cohort_dir), recipe.members["plain"], alone)
+    assert _localiser_files(alone) == second
+    np.testing.assert_allclose(_probs(alone), _probs(member_dir(out, "plain")), atol=1e-6)
+
+
+@pytest.mark.parametrize(("other", "shared"), [
+    ({"seed": 0, "attention": "none"}, True),
+    ({"seed": 3, "attention": "none"}, False),                  # other localiser seeds
+    ({"seed": 0, "attention": "none", "localiser": {"epochs": 3}}, False),  # other localiser settings
+])
+def test_localisers_are_shared_only_where_the_member_would_fit_the_same(tmp_path, other, shared):
+    source = load_config(None, **_localised_member("a", seed=0, attention="eca"))
+    target = load_config(None, **_localised_member("b", **other))
+    origin = RunLayout(tmp_path / "a").checkpoints.localiser_dir("ultrasound",
+                                                                 localiser_tag(source.model.ultrasound.localiser))
+    origin.mkdir(parents=True)
+    (origin / "fold0.safetensors").write_bytes(b"a fold localiser")
+    (origin / "fold0.boxes.csv").write_text("boxes of a's held-out images\n")
+    copied = share_localisers((source, tmp_path / "a"), (target, tmp_path / "b"))
+    assert [p.name for p in copied] == (["fold0.safetensors"] if shared else [])
+    assert _localiser_files(tmp_path / "b") == ({f"{origin.name}/fold0.safetensors": b"a fold localiser"}
+                                                if shared else {})
+    assert not list((tmp_path / "b").rglob("*.boxes.csv"))    # boxes are the member's own, written by its run
+    plain = load_config(None, **_member_config("c", seed=0, attention="none"))
+    assert share_localisers((plain, tmp_path / "c"), (target, tmp_path / "b")) == []  # no localiser to share
+
+
 @pytest.mark.parametrize(("recipe", "members"), [
     ("bus_clinical_pair.yaml", {"whole_frame": "bus_clinical.yaml", "localised": "bus_clinical_localised.yaml"}),
     ("bus_clinical_lite0_trio.yaml", {"lite0": "bus_clinical_lite0.yaml", "whole_frame": "bus_clinical.yaml",
                                       "localised": "bus_clinical_localised.yaml"}),
+    ("bus_clinical_lite0_quartet.yaml", {"lite0": "bus_clinical_lite0.yaml",
+                                         "lite0_localised": "bus_clinical_lite0_localised.yaml",
+                                         "whole_frame": "bus_clinical.yaml",
+                                         "localised": "bus_clinical_localised.yaml"}),
 ])
 def test_the_shipped_recipes_are_the_shipped_configs(recipe, members):
     loaded = load_ensemble_recipe(CONFIGS / recipe)

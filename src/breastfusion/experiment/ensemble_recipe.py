@@ -18,11 +18,17 @@ continues each member as a single run resumes.
 The members must share the cohort's folds and calibration lesions (``cv``, ``training.val_fraction``) and the
 ``evaluation`` settings; :func:`load_ensemble_recipe` checks that before anything is trained, not after hours of
 training, and names the member and key that differ.
+
+Members that localise the lesion with the same localiser (``preprocess.roi: predicted``, equal ``localiser``
+settings and ``training.seed``) would fit the same fold localisers on the same fitting images with the same seeds;
+a member starts from a copy of the localisers another member already fitted instead of fitting them again
+(:func:`share_localisers`).
 """
 
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +44,7 @@ if TYPE_CHECKING:  # torch-heavy modules: imported only when a recipe runs
     from breastfusion.data.manifest import Cohort
 
 __all__ = ["RECIPE_KEY", "EnsembleRecipe", "is_ensemble_recipe", "load_ensemble_recipe", "member_dir",
-           "run_ensemble_recipe"]
+           "run_ensemble_recipe", "share_localisers"]
 
 #: The top-level key that makes a YAML an ensemble recipe instead of an experiment config.
 RECIPE_KEY = "members"
@@ -154,6 +160,37 @@ def member_dir(out: str | Path, member: str) -> Path:
     return Path(out) / "members" / member
 
 
+def _localisers(config: ExperimentConfig) -> dict[tuple[str, str], int]:
+    """(modality, localiser tag) of each ``roi: predicted`` modality -> the training seed its fold localisers'
+    seeds derive from."""
+    from breastfusion.experiment.localisation import localiser_tag
+
+    return {(modality, localiser_tag(getattr(config.model, modality).localiser)): config.training.seed
+            for modality in ("mammography", "ultrasound")
+            if getattr(config.model, modality).preprocess.get("roi") == "predicted"}
+
+
+def share_localisers(source: tuple[ExperimentConfig, Path], target: tuple[ExperimentConfig, Path]) -> list[Path]:
+    """Copy the fold localisers of the member run ``source`` (config, folder) into the member run ``target`` where
+    they are the ones ``target`` would fit: the same modality and localiser settings (their tag) and the same
+    ``training.seed`` (their seeds); the folds and fitting images are the same in every member of a recipe
+    (:func:`load_ensemble_recipe` checks ``cv`` and ``training.val_fraction``). Files ``target`` already has are
+    kept. Returns the files copied."""
+    wanted = _localisers(target[0])
+    copied = []
+    for (modality, tag), seed in _localisers(source[0]).items():
+        if wanted.get((modality, tag)) != seed:
+            continue
+        origin = RunLayout(source[1]).checkpoints.localiser_dir(modality, tag)
+        destination = RunLayout(target[1]).checkpoints.localiser_dir(modality, tag)
+        for file in sorted(origin.glob("*.safetensors")):
+            if not (destination / file.name).exists():
+                destination.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(file, destination / file.name)
+                copied.append(destination / file.name)
+    return copied
+
+
 def run_ensemble_recipe(cohort: Cohort, recipe: EnsembleRecipe, out: str | Path, *,
                         progress: Progress | None = None) -> dict[str, Any]:
     """Cross-validate each member of ``recipe`` on ``cohort`` into ``out/members/NAME``, then ensemble them into
@@ -161,6 +198,8 @@ def run_ensemble_recipe(cohort: Cohort, recipe: EnsembleRecipe, out: str | Path,
 
     A member folder that already holds checkpoints continues where it stopped (finished folds are kept), provided
     its recorded config is the member's; so rerunning an interrupted recipe retrains nothing that was finished.
+    A member whose fold localisers another member already fitted starts from copies of them
+    (:func:`share_localisers`).
 
     Returns:
         The ensemble's ``results.json`` (see :func:`~breastfusion.experiment.run_ensemble.ensemble_runs`).
@@ -174,14 +213,18 @@ def run_ensemble_recipe(cohort: Cohort, recipe: EnsembleRecipe, out: str | Path,
     from breastfusion.experiment.run_ensemble import ensemble_runs
 
     out = Path(out)
-    folders = []
+    done: list[tuple[ExperimentConfig, Path]] = []
     for name, config in recipe.members.items():
         folder = member_dir(out, name)
         recorded = RunLayout(folder).config
         if recorded.is_file() and not same_experiment(load_config(recorded), config):
             raise ConfigError(f"{folder} holds a run of another configuration than member {name!r} of "
                               f"{recipe.source}; choose another --out")
+        for other, other_config in recipe.members.items():
+            if other != name:  # a finished member's localisers (a member not yet run has none)
+                share_localisers((other_config, member_dir(out, other)), (config, folder))
         run_experiment(cohort, config, folder, progress=progress)
-        folders.append(folder.resolve())
+        done.append((config, folder.resolve()))
+    folders = [folder for _, folder in done]
     return ensemble_runs(folders, out, name=recipe.name,
                          variants=list(next(iter(recipe.members.values())).variants))

@@ -95,15 +95,19 @@ class CheckpointLayout:
         learner on deep features) or ``score`` (score-level fusion's clinical learner)."""
         return self.variant_dir(variant) / f"{fold_tag(fold)}.{kind}.skops"
 
+    def localiser_dir(self, modality: str, tag: str) -> Path:
+        """The fold localisers of a ``modality`` with the settings of ``tag`` (and their boxes)."""
+        return self.root / "localisers" / f"{modality}-{tag}"
+
     def localiser_weights(self, modality: str, tag: str, fold: int, repeat: int = 0, part: int | None = None) -> Path:
         """A fold's lesion localiser (``preprocess.roi: predicted``; safetensors), filed under its settings' tag;
         ``part``: the localiser that crops that part of the fold's fitting images (``fit_crops: cross_fitted``)."""
         suffix = "" if part is None else f".part{part}"
-        return self.root / "localisers" / f"{modality}-{tag}" / f"{fold_tag(fold, repeat)}{suffix}.safetensors"
+        return self.localiser_dir(modality, tag) / f"{fold_tag(fold, repeat)}{suffix}.safetensors"
 
     def localiser_boxes(self, modality: str, tag: str, fold: int, repeat: int = 0) -> Path:
         """The boxes a fold's localiser gave its held-out images, with their IoU against the reader's masks (csv)."""
-        return self.root / "localisers" / f"{modality}-{tag}" / f"{fold_tag(fold, repeat)}.boxes.csv"
+        return self.localiser_dir(modality, tag) / f"{fold_tag(fold, repeat)}.boxes.csv"
 
     def clinical_preprocessor(self, fold: int, repeat: int = 0) -> Path:
         """Fold ``fold``'s fitted clinical preprocessor (skops), shared by every variant that reads clinical data."""
