@@ -30,7 +30,8 @@ OUT = RESULTS / "busi_fold_seeds.json"
 #: (busi_pair, busi_trio) are not listed: in the same environment they reproduce the member runs their seed-0
 #: entries were made from, digit for digit, so they are no new draw.
 #:
-#: recipe → its seed-0 AUC key in real_data.json (absent: seed 0 from busi_recipes.json as well), its
+#: recipe → its seed-0 AUC key in real_data.json (a tuple: a path into nested entries, e.g. a recipe member's AUC;
+#: absent: seed 0 from busi_recipes.json as well), its
 #: busi_recipes.json entry name on cv.seed N ({seed}), issue 12's target and, for an ensemble, the member it is
 #: compared with (``versus``: key, name in the table, run-name prefix) and that comparison's seed-0 key in
 #: real_data.json
@@ -59,6 +60,12 @@ RECIPES: dict[str, dict] = {
     "ensemble Lite0 + bus_clinical.yaml + localised (bus_clinical_lite0_trio.yaml; masks for training)": {
         "other": "lite0_trio_cvseed{seed}", "target": 0.93,
         "versus": ("lite0", "Lite0", "lite0_cvseed")},
+    "bus_clinical_lite0_localised.yaml (ImageNet Lite0, in-fold localiser; masks for training)": {
+        "seed0": ("busi_quartet_members", "lite0_localised", "auc"), "other": "lite0_crops_cvseed{seed}",
+        "target": 0.93},
+    "ensemble of all four (bus_clinical_lite0_quartet.yaml; masks for training)": {
+        "seed0": "busi_quartet_auc", "other": "lite0_quartet_cvseed{seed}", "target": 0.93,
+        "versus": ("lite0", "Lite0", "lite0_cvseed"), "seed0_versus": ("busi_quartet_members", "lite0")},
 }
 #: the fold seeds looked for besides 0
 OTHER_SEEDS = (1, 2)
@@ -78,10 +85,11 @@ def summarise(real_data: dict, recipes: list[dict], *, other_seeds=OTHER_SEEDS) 
         seeds = list(other_seeds)
         if "seed0" not in spec:
             seeds.insert(0, 0)
-        elif spec["seed0"] in real_data:
-            aucs["0"] = real_data[spec["seed0"]]
-            if spec.get("seed0_versus") in real_data:
-                versus["0"] = real_data[spec["seed0_versus"]]
+        elif _entry(real_data, spec["seed0"]) is not None:
+            aucs["0"] = _entry(real_data, spec["seed0"])
+            compared = _entry(real_data, spec.get("seed0_versus"))
+            if compared is not None:
+                versus["0"] = {k: compared[k] for k in ("auc_difference", "p")}
         else:
             missing.append(0)
         for seed in seeds:
@@ -110,6 +118,14 @@ def summarise(real_data: dict, recipes: list[dict], *, other_seeds=OTHER_SEEDS) 
                     "runs_meeting_target": sum(v >= spec["target"] for v in every)}
         out[recipe] = row
     return out
+
+
+def _entry(real_data: dict, key: str | tuple[str, ...] | None):
+    """``real_data[key]``, or for a tuple the nested entry it leads to; ``None`` where there is none."""
+    value = real_data
+    for part in (() if key is None else (key,) if isinstance(key, str) else key):
+        value = value.get(part) if isinstance(value, dict) else None
+    return None if key is None else value
 
 
 def _reruns(spec: dict[int, list[str]], real_data: dict, by_name: dict[str, dict]) -> dict[str, list[float]]:

@@ -89,3 +89,23 @@ def test_reruns_are_listed_beside_their_seed_and_counted_in_the_every_run_mean(b
     assert f"{statistics.fmean(every):.3f} ± {statistics.stdev(every):.3f}, n = 5 (1 at target)" in table
     # a recipe without reruns has no every-run figures
     assert "n_runs" not in summary["ensemble Lite0 + bus_clinical.yaml (no masks)"]
+
+
+def test_a_recipe_member_seed_0_is_read_from_its_recipe_run_in_real_data(bench):
+    real_data = {"busi_quartet_auc": 0.93, "busi_quartet_members": {
+        "lite0": {"auc": 0.89, "auc_difference": 0.04, "p": 0.001},
+        "lite0_localised": {"auc": 0.91, "auc_difference": 0.02, "p": 0.01}}}
+    recipes = [{"name": "lite0_crops_cvseed1", "auc": 0.90},
+               {"name": "lite0_quartet_cvseed1", "auc": 0.92,
+                "members": [{"run": "busi_recipes/lite0_cvseed1", "auc": 0.9, "auc_difference": 0.02, "p": 0.2}]}]
+    summary = bench.summarise(real_data, recipes, other_seeds=(1,))
+    member = summary["bus_clinical_lite0_localised.yaml (ImageNet Lite0, in-fold localiser; masks for training)"]
+    assert member["auc_by_fold_seed"] == {"0": 0.91, "1": 0.90}
+    quartet = summary["ensemble of all four (bus_clinical_lite0_quartet.yaml; masks for training)"]
+    assert quartet["auc_by_fold_seed"] == {"0": 0.93, "1": 0.92}
+    assert quartet["vs_lite0_by_fold_seed"] == {"0": {"auc_difference": 0.04, "p": 0.001},
+                                               "1": {"auc_difference": 0.02, "p": 0.2}}
+    assert quartet["fold_seeds_meeting_target"] == ["0"]
+    # no recipe run yet: seed 0 is missing, not an error
+    assert bench.summarise({}, [], other_seeds=(1,))[
+        "ensemble of all four (bus_clinical_lite0_quartet.yaml; masks for training)"]["missing_fold_seeds"] == [0, 1]
