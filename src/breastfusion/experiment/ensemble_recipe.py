@@ -163,11 +163,11 @@ def member_dir(out: str | Path, member: str) -> Path:
 def _localisers(config: ExperimentConfig) -> dict[tuple[str, str], int]:
     """(modality, localiser tag) of each ``roi: predicted`` modality -> the training seed its fold localisers'
     seeds derive from."""
+    from breastfusion.data.manifest import IMAGE_MODALITIES
     from breastfusion.experiment.localisation import localiser_tag
 
     return {(modality, localiser_tag(getattr(config.model, modality).localiser)): config.training.seed
-            for modality in ("mammography", "ultrasound")
-            if getattr(config.model, modality).preprocess.get("roi") == "predicted"}
+            for modality in IMAGE_MODALITIES if getattr(config.model, modality).preprocess.get("roi") == "predicted"}
 
 
 def share_localisers(source: tuple[ExperimentConfig, Path], target: tuple[ExperimentConfig, Path]) -> list[Path]:
@@ -213,7 +213,7 @@ def run_ensemble_recipe(cohort: Cohort, recipe: EnsembleRecipe, out: str | Path,
     from breastfusion.experiment.run_ensemble import ensemble_runs
 
     out = Path(out)
-    done: list[tuple[ExperimentConfig, Path]] = []
+    folders = []
     for name, config in recipe.members.items():
         folder = member_dir(out, name)
         recorded = RunLayout(folder).config
@@ -224,7 +224,6 @@ def run_ensemble_recipe(cohort: Cohort, recipe: EnsembleRecipe, out: str | Path,
             if other != name:  # a finished member's localisers (a member not yet run has none)
                 share_localisers((other_config, member_dir(out, other)), (config, folder))
         run_experiment(cohort, config, folder, progress=progress)
-        done.append((config, folder.resolve()))
-    folders = [folder for _, folder in done]
+        folders.append(folder.resolve())
     return ensemble_runs(folders, out, name=recipe.name,
                          variants=list(next(iter(recipe.members.values())).variants))
