@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
@@ -10,6 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from rich.console import Console
+from rich.progress import Progress
 from typer.testing import CliRunner
 
 from breastfusion import load_bundle
@@ -199,8 +202,11 @@ def test_members_with_the_same_localiser_fit_it_once(tmp_path, small_cohort_dir,
                                           "plain": _localised_member("plain", seed=0, attention="none")})
     recipe = load_ensemble_recipe(path, manifest=small_cohort_dir)
     out = tmp_path / "run"
-    run_ensemble_recipe(load_cohort(small_cohort_dir), recipe, out)
+    console = Console(file=io.StringIO(), width=200)
+    with Progress(console=console) as progress:
+        run_ensemble_recipe(load_cohort(small_cohort_dir), recipe, out, progress=progress)
     assert len(fits) == 2                                      # one localiser per fold, for the first member only
+    assert "member plain: 2 fold localiser(s) copied from member eca" in console.file.getvalue()
     first, second = (_localiser_files(member_dir(out, m)) for m in ("eca", "plain"))
     assert len(first) == 2 and first == second                 # the second member cropped with the same localisers
     boxes = [pd.read_csv(f) for f in sorted((RunLayout(member_dir(out, "plain")).checkpoints.root

@@ -221,8 +221,12 @@ def run_ensemble_recipe(cohort: Cohort, recipe: EnsembleRecipe, out: str | Path,
             raise ConfigError(f"{folder} holds a run of another configuration than member {name!r} of "
                               f"{recipe.source}; choose another --out")
         for other, other_config in recipe.members.items():
-            if other != name:  # a finished member's localisers (a member not yet run has none)
-                share_localisers((other_config, member_dir(out, other)), (config, folder))
+            if other == name:
+                continue
+            copied = share_localisers((other_config, member_dir(out, other)), (config, folder))  # none if not run
+            if copied and progress is not None:
+                progress.console.print(f"member {name}: {len(copied)} fold localiser(s) copied from member {other} "
+                                       "(the same settings, folds and seeds)")
         run_experiment(cohort, config, folder, progress=progress)
         folders.append(folder.resolve())
     return ensemble_runs(folders, out, name=recipe.name,
