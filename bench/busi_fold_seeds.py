@@ -85,8 +85,8 @@ def summarise(real_data: dict, recipes: list[dict], *, other_seeds=OTHER_SEEDS) 
         seeds = list(other_seeds)
         if "seed0" not in spec:
             seeds.insert(0, 0)
-        elif _entry(real_data, spec["seed0"]) is not None:
-            aucs["0"] = _entry(real_data, spec["seed0"])
+        elif (seed0 := _entry(real_data, spec["seed0"])) is not None:
+            aucs["0"] = seed0
             compared = _entry(real_data, spec.get("seed0_versus"))
             if compared is not None:
                 versus["0"] = {k: compared[k] for k in ("auc_difference", "p")}
@@ -122,10 +122,12 @@ def summarise(real_data: dict, recipes: list[dict], *, other_seeds=OTHER_SEEDS) 
 
 def _entry(real_data: dict, key: str | tuple[str, ...] | None):
     """``real_data[key]``, or for a tuple the nested entry it leads to; ``None`` where there is none."""
+    if key is None:
+        return None
     value = real_data
-    for part in (() if key is None else (key,) if isinstance(key, str) else key):
+    for part in (key,) if isinstance(key, str) else key:
         value = value.get(part) if isinstance(value, dict) else None
-    return None if key is None else value
+    return value
 
 
 def _reruns(spec: dict[int, list[str]], real_data: dict, by_name: dict[str, dict]) -> dict[str, list[float]]:
