@@ -111,12 +111,43 @@ def test_a_checkpoint_with_other_seeds_than_the_config_is_refused(runs):
         load_network(art.checkpoint("us", 0), _config(1), "us")
 
 
-def test_an_ensemble_bundle_predicts_but_explanations_are_refused(runs, small_cohort_dir, tmp_path):
+@pytest.fixture(scope="module")
+def fused_ensemble_run(small_cohort_dir, tmp_path_factory):
+    """An ultrasound + clinical network as a two-seed ensemble (2 folds, 1 epoch): every explanation step reads it."""
+    out = tmp_path_factory.mktemp("seed-fused") / "run"
+    config = load_config(None, variants={"fused": ["ultrasound", "clinical"]}, model=TINY_MODEL,
+                         training={**TINY_TRAINING, "epochs": 1, "seeds": 2}, cv={"n_splits": 2, "bootstrap": 100})
+    run_experiment(load_cohort(small_cohort_dir), config, out)
+    return out
+
+
+def test_an_ensemble_bundle_predicts_and_explains_a_case_with_its_members(runs, small_cohort_dir, tmp_path):
     bundle = load_bundle(export_bundle(runs[2], tmp_path / "bundle"))
     assert all(isinstance(net, SeedEnsemble) for net in bundle.networks)
     predicted = bundle.predict(small_cohort_dir)
     assert predicted["prob"].between(0, 1).all() and len(predicted) > 0
-    with pytest.raises(SingleNetworkRequired, match="training.seeds: 2"):
-        explain_case(bundle, small_cohort_dir)
-    with pytest.raises(SingleNetworkRequired, match="training.seeds: 2"):
-        explain_run(runs[2], out=tmp_path / "explain")
+    case = explain_case(bundle, small_cohort_dir, method="gradcam")
+    assert sum(case.phi.values()) == pytest.approx(case.full - case.empty, abs=1e-9)
+    assert abs(case.full - case.empty) > 1e-6
+    assert case.heatmaps and all(h.heatmap.shape == h.image.shape and np.isfinite(h.heatmap).all()
+                                 and 0 <= h.heatmap.min() and h.heatmap.max() <= 1 for h in case.heatmaps)
+
+
+def test_a_seed_ensemble_run_is_explained_through_its_members(fused_ensemble_run, tmp_path):
+    art = load_run(fused_ensemble_run)
+    assert isinstance(art.network("fused", 0), SeedEnsemble)
+    result = explain_run(fused_ensemble_run, out=tmp_path / "explain", n_cases=1, method="gradcam",
+                         faithfulness_methods=["gradcam"], importance_repeats=2, update_run=False)
+    contribution = result["contribution"]
+    assert contribution["efficiency_max_error"] < 1e-9
+    assert set(contribution["share_percent"]) == {"ultrasound", "clinical"}
+    # the Shapley game's full coalition is the ensemble's own prediction of each held-out lesion
+    phi = pd.read_csv(tmp_path / "explain" / "modality_shapley.csv", dtype={"lesion_id": str})
+    own = art.predict("fused")[["lesion_id", "prob"]].astype({"lesion_id": str})
+    merged = phi.merge(own, on="lesion_id")
+    assert len(merged) == len(phi) > 0
+    np.testing.assert_allclose(merged["full"], merged["prob"], atol=1e-5)
+    # clinical permutation importance ran on the ensemble (its branch-wise shortcut is checked against the network)
+    assert result["clinical_importance"] and np.isfinite(result["clinical_importance_auc"])
+    heatmaps = np.load(tmp_path / "explain" / "heatmaps.npz")
+    assert heatmaps.files and all(0 <= heatmaps[f].min() and heatmaps[f].max() <= 1 for f in heatmaps.files)

@@ -166,7 +166,7 @@ class TrainingConfig(_Strict):
     seed: int = 0
     seeds: int = Field(1, ge=1, le=20, description="networks per fold trained from different seeds (member j: the "
                        "fold seed + 10^7 j), their logits averaged: a seed ensemble (K x the training time). "
-                       "Stage 2 and Score-CAM need a single network and refuse seeds > 1")
+                       "Stage 2 needs a single network and refuses seeds > 1; explanations combine the members")
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     augment: bool = True
     augment_zoom: float = Field(0.1, ge=0, lt=1, description="training augmentation's random scale change, ± this "

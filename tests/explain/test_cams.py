@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from breastfusion.config import load_config
-from breastfusion.explain.cams import CAM_METHODS, FINAL, OneImageModel, compute_cams, find_target_layer
+from breastfusion.explain.cams import (CAM_METHODS, FINAL, EnsembleImageModel, OneImageModel, compute_cams,
+                                       find_target_layer, find_target_layers, image_model)
 from breastfusion.models.network import build_network
 
 MODALITIES = ("mammography", "ultrasound", "clinical")
@@ -80,3 +81,31 @@ def test_target_layer_choice_and_override():
     assert find_target_layer(encoder, 64, name="backbone.layer2").side == 8
     with pytest.raises(ValueError, match=r"not a module of the encoder.*backbone.layer4"):
         find_target_layer(encoder, 64, name="backbone.layer9")
+
+
+def _ensemble():
+    torch.manual_seed(0)
+    branch = {"encoder": "test_resnet", "encoder_kwargs": {}, "image_size": 32}
+    model = load_config(None, model={"mammography": branch, "ultrasound": branch}).model
+    return build_network(MODALITIES, model, n_clinical_features=4, seeds=2).eval()
+
+
+def test_a_seed_ensembles_heatmap_is_the_mean_of_its_members_maps_of_the_ensembles_class():
+    ensemble, lesion = _ensemble(), _lesion()
+    model = image_model(ensemble, lesion, "ultrasound", 0)
+    assert isinstance(model, EnsembleImageModel)
+    assert isinstance(image_model(ensemble.members[0], lesion, "ultrasound", 0), OneImageModel)
+    with torch.no_grad():
+        torch.testing.assert_close(model(model.image)[:, 0], ensemble(lesion))
+    methods = ("gradcam", "scorecam")
+    maps, logit = compute_cams(model, methods)
+    with torch.no_grad():
+        assert logit == pytest.approx(float(ensemble(lesion)[0]), abs=1e-5)
+    category = 1 if logit >= 0 else 0
+    singles = [compute_cams(OneImageModel(member, lesion, "ultrasound", 0), methods, target_class=category)[0]
+               for member in ensemble.members]
+    for method in methods:
+        assert not np.allclose(singles[0][method], singles[1][method])
+        np.testing.assert_allclose(maps[method], (singles[0][method] + singles[1][method]) / 2, atol=1e-6)
+    with pytest.raises(ValueError, match="1 target layer"):
+        compute_cams(model, ("gradcam",), target_layer=find_target_layers(model)[:1])

@@ -11,7 +11,7 @@ import torch
 from breastfusion.config import load_config
 from breastfusion.explain.shapley import (coalition_values, gate_weights, modality_shapley, no_information_prob,
                                           shapley_shares)
-from breastfusion.models.network import build_network
+from breastfusion.models.network import SeedEnsemble, build_network
 
 from ..conftest import TINY_MODEL, one_torch_thread
 
@@ -198,3 +198,23 @@ def test_the_same_recipe_gives_real_ultrasound_a_large_share(noise_shares):
     (lesion shape, margin, shadowing), ultrasound takes a several times larger share."""
     noise, control = noise_shares["noise"]["share"]["ultrasound"], noise_shares["control"]["share"]["ultrasound"]
     assert control > CONTROL_FLOOR and control > CONTROL_RATIO * noise, (noise, control)
+
+
+def test_a_seed_ensembles_game_is_played_on_its_mean_logit():
+    ensemble = SeedEnsemble([_net("gated", seed=0), _net("gated", seed=1)]).eval()
+    batch = _batch()
+    values = coalition_values(ensemble, batch, scale="logit")
+    members = [coalition_values(member, batch, scale="logit") for member in ensemble.members]
+    assert not torch.allclose(members[0][frozenset(MODALITIES)], members[1][frozenset(MODALITIES)])
+    for coalition, value in values.items():
+        np.testing.assert_allclose(value.numpy(), ((members[0][coalition] + members[1][coalition]) / 2).numpy(),
+                                   atol=1e-6)
+    phi = modality_shapley(ensemble, batch)  # probability scale: sigmoid of the mean logit, not the mean probability
+    with torch.no_grad():
+        np.testing.assert_allclose(phi["full"], torch.sigmoid(ensemble(batch).double()).numpy(), atol=1e-6)
+    np.testing.assert_allclose(phi[[f"phi_{m}" for m in MODALITIES]].sum(axis=1), phi["full"] - phi["empty"],
+                               atol=1e-9)
+    gates = gate_weights(ensemble, batch)
+    each = [gate_weights(member, batch) for member in ensemble.members]
+    np.testing.assert_allclose(gates.to_numpy(), ((each[0] + each[1]) / 2).to_numpy(), atol=1e-12)
+    assert gate_weights(SeedEnsemble([_net("concat", 0), _net("concat", 1)]), batch) is None

@@ -28,10 +28,10 @@ from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 from torch import nn
 
 from breastfusion.models.encoders import ImageEncoder
-from breastfusion.models.network import MultimodalNet
+from breastfusion.models.network import MultimodalNet, SeedEnsemble, network_members
 
-__all__ = ["CAM_METHODS", "FINAL", "OneImageModel", "TargetLayer", "encode_views", "find_target_layer",
-           "compute_cams"]
+__all__ = ["CAM_METHODS", "FINAL", "OneImageModel", "EnsembleImageModel", "TargetLayer", "encode_views",
+           "image_model", "find_target_layer", "find_target_layers", "compute_cams"]
 
 #: Heatmap methods by CLI name.
 CAM_METHODS: dict[str, type] = {"scorecam": ScoreCAM, "gradcam": GradCAM, "gradcam++": GradCAMPlusPlus}
@@ -87,6 +87,36 @@ class OneImageModel(nn.Module):
         outputs = {m: (feats.expand(n, -1), present.expand(n)) for m, (feats, present) in self.fixed.items()}
         outputs[self.modality] = (pooled, torch.ones(n, dtype=torch.bool, device=x.device))
         return self.net.fusion(outputs).unsqueeze(1)  # (N, 1)
+
+
+class EnsembleImageModel(nn.Module):
+    """A seed ensemble as a function of one image of one lesion: its members' :class:`OneImageModel` s, their
+    logits averaged (the ensemble's own prediction). :func:`compute_cams` gives it the mean of its members'
+    heatmaps of one class, as a bundle's heatmap is the mean over its fold networks."""
+
+    def __init__(self, members: list[OneImageModel]):
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble image model needs at least one member")
+        self.members = nn.ModuleList(members)
+        self.image, self.modality, self.slot = members[0].image, members[0].modality, members[0].slot
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([member(x) for member in self.members]).mean(0)  # (N, 1)
+
+
+def image_model(net: MultimodalNet | SeedEnsemble, batch: dict[str, torch.Tensor], modality: str, slot: int, *,
+                branch_outputs: list[dict[str, tuple[torch.Tensor, torch.Tensor]]] | None = None,
+                view_features: list[torch.Tensor] | None = None) -> OneImageModel | EnsembleImageModel:
+    """``net`` as a function of one image: a :class:`OneImageModel` for one network, an
+    :class:`EnsembleImageModel` for a seed ensemble. ``branch_outputs`` and ``view_features``, when given,
+    hold one entry per single network (:func:`~breastfusion.models.network.network_members`)."""
+    members = network_members(net)
+    models = [OneImageModel(member, batch, modality, slot,
+                            branch_outputs=None if branch_outputs is None else branch_outputs[j],
+                            view_features=None if view_features is None else view_features[j])
+              for j, member in enumerate(members)]
+    return models[0] if isinstance(net, MultimodalNet) else EnsembleImageModel(models)
 
 
 @torch.no_grad()
@@ -185,20 +215,32 @@ def find_target_layer(encoder: ImageEncoder, image_size: int, *, name: str | Non
     return TargetLayer(name=name, module=module, reshape=reshape, side=int(side))
 
 
+def find_target_layers(model: OneImageModel | EnsembleImageModel, *, name: str | None = None,
+                       min_side: int = 4) -> list[TargetLayer]:
+    """:func:`find_target_layer` of each single network in ``model`` (one for a :class:`OneImageModel`)."""
+    members = model.members if isinstance(model, EnsembleImageModel) else [model]
+    image = model.image
+    return [find_target_layer(member.encoder, image.shape[-1], name=name, min_side=min_side,
+                              in_chans=image.shape[1]) for member in members]
+
+
 def compute_cams(
-    model: OneImageModel,
+    model: OneImageModel | EnsembleImageModel,
     methods: tuple[str, ...] = ("scorecam",),
     *,
-    target_layer: TargetLayer | None = None,
+    target_layer: TargetLayer | list[TargetLayer] | None = None,
     target_class: int | None = None,
     batch_size: int = 128,
 ) -> tuple[dict[str, np.ndarray], float]:
     """Heatmaps of one image of one lesion, one per method.
 
     Args:
-        model: the network as a function of the image (:class:`OneImageModel`).
+        model: the network as a function of the image (:class:`OneImageModel`), or a seed ensemble's
+            (:class:`EnsembleImageModel`: the mean of its members' heatmaps, each of the class the ensemble
+            explains).
         methods: names from :data:`CAM_METHODS`.
-        target_layer: from :func:`find_target_layer` (default: chosen automatically).
+        target_layer: from :func:`find_target_layer` (default: chosen automatically); for an ensemble, one per
+            member (:func:`find_target_layers`).
         target_class: 1 explains the malignant logit, 0 its negative (evidence for benign);
             ``None`` explains the predicted class.
         batch_size: Score-CAM's masked copies per forward pass.
@@ -214,11 +256,25 @@ def compute_cams(
         raise ValueError(f"unknown CAM method(s) {unknown}; expected names from {list(CAM_METHODS)}")
     model.eval()
     image = model.image
+    members = list(model.members) if isinstance(model, EnsembleImageModel) else [model]
     if target_layer is None:
-        target_layer = find_target_layer(model.encoder, image.shape[-1], in_chans=image.shape[1])
+        layers = find_target_layers(model)
+    else:
+        layers = target_layer if isinstance(target_layer, list) else [target_layer]
+    if len(layers) != len(members):
+        raise ValueError(f"{len(layers)} target layer(s) for {len(members)} network(s)")
     with torch.no_grad():
         logit = float(model(image)[0, 0])
     category = (1 if logit >= 0 else 0) if target_class is None else int(target_class)
+    per_member = [_member_cams(member, methods, layer, category, batch_size) for member, layer in zip(members, layers)]
+    return {method: np.mean([maps[method] for maps in per_member], axis=0).astype(np.float32)
+            for method in methods}, logit
+
+
+def _member_cams(model: OneImageModel, methods: tuple[str, ...], target_layer: TargetLayer, category: int,
+                 batch_size: int) -> dict[str, np.ndarray]:
+    """One network's heatmaps of ``category`` (pytorch-grad-cam), float32 in [0, 1]."""
+    image = model.image
     targets = [BinaryClassifierOutputTarget(category)]
     maps = {}
     for method in methods:
@@ -229,4 +285,4 @@ def compute_cams(
             with contextlib.redirect_stderr(io.StringIO()):
                 heat = cam(input_tensor=image, targets=targets)[0]
         maps[method] = np.nan_to_num(heat.astype(np.float32)).clip(0, 1)
-    return maps, logit
+    return maps

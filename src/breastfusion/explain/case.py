@@ -26,10 +26,9 @@ import torch
 
 from breastfusion.data.manifest import IMAGE_MODALITIES, Cohort
 from breastfusion.data.tensors import LesionDataset, clinical_features_for, modality_present
-from breastfusion.explain.cams import CAM_METHODS, OneImageModel, compute_cams, find_target_layer
+from breastfusion.explain.cams import CAM_METHODS, compute_cams, image_model
 from breastfusion.explain.shapley import modality_shapley, no_information_prob, shapley_shares
 from breastfusion.data.transforms import prepare_batch
-from breastfusion.models.network import SingleNetworkRequired
 
 __all__ = ["ImageHeatmap", "CaseExplanation", "explain_case"]
 
@@ -92,10 +91,6 @@ def explain_case(bundle, cohort: Cohort | str | Path | None = None, *, images: M
     if getattr(bundle, "stage2_learners", None) is not None:
         raise ValueError(f"bundle {bundle.root} predicts with a stage-2 learner on the networks' deep features; "
                          "case explanations cover network variants only (export one to explain it)")
-    seeds = bundle.config.training.seeds
-    if seeds > 1:
-        raise SingleNetworkRequired(f"bundle {bundle.root} holds seed ensembles (training.seeds: {seeds}); case "
-                                    "explanations (Score-CAM, modality Shapley values) need single networks")
     if getattr(bundle, "score_learners", None) is not None:
         raise ValueError(f"bundle {bundle.root} averages an image network with a clinical learner (score-level "
                          "fusion); case explanations cover network variants only (export one to explain it)")
@@ -128,9 +123,8 @@ def explain_case(bundle, cohort: Cohort | str | Path | None = None, *, images: M
         for modality in (m for m in bundle.modalities if m in IMAGE_MODALITIES):
             present = batch[f"{modality}_views"][0]
             for slot in torch.nonzero(present).flatten().tolist():
-                model = OneImageModel(net, batch, modality, slot)
-                layer = find_target_layer(model.encoder, model.image.shape[-1], in_chans=model.image.shape[1])
-                heat, _ = compute_cams(model, (method,), target_layer=layer, target_class=1)
+                model = image_model(net, batch, modality, slot)
+                heat, _ = compute_cams(model, (method,), target_class=1)
                 maps.setdefault((modality, slot), []).append(heat[method])
     phi_mean = {m: float(np.mean([p[m] for p in phis])) for m in bundle.modalities}
     _, shares = shapley_shares(pd.DataFrame([{f"phi_{m}": v for m, v in phi_mean.items()}]))

@@ -24,24 +24,32 @@ from sklearn.metrics import roc_auc_score
 from breastfusion.evaluation.metrics import subject_level
 from breastfusion.data.transforms import prepare_batch
 from breastfusion.experiment.run_artifacts import RunArtifacts
+from breastfusion.models.network import network_members
 
 __all__ = ["clinical_permutation_importance"]
 
 
 @torch.no_grad()
 def _fold_inputs(art: RunArtifacts, variant: str, fold: int):
+    """The fold's network, its held-out batch and, per single network (a seed ensemble's members), the image
+    branches' outputs, which no clinical shuffle changes."""
     net = art.network(variant, fold)
     data = art.dataset(variant, fold)
     batch = prepare_batch(data.tensors)
-    fixed = {m: branch(batch) for m, branch in net.branches.items() if m != "clinical"}
+    fixed = [(member, {m: branch(batch) for m, branch in member.branches.items() if m != "clinical"})
+             for member in network_members(net)]
     return net, batch, fixed
 
 
 @torch.no_grad()
-def _predict(net, fixed, clinical: np.ndarray, present: np.ndarray) -> np.ndarray:
+def _predict(fixed, clinical: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """P(malignant) from new clinical features: the members' mean logit, as the network predicts."""
     batch = {"clinical": torch.tensor(np.asarray(clinical)), "clinical_present": torch.tensor(np.asarray(present))}
-    outputs = dict(fixed, clinical=net.branches["clinical"](batch))
-    return torch.sigmoid(net.fusion({m: outputs[m] for m in net.modalities})).double().numpy()
+    logits = []
+    for member, outputs in fixed:
+        outputs = dict(outputs, clinical=member.branches["clinical"](batch))
+        logits.append(member.fusion({m: outputs[m] for m in member.modalities}))
+    return torch.sigmoid(torch.stack(logits).mean(0)).double().numpy()
 
 
 @torch.no_grad()
@@ -72,7 +80,7 @@ def clinical_permutation_importance(art: RunArtifacts, variant: str, *, n_repeat
     folds = []
     for k in range(art.n_folds):
         net, batch, fixed = _fold_inputs(art, variant, k)
-        base = _predict(net, fixed, batch["clinical"].numpy(), batch["clinical_present"].numpy())
+        base = _predict(fixed, batch["clinical"].numpy(), batch["clinical_present"].numpy())
         ref = torch.sigmoid(net(batch)).double().numpy()
         if not np.allclose(base, ref, atol=1e-6):  # the shortcut must be the network's own forward pass
             raise RuntimeError("clinical permutation: the branch-wise forward pass differs from the network's")
@@ -99,7 +107,7 @@ def clinical_permutation_importance(art: RunArtifacts, variant: str, *, n_repeat
                 features = np.zeros((len(test), pre.n_features_), dtype=np.float32)
                 if present.any():
                     features[present] = pre.transform(rows_k.loc[test.loc[present, "subject_id"]].reset_index())
-                probs.append(_predict(net, fixed, features, present))
+                probs.append(_predict(fixed, features, present))
             drops.append(base_auc - auc(probs))
         rows.append({"variable": variable, "importance": float(np.mean(drops)),
                      "importance_sd": float(np.std(drops, ddof=1)) if n_repeats > 1 else 0.0, "auc": base_auc})

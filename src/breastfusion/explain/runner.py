@@ -25,14 +25,14 @@ from breastfusion.evaluation.metrics import subject_level
 from breastfusion.experiment.run import write_results
 from breastfusion.strict_json import write_json
 from breastfusion.experiment.run_artifacts import RunArtifacts, load_run
-from breastfusion.explain.cams import (CAM_METHODS, OneImageModel, TargetLayer, compute_cams, encode_views,
-                                       find_target_layer)
+from breastfusion.explain.cams import (CAM_METHODS, EnsembleImageModel, OneImageModel, TargetLayer, compute_cams,
+                                       encode_views, find_target_layer, image_model)
 from breastfusion.explain.faithfulness import (centre_heatmap, deletion_insertion, energy_in_mask, pointing_game,
                                                pointing_tolerance, random_heatmap)
 from breastfusion.explain.gallery import overlay, plot_gallery, save_overlay, select_cases
 from breastfusion.explain.importance import clinical_permutation_importance
 from breastfusion.explain.shapley import gate_weights, modality_shapley, no_information_prob, shapley_shares
-from breastfusion.models.network import SingleNetworkRequired
+from breastfusion.models.network import network_members
 
 __all__ = ["explain_run", "default_variant", "parse_target_layers"]
 
@@ -51,18 +51,12 @@ def default_variant(art: RunArtifacts) -> str:
 
 
 def check_explainable(art: RunArtifacts, variant: str) -> None:
-    """Refuse a score-level fusion variant, naming the variants that can be explained, and a seed ensemble.
+    """Refuse a score-level fusion variant, naming the variants that can be explained.
 
     Raises:
         ValueError: ``variant`` averages an image network with a clinical learner; its heatmaps are its image
             network's and its modality split is fixed (equal weights), so explain the network variants instead.
-        SingleNetworkRequired: the run trained seed ensembles (``training.seeds > 1``).
     """
-    seeds = art.config.training.seeds
-    if seeds > 1:
-        raise SingleNetworkRequired(f"{art.root} trained seed ensembles (training.seeds: {seeds}): Score-CAM "
-                                    "heatmaps and modality Shapley values are defined on one network; rerun "
-                                    "with training.seeds: 1 to explain it")
     if art.config.variant_model(variant).fusion == "score":
         others = [v for v in art.config.variants if art.config.variant_model(v).fusion != "score"]
         raise ValueError(f"variant {variant!r} is score-level fusion (the image network's probability averaged "
@@ -217,7 +211,7 @@ def explain_run(
     cases = heatmaps.draw(chosen, misclassified, per_subject)
     heatmaps.write_tables()
 
-    result["target_layers"] = {m: layer.name for (_, m), layer in heatmaps.layers.items()}
+    result["target_layers"] = {m: layers[0].name for (_, m), layers in heatmaps.layers.items()}
     result["subjects"] = chosen
     result["gallery"] = {"correct": [s for s in chosen if s not in misclassified],
                          "misclassified": [s for s in chosen if s in misclassified]}
@@ -284,7 +278,8 @@ class _Heatmaps:
     Collects, image by image: a record (``heatmaps.csv``), the deletion / insertion curves of ``method`` and of
     a random heatmap, and, where the image has a lesion mask, the faithfulness rows of every method and of the
     centre and random baselines (``faithfulness.csv``); the heatmaps of ``method`` go to ``heatmaps.npz`` and
-    their overlays to ``out/heatmaps``. Fold networks and target layers are made once each.
+    their overlays to ``out/heatmaps``. Fold networks and target layers are made once each. A fold's seed
+    ensemble (``training.seeds > 1``) gets the mean of its members' heatmaps, scored against its own prediction.
     """
 
     def __init__(self, art: RunArtifacts, variant: str, *, method: str, out: Path,
@@ -296,7 +291,7 @@ class _Heatmaps:
         self.image_modalities = [m for m in art.modalities(variant) if m in IMAGE_MODALITIES]
         self.lesion_pos = {lid: i for i, lid in enumerate(art.lesions["lesion_id"])}
         self.nets: dict[int, Any] = {}
-        self.layers: dict[tuple[int, str], TargetLayer] = {}
+        self.layers: dict[tuple[int, str], list[TargetLayer]] = {}  # one per single network of the fold
         self.records: list[dict] = []
         self.faith_rows: list[dict] = []
         self.curves: list[dict] = []
@@ -337,11 +332,12 @@ class _Heatmaps:
             self.nets[k] = self.art.network(self.variant, k)
         return self.nets[k]
 
-    def _layer(self, k: int, net, modality: str, batch: dict[str, torch.Tensor]) -> TargetLayer:
+    def _layer(self, k: int, net, modality: str, batch: dict[str, torch.Tensor]) -> list[TargetLayer]:
         if (k, modality) not in self.layers:
-            self.layers[(k, modality)] = find_target_layer(
-                net.branches[modality].encoder, batch[modality].shape[-1],
-                name=self.target_layers.get(modality), in_chans=batch[modality].shape[2])
+            self.layers[(k, modality)] = [
+                find_target_layer(member.branches[modality].encoder, batch[modality].shape[-1],
+                                  name=self.target_layers.get(modality), in_chans=batch[modality].shape[2])
+                for member in network_members(net)]
         return self.layers[(k, modality)]
 
     def _lesion(self, sid: str, lid: str) -> list[tuple[str, np.ndarray]]:
@@ -353,31 +349,32 @@ class _Heatmaps:
         data = art.dataset(self.variant, k, np.array([pos]))
         raw = {key: value[:1] for key, value in data.tensors.items()}
         batch = prepare_batch(raw)
+        members = network_members(net)
         with torch.no_grad():
-            branch_outputs = {m: branch(batch) for m, branch in net.branches.items()}
+            branch_outputs = [{m: branch(batch) for m, branch in member.branches.items()} for member in members]
         panels = []
         for modality in self.image_modalities:
             views = art.images.views[modality][pos]
-            layer = self._layer(k, net, modality, batch)
+            layers = self._layer(k, net, modality, batch)
             view_names = _view_names(art, pos, modality)
-            view_features = encode_views(net, batch, modality)
+            view_features = [encode_views(member, batch, modality) for member in members]
             for slot in np.flatnonzero(views.numpy()):
-                model = OneImageModel(net, batch, modality, int(slot), branch_outputs=branch_outputs,
-                                      view_features=view_features).eval()
+                model = image_model(net, batch, modality, int(slot), branch_outputs=branch_outputs,
+                                    view_features=view_features).eval()
                 where = {"subject_id": sid, "lesion_id": lid, "fold": k, "modality": modality,
                          "view": view_names[int(slot)]}
-                panels.append(self._image(model, layer, where, raw[modality][0, slot], batch[modality][0, slot],
+                panels.append(self._image(model, layers, where, raw[modality][0, slot], batch[modality][0, slot],
                                           art.lesion_mask(pos, modality, int(slot))))
                 if self.progress:
                     self.progress.advance(self._task)
         return panels
 
-    def _image(self, model: OneImageModel, layer: TargetLayer, where: dict[str, Any], raw: torch.Tensor,
-               prepared: torch.Tensor, mask: np.ndarray | None) -> tuple[str, np.ndarray]:
+    def _image(self, model: OneImageModel | EnsembleImageModel, layers: list[TargetLayer], where: dict[str, Any],
+               raw: torch.Tensor, prepared: torch.Tensor, mask: np.ndarray | None) -> tuple[str, np.ndarray]:
         """One image's heatmaps, overlay, curves and (with a mask) faithfulness rows; returns its gallery panel."""
         method, modality, view = self.method, where["modality"], where["view"]
         methods = self.faithfulness_methods if mask is not None else (method,)
-        maps, logit = compute_cams(model, methods, target_layer=layer, batch_size=self.scorecam_batch)
+        maps, logit = compute_cams(model, methods, target_layer=layers, batch_size=self.scorecam_batch)
         image = _image_to_display(raw)
         name = f"{where['subject_id']}_{modality}_{view}".replace("/", "_")
         save_overlay(image, maps[method], self.out / "heatmaps" / f"{name}_{method}.png", mask=mask)
@@ -394,7 +391,7 @@ class _Heatmaps:
                             "random_deletion_auc": random_curve["deletion_auc"],
                             "random_insertion_auc": random_curve["insertion_auc"],
                             "deletion": curve["deletion"], "insertion": curve["insertion"]})
-        record = {**where, "logit": logit, "target_layer": layer.name}
+        record = {**where, "logit": logit, "target_layer": layers[0].name}
         if mask is not None:
             tol = pointing_tolerance(mask.shape[1])
             record["mask_fraction"] = float(mask.mean())

@@ -48,7 +48,7 @@ import torch
 
 from breastfusion.data.manifest import IMAGE_MODALITIES
 from breastfusion.data.tensors import modality_present
-from breastfusion.models.network import MultimodalNet
+from breastfusion.models.network import MultimodalNet, SeedEnsemble, network_members
 
 __all__ = ["SCALES", "mask_modalities", "no_information_prob", "coalition_values", "modality_shapley",
            "shapley_shares", "gate_weights"]
@@ -96,12 +96,13 @@ def no_information_prob(labels: np.ndarray, *, sampler: str = "shuffle", class_w
 
 
 @torch.no_grad()
-def coalition_values(net: MultimodalNet, batch: dict[str, torch.Tensor], *, scale: str = "prob",
+def coalition_values(net: MultimodalNet | SeedEnsemble, batch: dict[str, torch.Tensor], *, scale: str = "prob",
                      reuse_branches: bool = True, empty: float | None = None) -> dict[frozenset[str], torch.Tensor]:
     """The network's output for every coalition of its modalities.
 
     Args:
-        net: a network in eval mode.
+        net: a network in eval mode; for a seed ensemble, each coalition's output is its members' mean
+            logit (the ensemble's own prediction with those modalities), so the values stay exact.
         batch: prepared (normalised) batch of B lesions.
         scale: ``"prob"`` (P(malignant)) or ``"logit"``.
         reuse_branches: encode each modality once and hand fusion, for a modality
@@ -124,19 +125,13 @@ def coalition_values(net: MultimodalNet, batch: dict[str, torch.Tensor], *, scal
     if empty is not None and not 0.0 < empty < 1.0:
         raise ValueError(f"empty should be a probability in (0, 1), got {empty!r}")
     players = net.modalities
-    outputs = {m: branch(batch) for m, branch in net.branches.items()} if reuse_branches else None
     present = {m: modality_present(batch, m) for m in players}
+    # a seed ensemble's output is its members' mean logit, coalition by coalition
+    member_logits = [_coalition_logits(member, batch, reuse_branches) for member in network_members(net)]
     values = {}
-    for r in range(len(players) + 1):
-        for coalition in itertools.combinations(players, r):
-            absent = tuple(m for m in players if m not in coalition)
-            if outputs is None:
-                logits = net(mask_modalities(batch, absent))
-            else:
-                logits = net.fusion({m: (torch.zeros_like(outputs[m][0]), torch.zeros_like(outputs[m][1]))
-                                     if m in absent else outputs[m] for m in players})
-            logits = logits.double()
-            values[frozenset(coalition)] = torch.sigmoid(logits) if scale == "prob" else logits
+    for coalition in member_logits[0]:
+        logits = torch.stack([logits[coalition] for logits in member_logits]).mean(0).double()
+        values[coalition] = torch.sigmoid(logits) if scale == "prob" else logits
     if empty is not None:
         # a coalition holding none of the modalities a lesion has is the empty coalition for that lesion
         value = empty if scale == "prob" else math.log(empty / (1.0 - empty))
@@ -148,7 +143,25 @@ def coalition_values(net: MultimodalNet, batch: dict[str, torch.Tensor], *, scal
     return values
 
 
-def modality_shapley(net: MultimodalNet, batch: dict[str, torch.Tensor], *,
+def _coalition_logits(net: MultimodalNet, batch: dict[str, torch.Tensor],
+                      reuse_branches: bool) -> dict[frozenset[str], torch.Tensor]:
+    """One network's logits for every coalition of its modalities (see :func:`coalition_values`)."""
+    players = net.modalities
+    outputs = {m: branch(batch) for m, branch in net.branches.items()} if reuse_branches else None
+    logits = {}
+    for r in range(len(players) + 1):
+        for coalition in itertools.combinations(players, r):
+            absent = tuple(m for m in players if m not in coalition)
+            if outputs is None:
+                logits[frozenset(coalition)] = net(mask_modalities(batch, absent))
+            else:
+                logits[frozenset(coalition)] = net.fusion(
+                    {m: (torch.zeros_like(outputs[m][0]), torch.zeros_like(outputs[m][1])) if m in absent
+                     else outputs[m] for m in players})
+    return logits
+
+
+def modality_shapley(net: MultimodalNet | SeedEnsemble, batch: dict[str, torch.Tensor], *,
                      scale: str = "prob", empty: float | None = None) -> pd.DataFrame:
     """Exact Shapley value of each modality for each lesion of ``batch``.
 
@@ -204,16 +217,24 @@ def shapley_shares(phi: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, float]]:
 
 
 @torch.no_grad()
-def gate_weights(net: MultimodalNet, batch: dict[str, torch.Tensor]) -> pd.DataFrame | None:
+def gate_weights(net: MultimodalNet | SeedEnsemble, batch: dict[str, torch.Tensor]) -> pd.DataFrame | None:
     """Per-lesion modality weights of the fusion, or ``None`` when it has none (concatenation).
 
     * gated fusion: the input-dependent gates of the forward pass (``last_gates``, a softmax
       over the present modalities);
-    * late fusion: its learned modality weights, renormalised over each lesion's present modalities.
+    * late fusion: its learned modality weights, renormalised over each lesion's present modalities;
+    * a seed ensemble: its members' weights averaged.
 
     Returns:
         ``gate_{modality}`` per lesion, or ``None``.
     """
+    frames = [_member_gate_weights(member, batch) for member in network_members(net)]
+    if any(frame is None for frame in frames):
+        return None
+    return sum(frames[1:], frames[0]) / len(frames)
+
+
+def _member_gate_weights(net: MultimodalNet, batch: dict[str, torch.Tensor]) -> pd.DataFrame | None:
     fusion = net.fusion
     modalities = tuple(getattr(fusion, "modalities", net.modalities))
     outputs = {m: branch(batch) for m, branch in net.branches.items()}

@@ -10,7 +10,7 @@ from breastfusion.models.encoders import create_encoder
 from breastfusion.models.fusion import create_fusion
 
 __all__ = ["MultimodalNet", "SeedEnsemble", "SingleNetworkRequired", "build_network", "member_seed",
-           "require_single_network", "MEMBER_SEED_STRIDE"]
+           "network_members", "require_single_network", "MEMBER_SEED_STRIDE"]
 
 #: Member j of a seed ensemble trains with the fold seed + j x this stride (member 0 is the single network).
 MEMBER_SEED_STRIDE = 10_000_000
@@ -96,12 +96,20 @@ class SingleNetworkRequired(ValueError):
 def require_single_network(net: nn.Module, what: str) -> MultimodalNet:
     """``net`` itself when it is one :class:`MultimodalNet`; a clear error for a :class:`SeedEnsemble`.
 
-    Score-CAM, modality Shapley values and stage-2 features are defined on one network's branches; an
-    ensemble of K networks has K of each, and averaging their maps would explain no network that exists.
+    Stage-2 learners read one network's deep features; an ensemble of K networks has K feature sets of
+    unrelated coordinates (explanations, which combine per-member outputs, use :func:`network_members`).
     """
     if isinstance(net, SeedEnsemble):
         raise SingleNetworkRequired(_ensemble_message(net, what))
     return net
+
+
+def network_members(net: nn.Module) -> list[MultimodalNet]:
+    """The single networks whose mean logit ``net`` predicts: a :class:`SeedEnsemble`'s members, or ``[net]``.
+
+    Explanations of a seed ensemble are read member by member and combined on the logit scale (Shapley values,
+    clinical importance) or averaged (heatmaps), as a bundle's are over its fold networks."""
+    return list(net.members) if isinstance(net, SeedEnsemble) else [net]
 
 
 def _ensemble_message(net: SeedEnsemble, what: str) -> str:
