@@ -10,9 +10,14 @@ the fold's training images and their masks only, then boxes the held-out images.
 
     python bench/localiser_quality.py --data ../shared/data --work /tmp/bf/real
     python bench/localiser_quality.py --dataset breast_lesions_usg --cv-seed 1 --no-plain --name NAME [--size 128]
+    python bench/localiser_quality.py --dataset busi --fit-on breast_lesions_usg --augment affine --no-plain \
+        --name NAME
 
 The second form measures localiser settings on the BrEaST-Lesions selection folds (never reported), where
-they are chosen. Adds its run to bench/results/localiser_quality.json under NAME (default: the dataset).
+they are chosen. The third fits one localiser on every image and mask of another cohort (``--fit-on``) and boxes
+every image of ``--dataset`` with it: how well a cohort without masks could be localised with a localiser borrowed
+from one that has them (no fold of the boxed cohort is involved; its masks only score the boxes). Adds its run to
+bench/results/localiser_quality.json under NAME (default: the dataset).
 """
 
 from __future__ import annotations
@@ -46,6 +51,25 @@ def crops(paths: list[str], boxes: list[tuple[int, int, int, int]], size: int, m
     return torch.from_numpy(np.stack(arrays))[:, None]
 
 
+def localiser_inputs(paths: list[str], masks: list[list[str]], params) -> tuple[np.ndarray, np.ndarray, list, list]:
+    """Each image as the localiser sees it (whole frame at ``params``' size), its mask aligned to that frame
+    (uint8), the frame's crop box on the image and the reader's mask box on the image."""
+    from breastfusion.data.cache import read_mask
+    from breastfusion.data.preprocess import align_mask, preprocess
+    from breastfusion.data.readers import read_image
+
+    frames, frame_masks, crop_boxes, truth = [], [], [], []
+    for path, mask_files in zip(paths, masks, strict=True):
+        image, mask = read_image(path), read_mask(mask_files)
+        prepared = preprocess(image, params)
+        frames.append(prepared.pixels)
+        frame_masks.append(np.rint(align_mask(mask, prepared, params) * 255).astype(np.uint8))
+        crop_boxes.append(prepared.crop)
+        rows, cols = np.nonzero(mask)
+        truth.append((int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1))
+    return np.stack(frames), np.stack(frame_masks), crop_boxes, truth
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
@@ -58,15 +82,15 @@ def main() -> None:
     parser.add_argument("--dataset", default="busi", choices=["busi", "breast_lesions_usg"])
     parser.add_argument("--cv-seed", type=int, default=None, help="fold seed (default: the config's)")
     parser.add_argument("--no-plain", action="store_true", help="box IoU only, no plain classifier")
+    parser.add_argument("--fit-on", default=None, choices=["busi", "breast_lesions_usg"],
+                        help="fit one localiser on every image of this other cohort instead of one per fold")
     parser.add_argument("--name", default=None, help="key of this run in the JSON (default: the dataset)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "localiser_quality.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
     from breastfusion.config import LocaliserConfig, load_config
-    from breastfusion.data.cache import read_mask
-    from breastfusion.data.preprocess import align_mask, params_for, preprocess
-    from breastfusion.data.readers import read_image
+    from breastfusion.data.preprocess import params_for
     from breastfusion.models.localiser import (box_from_probs, box_iou, fit_localiser,
                                                frame_box_to_image, predict_lesion_probs)
     from plain_baselines import plain_cnn_probs_on
@@ -85,24 +109,27 @@ def main() -> None:
     params = params_for("ultrasound", size=args.size)
 
     start = time.perf_counter()
-    frames, frame_masks, crop_boxes, truth = [], [], [], []
-    for path, mask_files in zip(paths, masks, strict=True):
-        image, mask = read_image(path), read_mask(mask_files)
-        prepared = preprocess(image, params)
-        frames.append(prepared.pixels)
-        frame_masks.append(np.rint(align_mask(mask, prepared, params) * 255).astype(np.uint8))
-        crop_boxes.append(prepared.crop)
-        rows, cols = np.nonzero(mask)
-        truth.append((int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1))
-    frames, frame_masks = np.stack(frames), np.stack(frame_masks)
+    frames, frame_masks, crop_boxes, truth = localiser_inputs(paths, masks, params)
     prepare_seconds = time.perf_counter() - start
+
+    def report(e: int, n: int, loss: float, label: str) -> None:
+        if e % 10 == 0:
+            print(f"{label} epoch {e}/{n} loss {loss:.3f}", flush=True)
 
     predicted: list = [None] * len(y)
     start = time.perf_counter()
-    for k, (train, test) in enumerate(folds):
-        model = fit_localiser(frames[train], frame_masks[train], settings, seed=k,
-                              on_epoch=lambda e, n, loss: print(f"fold {k} epoch {e}/{n} loss {loss:.3f}",
-                                                                flush=True) if e % 10 == 0 else None)
+    if args.fit_on:  # one localiser from another cohort's images and masks boxes every image of this one
+        source = prepare(args.fit_on, args.data, args.work, group_duplicates=args.fit_on == "busi")
+        source_frames, source_masks, _, _ = localiser_inputs(image_paths(source), lesion_masks(source), params)
+        model = fit_localiser(source_frames, source_masks, settings, seed=0,
+                              on_epoch=lambda e, n, loss: report(e, n, loss, args.fit_on))
+        folds_boxed = [(None, np.arange(len(y)))]
+    else:
+        folds_boxed = folds
+    for k, (train, test) in enumerate(folds_boxed):
+        if not args.fit_on:
+            model = fit_localiser(frames[train], frame_masks[train], settings, seed=k,
+                                  on_epoch=lambda e, n, loss, k=k: report(e, n, loss, f"fold {k}"))
         probs = predict_lesion_probs(model, frames[test])
         for i, p in zip(test, probs):
             predicted[i] = frame_box_to_image(box_from_probs(p, settings.threshold), crop_boxes[i], args.size)
@@ -111,7 +138,8 @@ def main() -> None:
     print(f"IoU median {np.median(ious):.3f}, >=0.5: {np.mean(ious >= 0.5):.3f}", flush=True)
 
     out = {
-        "dataset": args.dataset, "cv_seed": config.cv.seed,
+        "dataset": args.dataset, "cv_seed": None if args.fit_on else config.cv.seed,
+        "localiser_fitted_on": args.fit_on or "each fold's training images",
         "localiser": {"encoder": settings.encoder, "image_size": settings.image_size, "epochs": settings.epochs,
                       "lr": settings.lr, "augment": settings.augment},
         "box_iou_median": float(np.median(ious)), "box_iou_ge_0_5": float(np.mean(ious >= 0.5)),

@@ -11,6 +11,8 @@ follows the same ensemble. For each fold network:
 
 The Shapley values are averaged over folds (they still sum to the mean full prediction minus the
 mean empty one); the heatmaps, each normalised to [0, 1] by pytorch-grad-cam, are averaged over folds.
+A fold network that is a seed ensemble (``training.seeds > 1``) is one player in the Shapley game (its mean
+logit) and contributes the mean of its members' heatmaps.
 """
 
 from __future__ import annotations
