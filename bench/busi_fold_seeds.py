@@ -24,6 +24,10 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 OUT = RESULTS / "busi_fold_seeds.json"
 
+#: the key under which :func:`main` adds ``real_data_lite0_one_network.json`` (the real_data.json entries of the
+#: Lite0 recipes from before bus_clinical_lite0.yaml trained three seeds) to the real_data dict
+ONE_NETWORK = "lite0_one_network"
+
 #: ``reruns``: per fold seed, runs of the same config on the same folds made again in a later session (or with another
 #: training.seed): other draws of the recipe (training reproduces exactly only within one environment), listed beside
 #: the seed's first run and counted in the every-run mean, never left out. The recipe runs of real_data.py
@@ -42,30 +46,50 @@ RECIPES: dict[str, dict] = {
     "bus_clinical_localised.yaml (from scratch, in-fold localiser; masks for training)": {
         "seed0": "busi_localised_auc", "other": "localised_xfit_cvseed{seed}", "target": 0.88,
         "reruns": {0: ["localised_xfit_cvseed0"], 1: ["localised_xfit_cvseed1_rerun"]}},
-    "bus_clinical_lite0.yaml (ImageNet Lite0)": {
-        "seed0": "busi_pretrained_auc", "other": "lite0_cvseed{seed}", "target": 0.93,
-        "reruns": {0: ["lite0_cvseed0_2026_12_06", "lite0_cvseed0_tseed1", "lite0_cvseed0_tseed2"],
-                   1: ["lite0_cvseed1_2026_12_06"]}},
-    "ensemble Lite0 + localised": {
-        "seed0": "busi_pretrained_ensemble_auc", "other": "lite0_localised_cvseed{seed}", "target": 0.93,
-        "versus": ("lite0", "Lite0", "lite0_cvseed"), "seed0_versus": "busi_pretrained_ensemble_vs_pretrained",
-        "reruns": {0: ["lite0_localised_cvseed0_2026_12_06"], 1: ["lite0_localised_cvseed1_2026_12_06"]}},
-    "ensemble Lite0 + bus_clinical.yaml (no masks)": {
-        "seed0": "busi_pretrained_default_ensemble_auc", "other": "lite0_scratch_cvseed{seed}", "target": 0.93,
-        "versus": ("lite0", "Lite0", "lite0_cvseed"),
+    "bus_clinical_lite0.yaml (ImageNet Lite0, a 3-seed ensemble)": {
+        "seed0": "busi_pretrained_auc", "other": "lite0_seeds3_cvseed{seed}_2026_12_06", "target": 0.93,
+        "reruns": {0: ["lite0_seeds3"]}},  # the same settings in an earlier environment, 2026-12-04 (overrides)
+    "ensemble 3-seed Lite0 + localised": {
+        "seed0": "busi_pretrained_ensemble_auc", "other": "lite0s3_localised_cvseed{seed}", "target": 0.93,
+        "versus": ("lite0", "Lite0", "lite0_seeds3"), "seed0_versus": "busi_pretrained_ensemble_vs_pretrained"},
+    "ensemble 3-seed Lite0 + bus_clinical.yaml (no masks)": {
+        "seed0": "busi_pretrained_default_ensemble_auc", "other": "lite0s3_scratch_cvseed{seed}", "target": 0.93,
+        "versus": ("lite0", "Lite0", "lite0_seeds3"),
         "seed0_versus": "busi_pretrained_default_ensemble_vs_pretrained"},
     "ensemble bus_clinical.yaml + localised (from scratch; masks for training)": {
         "other": "scratch_localised_cvseed{seed}", "target": 0.88,
         "versus": ("localised", "localised", "localised_xfit_cvseed")},
-    "ensemble Lite0 + bus_clinical.yaml + localised (bus_clinical_lite0_trio.yaml; masks for training)": {
-        "other": "lite0_trio_cvseed{seed}", "target": 0.93,
-        "versus": ("lite0", "Lite0", "lite0_cvseed")},
+    "ensemble 3-seed Lite0 + bus_clinical.yaml + localised (bus_clinical_lite0_trio.yaml; masks for training)": {
+        "seed0": "busi_trio_auc", "other": "lite0s3_trio_cvseed{seed}", "target": 0.93,
+        "versus": ("lite0", "Lite0", "lite0_seeds3"), "seed0_versus": ("busi_trio_members", "lite0")},
     "bus_clinical_lite0_localised.yaml (ImageNet Lite0, in-fold localiser; masks for training)": {
         "seed0": ("busi_quartet_members", "lite0_localised", "auc"), "other": "lite0_crops_cvseed{seed}",
         "target": 0.93, "reruns": {0: ["lite0_localised_xfit"]}},  # the same settings, 2026-12-05 (overrides)
-    "ensemble of all four (bus_clinical_lite0_quartet.yaml; masks for training)": {
-        "seed0": "busi_quartet_auc", "other": "lite0_quartet_cvseed{seed}", "target": 0.93,
-        "versus": ("lite0", "Lite0", "lite0_cvseed"), "seed0_versus": ("busi_quartet_members", "lite0")},
+    "ensemble of all four (bus_clinical_lite0_quartet.yaml, 3-seed Lite0; masks for training)": {
+        "seed0": "busi_quartet_auc", "other": "lite0s3_quartet_cvseed{seed}", "target": 0.93,
+        "versus": ("lite0", "Lite0", "lite0_seeds3"), "seed0_versus": ("busi_quartet_members", "lite0")},
+    # the same with one Lite0 network per fold (training.seeds: 1, as bus_clinical_lite0.yaml was before
+    # 2026-12-06): seed 0 from real_data_lite0_one_network.json, the real_data.json entries of then
+    "bus_clinical_lite0.yaml with training.seeds: 1 (one network)": {
+        "seed0": (ONE_NETWORK, "busi_pretrained_auc"), "other": "lite0_cvseed{seed}", "target": 0.93,
+        "reruns": {0: ["lite0_cvseed0_2026_12_06", "lite0_cvseed0_tseed1", "lite0_cvseed0_tseed2"],
+                   1: ["lite0_cvseed1_2026_12_06"]}},
+    "ensemble Lite0 (one network) + localised": {
+        "seed0": (ONE_NETWORK, "busi_pretrained_ensemble_auc"), "other": "lite0_localised_cvseed{seed}",
+        "target": 0.93, "versus": ("lite0", "Lite0", "lite0_cvseed"),
+        "seed0_versus": (ONE_NETWORK, "busi_pretrained_ensemble_vs_pretrained"),
+        "reruns": {0: ["lite0_localised_cvseed0_2026_12_06"], 1: ["lite0_localised_cvseed1_2026_12_06"]}},
+    "ensemble Lite0 (one network) + bus_clinical.yaml (no masks)": {
+        "seed0": (ONE_NETWORK, "busi_pretrained_default_ensemble_auc"), "other": "lite0_scratch_cvseed{seed}",
+        "target": 0.93, "versus": ("lite0", "Lite0", "lite0_cvseed"),
+        "seed0_versus": (ONE_NETWORK, "busi_pretrained_default_ensemble_vs_pretrained")},
+    "trio with one Lite0 network (masks for training)": {
+        "seed0": (ONE_NETWORK, "busi_trio_auc"), "other": "lite0_trio_cvseed{seed}", "target": 0.93,
+        "versus": ("lite0", "Lite0", "lite0_cvseed"), "seed0_versus": (ONE_NETWORK, "busi_trio_members", "lite0")},
+    "quartet with one Lite0 network (masks for training)": {
+        "seed0": (ONE_NETWORK, "busi_quartet_auc"), "other": "lite0_quartet_cvseed{seed}", "target": 0.93,
+        "versus": ("lite0", "Lite0", "lite0_cvseed"),
+        "seed0_versus": (ONE_NETWORK, "busi_quartet_members", "lite0")},
 }
 #: the fold seeds looked for besides 0
 OTHER_SEEDS = (1, 2)
@@ -177,6 +201,9 @@ def format_table(summary: dict) -> str:
 
 def main() -> None:
     real_data = json.loads((RESULTS / "real_data.json").read_text())
+    snapshot = RESULTS / "real_data_lite0_one_network.json"
+    if snapshot.is_file():
+        real_data[ONE_NETWORK] = json.loads(snapshot.read_text())
     recipes = json.loads((RESULTS / "busi_recipes.json").read_text())["runs"]
     summary = summarise(real_data, recipes)
     print(format_table(summary))

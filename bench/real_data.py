@@ -10,7 +10,7 @@ Sections (each prepares its dataset through the toolkit's adapters, read in plac
 * ``busi``: BUSI (normal cases left out, near-duplicates grouped by ``data check --group-duplicates``),
   ``configs/bus_clinical.yaml --variants ultrasound``: the shipped default, from scratch, 5-fold grouped CV;
 * ``busi_pretrained``: the same folds with ``configs/bus_clinical_lite0.yaml`` (EfficientNet-Lite0 from the
-  ImageNet weights of the ``pretrained-lite0`` extra);
+  ImageNet weights of the ``pretrained-lite0`` extra, three seeds per fold);
 * ``busi_plain``: a plain timm ResNet-18 from scratch at 128 px (``bench/plain_baselines.py``) on the same folds;
 * ``busi_plain_pretrained``: the plain script fine-tuning the same ImageNet EfficientNet-Lite0 weights, same folds;
 * ``busi_roi``: the same folds with ``configs/bus_clinical_roi.yaml``: from scratch, each image cropped to its
@@ -27,7 +27,7 @@ Sections (each prepares its dataset through the toolkit's adapters, read in plac
   training masks: ``bus_clinical.yaml`` and ``bus_clinical_localised.yaml`` fitted and ensembled in one run
   (members under ``WORK/runs/busi_pair/members``); DeLong against each member;
 * ``busi_trio``: the same folds with ``configs/bus_clinical_lite0_trio.yaml`` (Lite0 + the pair's two networks,
-  which it takes from ``busi_pair``'s run when there is one: only Lite0 is trained);
+  which it takes from ``busi_pair``'s run, and Lite0 from ``busi_pretrained``'s, when there are some);
 * ``busi_quartet``: the same folds with ``configs/bus_clinical_lite0_quartet.yaml`` (the trio + Lite0 on the
   localiser's crops, which shares the localised member's fold localisers; the trio's three runs are taken from
   ``busi_trio``'s when there are some: only Lite0 on the crops is trained);
@@ -314,11 +314,13 @@ def section_busi_pair(data: Path, work: Path, args) -> dict:
 
 def section_busi_trio(data: Path, work: Path, args) -> dict:
     """``configs/bus_clinical_lite0_trio.yaml``: the pretrained recipe for cohorts with training masks (Lite0 + the
-    pair's two from-scratch networks). The pair's members are taken from ``busi_pair`` when it ran in this
-    ``--work`` (the same configs and folds), so only the Lite0 network is trained here."""
+    pair's two from-scratch networks). The pair's members are taken from ``busi_pair`` and Lite0 from
+    ``busi_pretrained`` when they ran in this ``--work`` (the same configs and folds), so with both nothing is
+    trained here."""
     pair = work / "runs" / "busi_pair" / "members"
     return _busi_recipe(data, work, args, TRIO_RECIPE, "busi_trio",
-                        seeds={"whole_frame": pair / "whole_frame", "localised": pair / "localised"})
+                        seeds={"lite0": work / "runs" / "busi_lite0", "whole_frame": pair / "whole_frame",
+                               "localised": pair / "localised"})
 
 
 def section_busi_quartet(data: Path, work: Path, args) -> dict:

@@ -237,3 +237,42 @@ def test_fifty_concurrent_requests_all_answered_and_no_temporary_file_left(tmp_p
             assert field[kind] in reply.json()["detail"]
     assert alive.status_code == 200
     assert not list(spool.iterdir())
+
+
+def test_the_default_heatmap_method_is_the_servers_choice(monkeypatch):
+    """Score-CAM is one forward pass per channel for each image and fold network: a server of a large bundle can
+    preselect gradcam (or none), and a form without ``method`` gets that."""
+    seen = []
+
+    def explainer(bundle, *, images, clinical, method):
+        seen.append(method)
+        raise RuntimeError("not needed here")
+
+    files = [("ultrasound", ("a.png", _png(20), "image/png"))]
+    for method in ("scorecam", "gradcam"):
+        client = TestClient(create_app(StubBundle(), explainer=explainer, heatmap_method=method))
+        page = client.get("/").text
+        assert f"<option selected>{method}</option>" in page and page.count(" selected>") == 1
+        assert client.post("/predict", files=files).status_code == 200
+        assert client.post("/predict", files=files, data={"method": "gradcam++"}).status_code == 200
+        assert seen[-2:] == [method, "gradcam++"]
+    with pytest.raises(ValueError, match="heatmap_method: 'fastcam'"):
+        create_app(StubBundle(), heatmap_method="fastcam")
+
+    import uvicorn
+
+    from breastfusion.app import server
+
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.append(app))
+    server.serve(StubBundle(), heatmap_method="gradcam")
+    assert TestClient(calls[-1]).get("/").text.count("<option selected>gradcam</option>") == 1
+
+
+def test_serve_cli_refuses_an_unknown_heatmap_method(tmp_path):
+    from typer.testing import CliRunner
+
+    from breastfusion.cli.main import app
+
+    result = CliRunner().invoke(app, ["serve", str(tmp_path), "--heatmap", "fastcam"])
+    assert result.exit_code == 2 and "--heatmap: 'fastcam'" in result.output

@@ -17,22 +17,23 @@ def bench():
 def test_each_recipe_gathers_its_seeds_mean_sd_and_target(bench):
     real_data = {"busi_pretrained_auc": 0.91, "busi_pretrained_ensemble_auc": 0.935,
                  "busi_pretrained_ensemble_vs_pretrained": {"auc_difference": 0.025, "p": 0.01}}
-    recipes = [{"name": "lite0_cvseed1", "auc": 0.89},
-               {"name": "lite0_cvseed2", "auc": 0.92},
-               {"name": "lite0_localised_cvseed2", "auc": 0.93,
-                "members": [{"run": "busi_recipes/lite0_cvseed2", "auc": 0.92, "auc_difference": 0.01, "p": 0.2},
+    recipes = [{"name": "lite0_seeds3_cvseed1_2026_12_06", "auc": 0.89},
+               {"name": "lite0_seeds3_cvseed2_2026_12_06", "auc": 0.92},
+               {"name": "lite0s3_localised_cvseed2", "auc": 0.93,
+                "members": [{"run": "busi_recipes/lite0_seeds3_cvseed2_2026_12_06", "auc": 0.92,
+                             "auc_difference": 0.01, "p": 0.2},
                             {"run": "busi_recipes/localised_xfit_cvseed2", "auc": 0.88, "auc_difference": 0.05,
                              "p": 0.001}]},
                {"name": "unrelated", "auc": 0.5}]
     summary = bench.summarise(real_data, recipes, other_seeds=(1, 2))
 
-    lite0 = summary["bus_clinical_lite0.yaml (ImageNet Lite0)"]
+    lite0 = summary["bus_clinical_lite0.yaml (ImageNet Lite0, a 3-seed ensemble)"]
     assert lite0["auc_by_fold_seed"] == {"0": 0.91, "1": 0.89, "2": 0.92}
     assert lite0["mean"] == pytest.approx(statistics.fmean([0.91, 0.89, 0.92]))
     assert lite0["sd"] == pytest.approx(statistics.stdev([0.91, 0.89, 0.92]))
     assert lite0["fold_seeds_meeting_target"] == [] and lite0["missing_fold_seeds"] == []
 
-    ensemble = summary["ensemble Lite0 + localised"]
+    ensemble = summary["ensemble 3-seed Lite0 + localised"]
     assert ensemble["auc_by_fold_seed"] == {"0": 0.935, "2": 0.93}
     assert ensemble["missing_fold_seeds"] == [1]
     assert ensemble["fold_seeds_meeting_target"] == ["0", "2"]
@@ -45,8 +46,11 @@ def test_each_recipe_gathers_its_seeds_mean_sd_and_target(bench):
     assert scratch["missing_fold_seeds"] == [0, 1, 2]
 
     table = bench.format_table(summary)
-    assert "| ensemble Lite0 + localised | 0.935 (+0.025 vs Lite0, p = 0.01) | — | 0.930 (+0.010 vs Lite0, p = 0.2)" \
-        in table
+    assert ("| ensemble 3-seed Lite0 + localised | 0.935 (+0.025 vs Lite0, p = 0.01) | — | 0.930 (+0.010 vs Lite0, "
+            "p = 0.2)") in table
+    # the one-network rows read seed 0 from the snapshot of real_data.json, absent here: missing, not taken from
+    # the 3-seed entries
+    assert summary["bus_clinical_lite0.yaml with training.seeds: 1 (one network)"]["missing_fold_seeds"] == [0, 1, 2]
     assert f"{lite0['mean']:.3f} ± {lite0['sd']:.3f}" in table
 
 
@@ -74,12 +78,14 @@ def test_a_recipe_real_data_does_not_run_takes_seed_0_from_the_recipe_runs(bench
 
 
 def test_reruns_are_listed_beside_their_seed_and_counted_in_the_every_run_mean(bench):
-    real_data = {"busi_pretrained_auc": 0.92}
+    """The one-network Lite0 row: seed 0 from the snapshot of real_data.json that main() adds under ONE_NETWORK."""
+    real_data = {"busi_pretrained_auc": 0.95, bench.ONE_NETWORK: {"busi_pretrained_auc": 0.92}}
     recipes = [{"name": "lite0_cvseed1", "auc": 0.90}, {"name": "lite0_cvseed2", "auc": 0.93},
                {"name": "lite0_cvseed0_2026_12_06", "auc": 0.88}, {"name": "lite0_cvseed0_tseed1", "auc": 0.91}]
     summary = bench.summarise(real_data, recipes, other_seeds=(1, 2))
-    lite0 = summary["bus_clinical_lite0.yaml (ImageNet Lite0)"]
+    lite0 = summary["bus_clinical_lite0.yaml with training.seeds: 1 (one network)"]
     assert lite0["auc_by_fold_seed"] == {"0": 0.92, "1": 0.90, "2": 0.93}  # first runs: the per-seed view
+    assert summary["bus_clinical_lite0.yaml (ImageNet Lite0, a 3-seed ensemble)"]["auc_by_fold_seed"] == {"0": 0.95}
     assert lite0["reruns_by_fold_seed"] == {"0": [0.88, 0.91]}  # the rerun names not found are not invented
     every = [0.92, 0.90, 0.93, 0.88, 0.91]
     assert lite0["n_runs"] == 5 and lite0["all_runs_mean"] == pytest.approx(statistics.fmean(every))
@@ -88,7 +94,7 @@ def test_reruns_are_listed_beside_their_seed_and_counted_in_the_every_run_mean(b
     assert "0.920; rerun 0.880, 0.910" in table
     assert f"{statistics.fmean(every):.3f} ± {statistics.stdev(every):.3f}, n = 5 (1 at target)" in table
     # a recipe without reruns has no every-run figures
-    assert "n_runs" not in summary["ensemble Lite0 + bus_clinical.yaml (no masks)"]
+    assert "n_runs" not in summary["ensemble Lite0 (one network) + bus_clinical.yaml (no masks)"]
 
 
 def test_a_recipe_member_seed_0_is_read_from_its_recipe_run_in_real_data(bench):
@@ -96,16 +102,18 @@ def test_a_recipe_member_seed_0_is_read_from_its_recipe_run_in_real_data(bench):
         "lite0": {"auc": 0.89, "auc_difference": 0.04, "p": 0.001},
         "lite0_localised": {"auc": 0.91, "auc_difference": 0.02, "p": 0.01}}}
     recipes = [{"name": "lite0_crops_cvseed1", "auc": 0.90},
-               {"name": "lite0_quartet_cvseed1", "auc": 0.92,
-                "members": [{"run": "busi_recipes/lite0_cvseed1", "auc": 0.9, "auc_difference": 0.02, "p": 0.2}]}]
+               {"name": "lite0s3_quartet_cvseed1", "auc": 0.92,
+                "members": [{"run": "busi_recipes/lite0_seeds3_cvseed1_2026_12_06", "auc": 0.9,
+                             "auc_difference": 0.02, "p": 0.2}]}]
     summary = bench.summarise(real_data, recipes, other_seeds=(1,))
     member = summary["bus_clinical_lite0_localised.yaml (ImageNet Lite0, in-fold localiser; masks for training)"]
     assert member["auc_by_fold_seed"] == {"0": 0.91, "1": 0.90}
-    quartet = summary["ensemble of all four (bus_clinical_lite0_quartet.yaml; masks for training)"]
+    quartet = summary["ensemble of all four (bus_clinical_lite0_quartet.yaml, 3-seed Lite0; masks for training)"]
     assert quartet["auc_by_fold_seed"] == {"0": 0.93, "1": 0.92}
     assert quartet["vs_lite0_by_fold_seed"] == {"0": {"auc_difference": 0.04, "p": 0.001},
                                                "1": {"auc_difference": 0.02, "p": 0.2}}
     assert quartet["fold_seeds_meeting_target"] == ["0"]
     # no recipe run yet: seed 0 is missing, not an error
-    assert bench.summarise({}, [], other_seeds=(1,))[
-        "ensemble of all four (bus_clinical_lite0_quartet.yaml; masks for training)"]["missing_fold_seeds"] == [0, 1]
+    empty = bench.summarise({}, [], other_seeds=(1,))
+    assert empty["ensemble of all four (bus_clinical_lite0_quartet.yaml, 3-seed Lite0; masks for training)"][
+        "missing_fold_seeds"] == [0, 1]

@@ -106,8 +106,12 @@ def test_lite0_localised_config_is_the_lite0_config_with_the_localised_crop():
     branch = lite0_localised.model.ultrasound
     assert (branch.preprocess, branch.localiser) == (localised.model.ultrasound.preprocess,
                                                      localised.model.ultrasound.localiser)  # the same fold localisers
-    as_lite0 = lite0_localised.model_copy(update={"name": lite0.name, "model": lite0_localised.model.model_copy(
-        update={"ultrasound": branch.model_copy(update={"preprocess": {}, "localiser": None})})})
+    # one network per fold: the quartet member was chosen as one network; Lite0 on the whole frame is a 3-seed ensemble
+    assert (lite0_localised.training.seeds, lite0.training.seeds) == (1, 3)
+    as_lite0 = lite0_localised.model_copy(update={
+        "name": lite0.name, "training": lite0_localised.training.model_copy(update={"seeds": 3}),
+        "model": lite0_localised.model.model_copy(
+            update={"ultrasound": branch.model_copy(update={"preprocess": {}, "localiser": None})})})
     assert as_lite0.model_dump() == lite0.model_dump()
 
 

@@ -24,3 +24,4 @@ def test_localiser_inputs_align_each_mask_with_its_frame_and_box(small_cohort_di
         assert frame_mask.max() == 255 and frame_mask.mean() < 255  # the lesion is on its frame, not all of it
         r, c = np.nonzero(np.asarray(Image.open(mask_files[0])) > 0)
         assert box == (r.min(), c.min(), r.max() + 1, c.max() + 1)  # the reader's box on the image itself
+

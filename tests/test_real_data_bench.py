@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -122,8 +123,8 @@ def test_the_trio_section_reuses_the_pair_members_and_trains_only_the_rest(bench
 
     monkeypatch.setattr(run_module, "run_experiment", recording)
     out = bench.section_busi_trio(tmp_path, tmp_path, args)
-    assert trained == ["lite0"]
-    assert out["busi_trio_reused_members"] == {"whole_frame": str(pair / "whole_frame"),
+    assert trained == ["lite0"]  # no busi_pretrained run (busi_lite0) in this --work yet
+    assert out["busi_trio_reused_members"] == {"lite0": None, "whole_frame": str(pair / "whole_frame"),
                                                "localised": str(pair / "localised")}
     trio = tmp_path / "runs" / "busi_trio" / "members"
     for name in ("whole_frame", "localised"):
@@ -131,6 +132,14 @@ def test_the_trio_section_reuses_the_pair_members_and_trains_only_the_rest(bench
     assert sorted(out["busi_trio_members"]) == ["lite0", "localised", "whole_frame"]
     results = json.loads((tmp_path / "runs" / "busi_trio" / "results.json").read_text())
     assert out["busi_trio_auc"] == results["variants"]["ultrasound"]["auc"]
+
+    # with busi_pretrained's run of the same config in the --work, the trio trains nothing
+    shutil.copytree(trio / "lite0", tmp_path / "runs" / "busi_lite0")
+    shutil.rmtree(tmp_path / "runs" / "busi_trio")
+    trained.clear()
+    again = bench.section_busi_trio(tmp_path, tmp_path, args)
+    assert trained == [] and again["busi_trio_reused_members"]["lite0"] == str(tmp_path / "runs" / "busi_lite0")
+    assert again["busi_trio_auc"] == pytest.approx(out["busi_trio_auc"])
 
 
 def test_the_quartet_section_runs_the_quartet_recipe_on_the_trio_members(bench, monkeypatch, tmp_path):
