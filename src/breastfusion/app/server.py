@@ -317,7 +317,7 @@ def create_app(bundle: Any, *, explainer: Callable[..., Any] | None = explain_ca
         max_upload_bytes: largest request body (413 above it), so largest upload.
         heatmap_method: the page's preselected heatmap method and the one a form without ``method`` gets:
             Score-CAM runs the network once per channel of its target layer for every image and fold network
-            (about a minute per network on one core for EfficientNet-Lite0 at 128 px), Grad-CAM once.
+            (27 s per image and network on one core for EfficientNet-Lite0 at 128 px), Grad-CAM once.
 
     Raises:
         ValueError: a bad ``max_upload_bytes`` or an unknown ``heatmap_method``.

@@ -533,8 +533,8 @@ def serve(
                                                  "accepted; bigger uploads get 413.")] = 50.0,
     heatmap: Annotated[str, typer.Option("--heatmap", help="The page's default heatmap method: scorecam, gradcam, "
                                          "gradcam++ or none. Score-CAM costs one forward pass per target-layer "
-                                         "channel for each image and fold network (about a minute per network "
-                                         "on one CPU core for EfficientNet-Lite0); gradcam one.")] = "scorecam",
+                                         "channel for each image and fold network (27 s per network on one CPU "
+                                         "core for EfficientNet-Lite0 at 128 px); gradcam one.")] = "scorecam",
 ) -> None:
     """A local web page that applies a bundle to one case: upload images, fill in clinical values, read the call."""
     from breastfusion.app.server import serve as serve_app
