@@ -249,7 +249,7 @@ def compute_cams(
         ``({method: float32 (H, W) in [0, 1]}, the lesion's logit)``.
 
     Raises:
-        ValueError: unknown method.
+        ValueError: unknown method, or target layers that are not one per network.
     """
     unknown = [m for m in methods if m not in CAM_METHODS]
     if unknown:
