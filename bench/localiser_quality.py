@@ -121,15 +121,13 @@ def main() -> None:
     if args.fit_on:  # one localiser from another cohort's images and masks boxes every image of this one
         source = prepare(args.fit_on, args.data, args.work, group_duplicates=args.fit_on == "busi")
         source_frames, source_masks, _, _ = localiser_inputs(image_paths(source), lesion_masks(source), params)
-        model = fit_localiser(source_frames, source_masks, settings, seed=0,
-                              on_epoch=lambda e, n, loss: report(e, n, loss, args.fit_on))
-        folds_boxed = [(None, np.arange(len(y)))]
-    else:
-        folds_boxed = folds
-    for k, (train, test) in enumerate(folds_boxed):
-        if not args.fit_on:
-            model = fit_localiser(frames[train], frame_masks[train], settings, seed=k,
-                                  on_epoch=lambda e, n, loss, k=k: report(e, n, loss, f"fold {k}"))
+        fitted = [(fit_localiser(source_frames, source_masks, settings, seed=0,
+                                 on_epoch=lambda e, n, loss: report(e, n, loss, args.fit_on)), np.arange(len(y)))]
+    else:  # each fold's localiser, fitted when its turn comes, boxes that fold's held-out images
+        fitted = ((fit_localiser(frames[train], frame_masks[train], settings, seed=k,
+                                 on_epoch=lambda e, n, loss, k=k: report(e, n, loss, f"fold {k}")), test)
+                  for k, (train, test) in enumerate(folds))
+    for model, test in fitted:
         probs = predict_lesion_probs(model, frames[test])
         for i, p in zip(test, probs):
             predicted[i] = frame_box_to_image(box_from_probs(p, settings.threshold), crop_boxes[i], args.size)
