@@ -56,8 +56,8 @@ __all__ = ["IMAGE_SUFFIXES", "MAX_FORM_FILES", "MAX_UPLOAD_BYTES", "BodyLimit", 
 
 log = logging.getLogger(__name__)
 
-#: Heatmap methods the page offers.
-METHODS = tuple(CAM_METHODS)
+#: Heatmap methods the page offers ("none": no explanation).
+METHODS = (*CAM_METHODS, "none")
 
 #: Image file types the page accepts (the readers decode these).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom")
@@ -322,8 +322,8 @@ def create_app(bundle: Any, *, explainer: Callable[..., Any] | None = explain_ca
     Raises:
         ValueError: a bad ``max_upload_bytes`` or an unknown ``heatmap_method``.
     """
-    if heatmap_method not in (*METHODS, "none"):
-        raise ValueError(f"heatmap_method: {heatmap_method!r} is not one of {[*METHODS, 'none']}")
+    if heatmap_method not in METHODS:
+        raise ValueError(f"heatmap_method: {heatmap_method!r} is not one of {list(METHODS)}")
     if not isinstance(max_upload_bytes, int) or max_upload_bytes <= 0:
         raise ValueError(f"max_upload_bytes should be a positive number of bytes, got {max_upload_bytes!r}")
     if getattr(bundle, "members", None) is not None:
@@ -339,7 +339,7 @@ def create_app(bundle: Any, *, explainer: Callable[..., Any] | None = explain_ca
                "variant": bundle.variant, "modalities": modalities, "n_folds": bundle.n_folds,
                "auc": metrics.get("auc"), "auc_ci": metrics.get("auc_ci"), "image_inputs": image_inputs,
                "fields": fields, "accept": ",".join(IMAGE_SUFFIXES), "heatmap_method": heatmap_method,
-               "heatmap_methods": [*METHODS, "none"]}
+               "heatmap_methods": METHODS}
     app = FastAPI(title=f"breastfusion · {bundle.variant}", docs_url=None, redoc_url=None)
     app.add_middleware(BodyLimit, limit=max_upload_bytes)
 
@@ -364,8 +364,8 @@ def create_app(bundle: Any, *, explainer: Callable[..., Any] | None = explain_ca
 
     def _predict_locked(images: list, texts: dict[str, str], default_method: str) -> dict[str, Any]:
         method = texts.get("method") or default_method
-        if method not in (*METHODS, "none"):
-            raise CaseError(f"method: {method!r} is not one of {[*METHODS, 'none']}")
+        if method not in METHODS:
+            raise CaseError(f"method: {method!r} is not one of {list(METHODS)}")
         clinical = parse_clinical(fields, texts) if fields else None
         used = sorted({m for m, *_ in images})
         if clinical and any(not _missing(v) for v in clinical.values()):

@@ -537,12 +537,12 @@ def serve(
                                          "core for EfficientNet-Lite0 at 128 px); gradcam one.")] = "scorecam",
 ) -> None:
     """A local web page that applies a bundle to one case: upload images, fill in clinical values, read the call."""
+    from breastfusion.app.server import METHODS
     from breastfusion.app.server import serve as serve_app
     from breastfusion.bundle import BundleError, load_bundle
-    from breastfusion.explain.cams import CAM_METHODS
 
-    if heatmap not in (*CAM_METHODS, "none"):
-        fail(f"--heatmap: {heatmap!r} is not one of {[*CAM_METHODS, 'none']}")
+    if heatmap not in METHODS:
+        fail(f"--heatmap: {heatmap!r} is not one of {list(METHODS)}")
     try:
         bundle = load_bundle(bundle_dir)
     except (BundleError, FileNotFoundError, ValueError) as exc:

@@ -26,7 +26,7 @@ from breastfusion.experiment.run import write_results
 from breastfusion.strict_json import write_json
 from breastfusion.experiment.run_artifacts import RunArtifacts, load_run
 from breastfusion.explain.cams import (CAM_METHODS, EnsembleImageModel, OneImageModel, TargetLayer, compute_cams,
-                                       encode_views, find_target_layer, image_model)
+                                       encode_views, find_target_layers, image_model)
 from breastfusion.explain.faithfulness import (centre_heatmap, deletion_insertion, energy_in_mask, pointing_game,
                                                pointing_tolerance, random_heatmap)
 from breastfusion.explain.gallery import overlay, plot_gallery, save_overlay, select_cases
@@ -332,13 +332,11 @@ class _Heatmaps:
             self.nets[k] = self.art.network(self.variant, k)
         return self.nets[k]
 
-    def _layer(self, k: int, net, modality: str, batch: dict[str, torch.Tensor]) -> list[TargetLayer]:
-        if (k, modality) not in self.layers:
-            self.layers[(k, modality)] = [
-                find_target_layer(member.branches[modality].encoder, batch[modality].shape[-1],
-                                  name=self.target_layers.get(modality), in_chans=batch[modality].shape[2])
-                for member in network_members(net)]
-        return self.layers[(k, modality)]
+    def _layer(self, k: int, model: OneImageModel | EnsembleImageModel) -> list[TargetLayer]:
+        """The target layers of fold ``k``'s networks for ``model``'s modality, found once per fold."""
+        if (k, model.modality) not in self.layers:
+            self.layers[(k, model.modality)] = find_target_layers(model, name=self.target_layers.get(model.modality))
+        return self.layers[(k, model.modality)]
 
     def _lesion(self, sid: str, lid: str) -> list[tuple[str, np.ndarray]]:
         """The gallery panels of one lesion's images (every image modality, every present view)."""
@@ -355,7 +353,6 @@ class _Heatmaps:
         panels = []
         for modality in self.image_modalities:
             views = art.images.views[modality][pos]
-            layers = self._layer(k, net, modality, batch)
             view_names = _view_names(art, pos, modality)
             view_features = [encode_views(member, batch, modality) for member in members]
             for slot in np.flatnonzero(views.numpy()):
@@ -363,8 +360,8 @@ class _Heatmaps:
                                     view_features=view_features).eval()
                 where = {"subject_id": sid, "lesion_id": lid, "fold": k, "modality": modality,
                          "view": view_names[int(slot)]}
-                panels.append(self._image(model, layers, where, raw[modality][0, slot], batch[modality][0, slot],
-                                          art.lesion_mask(pos, modality, int(slot))))
+                panels.append(self._image(model, self._layer(k, model), where, raw[modality][0, slot],
+                                          batch[modality][0, slot], art.lesion_mask(pos, modality, int(slot))))
                 if self.progress:
                     self.progress.advance(self._task)
         return panels
