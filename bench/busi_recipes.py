@@ -8,7 +8,9 @@ the folds it is scored on); adopting one as a default would need a selection run
 
 Usage:
     python bench/busi_recipes.py NAME configs/bus_clinical_lite0.yaml '{"training": {"seeds": 3}}' \
-        [--work /tmp/bf/real] [--data ../shared/data]
+        [--work /tmp/bf/real] [--data ../shared/data] [--pool breast_lesions_usg]
+
+``--pool breast_lesions_usg`` adds every BrEaST lesion to each training fold (never tested).
 """
 
 from __future__ import annotations
@@ -27,16 +29,19 @@ RESULTS = ROOT / "bench" / "results" / "busi_recipes.json"
 def main() -> None:
     from breastmnist_selection import record_run, with_overrides
     from real_data import prepare
-    from ultrasound_selection import recipe_args, run_ultrasound
+    from ultrasound_selection import pooled, recipe_args, run_ultrasound
 
     from breastfusion.config import load_config
 
     args = recipe_args(__doc__)
-    cohort = prepare("busi", args.data, args.work, group_duplicates=True)
+    if args.pool == "busi":
+        raise SystemExit("--pool busi: BUSI is the cohort measured here; pool another dataset")
     overrides = json.loads(args.overrides)
-    measured = run_ultrasound(cohort, with_overrides(load_config(args.config), overrides),
-                              args.work / "busi_recipes" / args.name)
-    record_run(RESULTS, {"name": args.name, "config": str(args.config), "overrides": overrides, **measured,
+    cohort, config = pooled(prepare("busi", args.data, args.work, group_duplicates=True),
+                            with_overrides(load_config(args.config), overrides), args)
+    measured = run_ultrasound(cohort, config, args.work / "busi_recipes" / args.name)
+    record_run(RESULTS, {"name": args.name, "config": str(args.config), "overrides": overrides,
+                         **({"pool": args.pool} if args.pool else {}), **measured,
                          "command": "python bench/busi_recipes.py " + " ".join(sys.argv[1:])})
 
 

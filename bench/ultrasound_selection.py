@@ -8,7 +8,9 @@ variant of CONFIG with JSON overrides and appends its pooled out-of-fold AUC to
 
 Usage:
     python bench/ultrasound_selection.py NAME configs/bus_clinical.yaml '{"training": {"epochs": 60}}' \
-        [--work /tmp/bf/real] [--data ../shared/data]
+        [--work /tmp/bf/real] [--data ../shared/data] [--pool busi]
+
+``--pool busi`` adds every BUSI lesion to each training fold (never tested; ``cv.training_only_column``).
 """
 
 from __future__ import annotations
@@ -37,7 +39,27 @@ def recipe_args(doc: str) -> argparse.Namespace:
     parser.add_argument("overrides", nargs="?", default="{}")
     parser.add_argument("--work", type=Path, default=Path("/tmp/bf/real"))
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--pool", choices=list(POOLABLE), help="pool this dataset into every training fold "
+                        "(training-only: the folds and the AUC are the cohort's own)")
     return parser.parse_args()
+
+
+#: Datasets ``--pool`` can add, with whether their near-duplicates are grouped (as when they are reported).
+POOLABLE = {"busi": True, "breast_lesions_usg": False}
+
+
+def pooled(cohort, config, args: argparse.Namespace):
+    """``cohort`` and ``config`` with ``--pool``'s dataset in every training fold (unchanged without it)."""
+    if args.pool is None:
+        return cohort, config
+    from breastmnist_selection import with_overrides
+    from real_data import prepare
+
+    from breastfusion.data.pooling import TRAINING_ONLY_COLUMN, pool_cohorts
+
+    other = prepare(args.pool, args.data, args.work, group_duplicates=POOLABLE[args.pool])
+    return (pool_cohorts(cohort, {args.pool: other}),
+            with_overrides(config, {"cv": {"training_only_column": TRAINING_ONLY_COLUMN}}))
 
 
 def run_ultrasound(cohort, config, out: Path) -> dict:
@@ -66,8 +88,10 @@ def main() -> None:
     config = with_overrides(load_config(args.config), {"cv": {"seed": SELECTION_CV_SEED}} | overrides)
     if config.cv.seed == 0:
         raise SystemExit("cv.seed 0 gives the reported BrEaST folds; selection must use other folds")
+    cohort, config = pooled(cohort, config, args)
     measured = run_ultrasound(cohort, config, args.work / "us_selection" / args.name)
     record_run(RESULTS, {"name": args.name, "config": str(args.config), "overrides": overrides,
+                         **({"pool": args.pool} if args.pool else {}),
                          "cv_seed": config.cv.seed, "selection_auc": measured["auc"],
                          "selection_auc_ci": measured["auc_ci"], "seconds": measured["seconds"]})
 

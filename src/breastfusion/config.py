@@ -205,6 +205,10 @@ class CVConfig(_Strict):
                                      "cross-validating: the manifest column whose values are train / val / test "
                                      "(e.g. BreastMNIST's `split`); val (if any) serves early stopping and "
                                      "thresholds, test gives the figures")
+    training_only_column: str | None = Field(
+        None, description="pool another cohort into training: the manifest column (1 / true / yes) marking lesions "
+        "that join every fold's training set and are never tested (written by `breastfusion data pool`); the "
+        "folds, and every figure, are those of the other lesions alone")
     n_splits: int = Field(5, ge=2)
     seed: int = 0
     repeats: int = Field(1, ge=1, description="repeated cross-validation: each repeat reshuffles the folds "

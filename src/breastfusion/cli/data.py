@@ -1,4 +1,4 @@
-"""``breastfusion data prepare|check`` and ``breastfusion cache info|clear``."""
+"""``breastfusion data prepare|check|pool`` and ``breastfusion cache info|clear``."""
 
 from __future__ import annotations
 
@@ -177,3 +177,31 @@ def preprocess_cmd(
                                  indent=2))
     console.print(f"{len(result.arrays)} images preprocessed ({cache.hits} from the cache); "
                   f"{len(result.excluded)} unreadable left out; record: {record}")
+
+
+@app.command()
+def pool(
+    primary: Annotated[Path, typer.Argument(help="The cohort folder the folds and figures are on.")],
+    add: Annotated[list[str], typer.Option("--add", help="NAME=FOLDER: a cohort pooled into every training fold "
+                                                         "(never tested); repeat.")],
+    out: Annotated[Path, typer.Option("--out", help="Manifest folder to write (images hard-linked into it).")],
+    column: Annotated[str, typer.Option("--column", help="The column marking the pooled lesions.")]
+    = "training_only",
+) -> None:
+    """Pool other cohorts into one cohort's training folds: run OUT with cv.training_only_column set to COLUMN."""
+    from breastfusion.data.manifest import ManifestError
+    from breastfusion.data.pooling import write_pooled
+
+    others = _pairs(add, "--add")
+    try:
+        write_pooled(primary, {name: Path(folder) for name, folder in others.items()}, out, column=column)
+    except (ManifestError, FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    from breastfusion.data.manifest import load_cohort
+
+    manifest = load_cohort(out).manifest
+    pooled = manifest[column].astype(str) == "1"
+    console.print(f"{int((~pooled).sum())} images of {primary} and {int(pooled.sum())} pooled from "
+                  f"{', '.join(others)} → [b]{out}[/b]")
+    console.print(f"  · run it with cv: {{training_only_column: {column}}} (the folds and figures are {primary}'s)",
+                  soft_wrap=True)

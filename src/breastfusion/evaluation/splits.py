@@ -12,12 +12,17 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
-__all__ = ["subject_folds", "official_split", "SplitError", "TRAIN_VALUES", "VALIDATION_VALUES", "TEST_VALUES"]
+__all__ = ["subject_folds", "official_split", "training_only", "SplitError", "TRAIN_VALUES", "VALIDATION_VALUES",
+           "TEST_VALUES", "TRAINING_ONLY_VALUES"]
 
 #: Values of a split column that mean train / validation / test (case-insensitive).
 TRAIN_VALUES = ("train", "training")
 VALIDATION_VALUES = ("val", "valid", "validation", "tune")
 TEST_VALUES = ("test", "testing")
+#: Values of a training-only column that mean "train on it, never test it" / "an ordinary lesion" (case-insensitive;
+#: a blank cell is an ordinary lesion).
+TRAINING_ONLY_VALUES = ("1", "true", "yes")
+ORDINARY_VALUES = ("0", "false", "no", "")
 
 
 class SplitError(ValueError):
@@ -102,3 +107,50 @@ def official_split(manifest: pd.DataFrame, lesions: pd.DataFrame, column: str
         raise SplitError(f"manifest column {column!r} has {len(train)} train and {len(test)} test lesions; "
                          "both are needed")
     return train, (val if len(val) else None), test
+
+
+def training_only(manifest: pd.DataFrame, lesions: pd.DataFrame, column: str) -> np.ndarray:
+    """Which lesions only ever train: another cohort pooled into every training fold, never tested.
+
+    Why: a small cohort's network learns from more images when a second cohort (another site's scans of the same
+    task) joins each training fold, while every reported figure stays on the first cohort's held-out folds
+    (:func:`breastfusion.data.pooling.pool_cohorts` writes such a manifest).
+
+    Args:
+        manifest: the cohort's manifest (one row per image) holding ``column``.
+        lesions: one row per lesion (``Cohort.lesions``), in the order positions index.
+        column: the manifest column, :data:`TRAINING_ONLY_VALUES` for a training-only lesion and
+            ``0`` / ``false`` / ``no`` / blank for an ordinary one (case-insensitive).
+
+    Returns:
+        A boolean mask over ``lesions``.
+
+    Raises:
+        SplitError: no such column, another value, a lesion with rows of both kinds, a subject (or duplicate group)
+            with lesions of both kinds, or no ordinary lesion.
+    """
+    if column not in manifest:
+        raise SplitError(f"cv.training_only_column: the manifest has no column {column!r}; it has "
+                         f"{list(manifest.columns)}")
+    values = manifest[column].fillna("").astype(str).str.strip().str.lower()
+    bad = manifest.loc[~values.isin(TRAINING_ONLY_VALUES + ORDINARY_VALUES), column]
+    if len(bad):
+        raise SplitError(f"manifest column {column!r}, line {int(bad.index[0]) + 2}: {bad.iloc[0]!r}; expected one "
+                         f"of {list(TRAINING_ONLY_VALUES)} (training only) or {list(ORDINARY_VALUES[:-1])} / blank")
+    flag = pd.Series(values.isin(TRAINING_ONLY_VALUES).to_numpy(), index=manifest["lesion_id"].astype(str).to_numpy())
+    per_lesion = flag.groupby(level=0).agg(["min", "max"])
+    mixed = per_lesion.index[per_lesion["min"] != per_lesion["max"]]
+    if len(mixed):
+        raise SplitError(f"lesion {mixed[0]!r} is training-only on some rows of {column!r} and not on others; "
+                         "mark all of a lesion's rows alike")
+    mask = per_lesion["max"].reindex(lesions["lesion_id"].astype(str)).to_numpy(dtype=bool)
+    for key in ("subject_id", "group"):
+        if key in lesions:
+            spread = pd.Series(mask).groupby(lesions[key].to_numpy()).nunique()
+            if (spread > 1).any():
+                raise SplitError(f"{key} {spread[spread > 1].index[0]!r} has training-only and ordinary lesions "
+                                 f"({column!r}); an ordinary lesion would be tested beside its own subject's "
+                                 "training images")
+    if mask.all():
+        raise SplitError(f"every lesion is training-only ({column!r}); nothing is left to test")
+    return mask

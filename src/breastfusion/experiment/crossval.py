@@ -41,7 +41,7 @@ from breastfusion.data.manifest import IMAGE_MODALITIES, Cohort
 from breastfusion.data.preprocess import Params, params_for
 from breastfusion.data.tensors import (LesionDataset, LesionImages, clinical_features_for,
                                        modalities_used)
-from breastfusion.evaluation.splits import official_split, subject_folds
+from breastfusion.evaluation.splits import official_split, subject_folds, training_only
 from breastfusion.experiment.localisation import (CROP_PLAN, crop_to_predicted, cross_fit_parts, fit_fold_localiser,
                                                   load_localiser, localiser_frames, localiser_tag,
                                                   predicted_roi_modalities, require_masks, run_images,
@@ -253,12 +253,15 @@ def fold_positions(cohort: Cohort, config: ExperimentConfig,
     if config.cv.split_column is not None:
         if folds is not None:
             raise ValueError("explicit folds and cv.split_column both choose the test set; give one")
+        if config.cv.training_only_column is not None:
+            raise ValueError("cv.split_column and cv.training_only_column: mark the pooled cohort's rows as the "
+                             "split's train part instead")
         train, val, test = official_split(cohort.manifest, lesions, config.cv.split_column)
         return [[FoldPositions(train, test, val)]]
     if folds is not None and config.cv.repeats != 1:
         raise ValueError("explicit folds are one cross-validation; set cv.repeats to 1")
     repeats = [folds] if folds is not None else [
-        subject_folds(lesions, n_splits=config.cv.n_splits, seed=config.cv.seed + r) for r in range(config.cv.repeats)]
+        _seeded_folds(cohort, config, config.cv.seed + r) for r in range(config.cv.repeats)]
     out = []
     for r, split in enumerate(repeats):
         row = []
@@ -270,6 +273,19 @@ def fold_positions(cohort: Cohort, config: ExperimentConfig,
             row.append(FoldPositions(train, test, val))
         out.append(row)
     return out
+
+
+def _seeded_folds(cohort: Cohort, config: ExperimentConfig, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The seeded subject-grouped folds; with ``cv.training_only_column``, the folds of the ordinary lesions alone
+    (the same folds as that cohort without the pooled one), every training-only lesion added to each training set."""
+    lesions = cohort.lesions
+    if config.cv.training_only_column is None:
+        return subject_folds(lesions, n_splits=config.cv.n_splits, seed=seed)
+    pooled = training_only(cohort.manifest, lesions, config.cv.training_only_column)
+    own, extra = np.flatnonzero(~pooled), np.flatnonzero(pooled)
+    return [(np.sort(np.concatenate([own[train], extra])), own[test])
+            for train, test in subject_folds(lesions.iloc[own].reset_index(drop=True),
+                                             n_splits=config.cv.n_splits, seed=seed)]
 
 
 def fold_seed(config: ExperimentConfig, fold: int, repeat: int = 0) -> int:

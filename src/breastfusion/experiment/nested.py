@@ -172,6 +172,8 @@ def nested_selection(cohort: Cohort, config: ExperimentConfig, candidates: list[
                          f"{list(config.variants)}")
     if int(inner_folds) != inner_folds or inner_folds < 2:
         raise ValueError(f"inner_folds should be an integer >= 2, got {inner_folds!r}")
+    if config.cv.training_only_column is not None:
+        raise ValueError("nested selection does not pool a training-only cohort yet: unset cv.training_only_column")
     config = select_variants(config, candidates)
     config = config.model_copy(update={"cv": config.cv.model_copy(update={"repeats": 1})})
     lesions = cohort.lesions
