@@ -55,10 +55,15 @@ def pooled(cohort, config, args: argparse.Namespace):
     from breastmnist_selection import with_overrides
     from real_data import prepare
 
-    from breastfusion.data.pooling import TRAINING_ONLY_COLUMN, pool_cohorts
+    from breastfusion.data.manifest import load_cohort
+    from breastfusion.data.pooling import TRAINING_ONLY_COLUMN, write_pooled
 
     other = prepare(args.pool, args.data, args.work, group_duplicates=POOLABLE[args.pool])
-    return (pool_cohorts(cohort, {args.pool: other}),
+    # written as a folder (images linked), so the run reloads its cohort (explain, export) like any other
+    folder = args.work / "pooled" / f"{Path(cohort.root).name}+{args.pool}"
+    if not (folder / "manifest.csv").is_file():
+        write_pooled(cohort, {args.pool: other}, folder)
+    return (load_cohort(folder),
             with_overrides(config, {"cv": {"training_only_column": TRAINING_ONLY_COLUMN}}))
 
 

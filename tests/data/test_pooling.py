@@ -15,8 +15,10 @@ from breastfusion.data.manifest import load_cohort
 from breastfusion.data.pooling import TRAINING_ONLY_COLUMN, pool_cohorts, write_pooled
 from breastfusion.data.synthetic.cohort import generate_cohort
 from breastfusion.evaluation.splits import SplitError, training_only
-from breastfusion.experiment.crossval import cross_validate, fold_positions
+from breastfusion.experiment.crossval import fold_positions
 from breastfusion.experiment.nested import nested_selection
+from breastfusion.experiment.run import run_experiment
+from breastfusion.experiment.run_artifacts import load_run
 
 from ..conftest import TINY_MODEL, one_torch_thread
 
@@ -76,14 +78,24 @@ def test_the_folds_are_the_first_cohorts_own_with_every_pooled_lesion_in_each_tr
         assert np.array_equal(a.test, b.test) and np.isin(extra, b.train).all()
 
 
-def test_a_pooled_run_trains_on_both_and_reports_the_first_cohort_only(two_cohorts):
-    own, other = (load_cohort(p) for p in two_cohorts)
-    pooled = pool_cohorts(own, {"site2": other})
+def test_a_pooled_run_trains_on_both_and_reports_the_first_cohort_only(two_cohorts, tmp_path):
+    own = load_cohort(two_cohorts[0])
+    folder = write_pooled(two_cohorts[0], {"site2": two_cohorts[1]}, tmp_path / "pooled")
     with one_torch_thread():
-        cv = cross_validate(pooled, _config())
-    assert sorted(cv.predictions["lesion_id"]) == sorted(own.lesions["lesion_id"])
+        results = run_experiment(load_cohort(folder), _config(), tmp_path / "run")
+    predictions = pd.read_csv(tmp_path / "run" / "predictions.csv", dtype={"lesion_id": str})
+    assert sorted(predictions["lesion_id"]) == sorted(own.lesions["lesion_id"])
     # in-sample calibration scores are the training side's: the pooled lesions are there
-    assert cv.calibration["lesion_id"].str.startswith("site2:").any()
+    calibration = pd.read_csv(tmp_path / "run" / "calibration_predictions.csv", dtype={"lesion_id": str})
+    assert calibration["lesion_id"].str.startswith("site2:").any()
+    n_pooled = len(load_cohort(two_cohorts[1]).lesions)
+    assert results["cohort"]["n_training_only"] == n_pooled
+    assert results["cohort"]["n_lesions"] == len(own.lesions) + n_pooled
+    assert f"{n_pooled} of the {len(own.lesions) + n_pooled} lesions come from pooled cohorts" in \
+        (tmp_path / "run" / "report.html").read_text()
+    reloaded = load_run(tmp_path / "run")             # explain / export see the run's own folds again
+    assert [t.tolist() for _, t in reloaded.folds] == [p.test.tolist() for p in fold_positions(
+        load_cohort(folder), _config())[0]]
 
 
 @pytest.mark.parametrize(("edit", "message"), [

@@ -104,11 +104,16 @@ def _linked(cohort: Cohort, name: str, out: Path) -> Cohort:
     return Cohort(root=cohort.root, manifest=manifest, clinical=cohort.clinical)
 
 
-def write_pooled(primary: str | Path, others: Mapping[str, str | Path], out: str | Path, *,
+def write_pooled(primary: Cohort | str | Path, others: Mapping[str, Cohort | str | Path], out: str | Path, *,
                  column: str = TRAINING_ONLY_COLUMN) -> Path:
-    """Write the manifest folder ``out``: the cohort folder ``primary`` with the folders ``others`` pooled into its
+    """Write the manifest folder ``out``: the cohort ``primary`` with the cohorts ``others`` pooled into its
     training folds (:func:`pool_cohorts`), every image hard-linked under ``out/images/NAME`` (``primary``'s under
     ``out/images/primary``), so the folder is self-contained like ``breastfusion data prepare``'s.
+
+    Args:
+        primary, others: cohorts, or manifest folders / CSVs to load.
+        out: the folder to write.
+        column: as for :func:`pool_cohorts`.
 
     Returns:
         ``out``; run it with ``cv.training_only_column`` set to ``column``.
@@ -116,7 +121,7 @@ def write_pooled(primary: str | Path, others: Mapping[str, str | Path], out: str
     out = Path(out).resolve()
     if "primary" in others:
         raise ValueError("pool_cohorts: 'primary' names the first cohort's images; give the others other names")
-    cohorts = {"primary": load_cohort(primary), **{n: load_cohort(d) for n, d in others.items()}}
+    cohorts = {n: c if isinstance(c, Cohort) else load_cohort(c) for n, c in {"primary": primary, **others}.items()}
     linked = {n: _linked(c, n, out) for n, c in cohorts.items()}
     pooled = pool_cohorts(linked.pop("primary"), linked, column=column)
     manifest = pooled.manifest.copy()

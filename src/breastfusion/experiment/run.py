@@ -190,7 +190,7 @@ def run_experiment(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": library_versions(),
         "manifest_sha256": hashlib.sha256((cohort.root / MANIFEST_FILENAME).read_bytes()).hexdigest(),
-        "cohort": cohort_summary(cohort),
+        "cohort": cohort_summary(cohort, training_only_column=config.cv.training_only_column),
         "cv": config.cv.model_dump(),
         "preprocessing": cv.preprocessing,
         "excluded_images": cv.excluded_images,

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from breastfusion.data.manifest import Cohort
+from breastfusion.evaluation.splits import training_only
 
 __all__ = ["CHECK_FILENAME", "cohort_summary", "data_check_findings"]
 
@@ -54,14 +55,16 @@ def data_check_findings(path: str | Path) -> dict[str, Any]:
     }
 
 
-def cohort_summary(cohort: Cohort) -> dict[str, Any]:
+def cohort_summary(cohort: Cohort, *, training_only_column: str | None = None) -> dict[str, Any]:
     """Counts of the cohort a run used, and ``data check`` findings when the folder has ``check.json``.
 
     Returns:
         ``root``, ``n_subjects``, ``n_lesions``, ``n_malignant`` (subjects with a malignant lesion),
         ``n_images``, ``modalities``, ``subjects_per_modality`` (subjects with at least one image, or
         a clinical row, of each modality), ``images_per_modality``, ``n_cv_groups`` (cross-validation
-        groups: subjects, or duplicate groups with a ``cv_group`` column), ``data_check`` (or ``None``).
+        groups: subjects, or duplicate groups with a ``cv_group`` column), ``data_check`` (or ``None``), and with
+        ``training_only_column`` (``cv.training_only_column``) ``n_training_only`` (lesions pooled into every
+        training fold, never tested; they are in the counts above).
     """
     lesions, manifest = cohort.lesions, cohort.manifest
     per_modality = {m: int(manifest.loc[manifest["modality"] == m, "subject_id"].nunique())
@@ -80,4 +83,6 @@ def cohort_summary(cohort: Cohort) -> dict[str, Any]:
         "images_per_modality": {m: int(n) for m, n in manifest["modality"].value_counts().sort_index().items()},
         "n_cv_groups": int(lesions["group"].nunique()),
         "data_check": data_check_findings(check) if check.is_file() else None,
+        **({"n_training_only": int(training_only(manifest, lesions, training_only_column).sum())}
+           if training_only_column is not None else {}),
     }

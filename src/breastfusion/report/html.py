@@ -43,6 +43,9 @@ The configuration below is the first member's (its evaluation settings score the
 <table><tr><th>subjects</th><th>lesions</th><th>malignant subjects</th><th>images</th><th>cross-validation groups</th></tr>
 <tr><td>{{ c.n_subjects }}</td><td>{{ c.n_lesions }}</td><td>{{ c.n_malignant }} ({{ "%.0f"|format(100 * c.n_malignant / c.n_subjects) }}%)</td>
 <td>{{ c.n_images }}</td><td>{{ c.n_cv_groups if c.n_cv_groups is defined else c.n_subjects }}</td></tr></table>
+{% if c.n_training_only %}<p>{{ c.n_training_only }} of the {{ c.n_lesions }} lesions come from pooled cohorts
+(<code>cv.training_only_column</code>): they join every training fold and are never tested; every figure is on the
+other {{ c.n_lesions - c.n_training_only }}.</p>{% endif %}
 {% if c.subjects_per_modality %}<table><tr><th>modality</th><th>subjects with it</th><th>images</th></tr>
 {% for m, n in c.subjects_per_modality.items() %}<tr><td>{{ m }}</td><td>{{ n }} ({{ "%.0f"|format(100 * n / c.n_subjects) }}%)</td>
 <td>{{ c.images_per_modality.get(m, "–") }}</td></tr>{% endfor %}</table>{% endif %}
