@@ -3,7 +3,8 @@
 Usage:
     python bench/real_data.py [--data ../shared/data] [--work DIR] [--epochs-scale 1.0] [--cv-seed N]
         [--sections busi,busi_pretrained,busi_plain,busi_plain_pretrained,busi_roi,busi_roi_plain,busi_localised,
-                    busi_ensemble,busi_pair,busi_trio,busi_quartet,breast,breast_roi,breastmnist]
+                    busi_ensemble,busi_pair,busi_trio,busi_quartet,busi_pooled,breast,breast_roi,breast_pooled,
+                    breastmnist]
 
 Sections (each prepares its dataset through the toolkit's adapters, read in place):
 
@@ -31,10 +32,16 @@ Sections (each prepares its dataset through the toolkit's adapters, read in plac
 * ``busi_quartet``: the same folds with ``configs/bus_clinical_lite0_quartet.yaml`` (the trio + Lite0 on the
   localiser's crops, which shares the localised member's fold localisers; the trio's three runs are taken from
   ``busi_trio``'s when there are some: only Lite0 on the crops is trained);
+* ``busi_pooled``: the same folds with ``configs/bus_clinical_lite0_pooled.yaml`` (one Lite0 network per fold)
+  on BUSI with every BrEaST-Lesions lesion pooled into each training fold (never tested: ``breastfusion data
+  pool``, ``cv.training_only_column``), the cohort written under ``WORK/pooled`` (images linked);
 * ``breast``: BrEaST-Lesions, ``configs/bus_clinical.yaml`` (clinical, ultrasound, fused), the DeLong test of
   fused vs ultrasound, and on the same folds the plain logistic regression + plain CNN average;
 * ``breast_roi``: the same with ``configs/bus_clinical_roi.yaml`` (clinical, ultrasound, fused), the plain CNN on
   the same lesion crops;
+* ``breast_pooled``: BrEaST-Lesions with ``configs/bus_clinical_lite0_pooled.yaml`` (ultrasound, fused) and every
+  BUSI lesion pooled into each training fold of the ultrasound network (the clinical learner sees BrEaST's
+  training lesions only, the only ones with clinical data); DeLong fused vs ultrasound;
 * ``breastmnist``: ``configs/breastmnist.yaml``: trained on the official train split (val for early stopping
   and thresholds), reported on the official test split.
 
@@ -64,8 +71,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 RESULTS = ROOT / "bench" / "results" / "real_data.json"
 SECTIONS = ("busi", "busi_pretrained", "busi_plain", "busi_plain_pretrained", "busi_roi", "busi_roi_plain",
-            "busi_localised", "busi_ensemble", "busi_pair", "busi_trio", "busi_quartet", "breast", "breast_roi",
-            "breastmnist")
+            "busi_localised", "busi_ensemble", "busi_pair", "busi_trio", "busi_quartet", "busi_pooled", "breast",
+            "breast_roi", "breast_pooled", "breastmnist")
 #: ``--cv-seed``: the fold seed every config is run with (None: the configs' own).
 CV_SEED: int | None = None
 #: The lesion-ROI (reader-marked lesion) config; its ultrasound ``roi_margin`` is the plain ROI script's too.
@@ -76,6 +83,10 @@ PAIR_RECIPE = ROOT / "configs" / "bus_clinical_pair.yaml"
 TRIO_RECIPE = ROOT / "configs" / "bus_clinical_lite0_trio.yaml"
 #: The trio + Lite0 on the localiser's crops.
 QUARTET_RECIPE = ROOT / "configs" / "bus_clinical_lite0_quartet.yaml"
+#: Lite0 trained on a cohort with another pooled into its training folds.
+POOLED_CONFIG = ROOT / "configs" / "bus_clinical_lite0_pooled.yaml"
+#: Datasets a section (or ``--pool`` of the recipe scripts) pools in, with whether their near-duplicates are grouped.
+POOLABLE = {"busi": True, "breast_lesions_usg": False}
 
 
 def prepare(name: str, data: Path, work: Path, *, group_duplicates: bool = False):
@@ -94,6 +105,18 @@ def prepare(name: str, data: Path, work: Path, *, group_duplicates: bool = False
     if not grouped.is_file():
         write_groups(load_cohort(out), check_cohort(load_cohort(out)))
     return load_cohort(grouped)
+
+
+def pooled_cohort(cohort, other: str, data: Path, work: Path):
+    """``cohort`` with every lesion of the dataset ``other`` pooled into its training folds: a manifest folder under
+    ``work/pooled`` (images linked, written once; run it with ``cv.training_only_column: training_only``)."""
+    from breastfusion.data.manifest import load_cohort
+    from breastfusion.data.pooling import write_pooled
+
+    folder = work / "pooled" / f"{Path(cohort.root).name}+{other}"
+    if not (folder / "manifest.csv").is_file():
+        write_pooled(cohort, {other: prepare(other, data, work, group_duplicates=POOLABLE[other])}, folder)
+    return load_cohort(folder)
 
 
 def on_bench_folds(config):
@@ -168,14 +191,20 @@ def image_paths(cohort) -> list[str]:
     return [str(cohort.root / p) for p in first_rows(cohort)["path"]]
 
 
-def _busi_ultrasound(data: Path, work: Path, args, config_path: Path, run_name: str, key: str) -> dict:
-    """The ``ultrasound`` variant of ``config_path`` on grouped BUSI: ``{key}_auc``, ``_auc_ci``, ``_seconds``."""
+def _busi_ultrasound(data: Path, work: Path, args, config_path: Path, run_name: str, key: str, *,
+                     pool: str | None = None) -> dict:
+    """The ``ultrasound`` variant of ``config_path`` on grouped BUSI (with the dataset ``pool`` pooled into its
+    training folds): ``{key}_auc``, ``_auc_ci``, ``_seconds``."""
     cohort = prepare("busi", data, work, group_duplicates=True)
+    if pool is not None:
+        cohort = pooled_cohort(cohort, pool, data, work)
     results, seconds, _ = run_config(cohort, config_path, work / "runs" / run_name, variants=["ultrasound"],
                                      epochs_scale=args.epochs_scale)
     e = variant_entry(results, "ultrasound")
+    n_pooled = results["cohort"].get("n_training_only", 0)
     return {f"{key}_auc": e["auc"], f"{key}_auc_ci": e["auc_ci"], f"{key}_seconds": seconds,
-            "busi_n_lesions": int(len(cohort.lesions))}
+            "busi_n_lesions": int(len(cohort.lesions)) - n_pooled,
+            **({f"{key}_n_pooled": n_pooled} if pool is not None else {})}
 
 
 def section_busi(data: Path, work: Path, args) -> dict:
@@ -185,6 +214,10 @@ def section_busi(data: Path, work: Path, args) -> dict:
 def section_busi_pretrained(data: Path, work: Path, args) -> dict:
     return _busi_ultrasound(data, work, args, ROOT / "configs" / "bus_clinical_lite0.yaml", "busi_lite0",
                             "busi_pretrained")
+
+
+def section_busi_pooled(data: Path, work: Path, args) -> dict:
+    return _busi_ultrasound(data, work, args, POOLED_CONFIG, "busi_pooled", "busi_pooled", pool="breast_lesions_usg")
 
 
 def section_busi_plain(data: Path, work: Path, args) -> dict:
@@ -366,22 +399,34 @@ def section_breast_roi(data: Path, work: Path, args) -> dict:
     return _breast_rows(data, work, args, ROI_CONFIG, "breast_roi", variants=["clinical", "ultrasound", "fused"])
 
 
+def section_breast_pooled(data: Path, work: Path, args) -> dict:
+    """BrEaST with BUSI pooled into the ultrasound network's training folds; no plain script (the ``breast``
+    section's are on the same folds)."""
+    return _breast_rows(data, work, args, POOLED_CONFIG, "breast_pooled", pool="busi")
+
+
 def _breast_rows(data: Path, work: Path, args, config_path: Path, prefix: str, *,
-                 variants: list[str] | None = None) -> dict:
+                 variants: list[str] | None = None, pool: str | None = None) -> dict:
     """BrEaST-Lesions with ``config_path``: every variant's AUC, DeLong fused vs ultrasound, and the plain
-    logistic regression + plain CNN average on the same folds (the CNN on the config's ROI crops if it crops)."""
+    logistic regression + plain CNN average on the same folds (the CNN on the config's ROI crops if it crops).
+    With ``pool``, that dataset joins every training fold and the plain scripts are left out."""
     from breastfusion.evaluation.delong import delong_test
     from plain_baselines import load_images, load_roi_images, plain_average, plain_clinical_probs, plain_cnn_probs
 
     cohort = prepare("breast_lesions_usg", data, work)
+    if pool is not None:
+        cohort = pooled_cohort(cohort, pool, data, work)
     run = work / "runs" / prefix
     results, seconds, config = run_config(cohort, config_path, run, variants=variants, epochs_scale=args.epochs_scale)
-    out = {f"{prefix}_seconds": seconds, f"{prefix}_n_lesions": int(len(cohort.lesions))}
+    n_pooled = results["cohort"].get("n_training_only", 0)
+    out = {f"{prefix}_seconds": seconds, f"{prefix}_n_lesions": int(len(cohort.lesions)) - n_pooled}
     for name in results["variants"]:
         e = variant_entry(results, name)
         out[f"{prefix}_{name}_auc"], out[f"{prefix}_{name}_auc_ci"] = e["auc"], e["auc_ci"]
     delong = results["variants"]["ultrasound"]["delong"]  # ultrasound vs the reference (fused)
     out[f"{prefix}_fused_vs_ultrasound_p"] = delong["p"] if delong else None
+    if pool is not None:
+        return {**out, f"{prefix}_n_pooled": n_pooled}
     # The plain script: logistic regression on the clinical table + a plain CNN, averaged, on the same folds.
     folds = same_folds(cohort, config)
     lesions = cohort.lesions

@@ -39,13 +39,9 @@ def recipe_args(doc: str) -> argparse.Namespace:
     parser.add_argument("overrides", nargs="?", default="{}")
     parser.add_argument("--work", type=Path, default=Path("/tmp/bf/real"))
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
-    parser.add_argument("--pool", choices=list(POOLABLE), help="pool this dataset into every training fold "
-                        "(training-only: the folds and the AUC are the cohort's own)")
+    parser.add_argument("--pool", choices=["busi", "breast_lesions_usg"], help="pool this dataset into every "
+                        "training fold (training-only: the folds and the AUC are the cohort's own)")
     return parser.parse_args()
-
-
-#: Datasets ``--pool`` can add, with whether their near-duplicates are grouped (as when they are reported).
-POOLABLE = {"busi": True, "breast_lesions_usg": False}
 
 
 def pooled(cohort, config, args: argparse.Namespace):
@@ -53,17 +49,11 @@ def pooled(cohort, config, args: argparse.Namespace):
     if args.pool is None:
         return cohort, config
     from breastmnist_selection import with_overrides
-    from real_data import prepare
+    from real_data import pooled_cohort
 
-    from breastfusion.data.manifest import load_cohort
-    from breastfusion.data.pooling import TRAINING_ONLY_COLUMN, write_pooled
+    from breastfusion.data.pooling import TRAINING_ONLY_COLUMN
 
-    other = prepare(args.pool, args.data, args.work, group_duplicates=POOLABLE[args.pool])
-    # written as a folder (images linked), so the run reloads its cohort (explain, export) like any other
-    folder = args.work / "pooled" / f"{Path(cohort.root).name}+{args.pool}"
-    if not (folder / "manifest.csv").is_file():
-        write_pooled(cohort, {args.pool: other}, folder)
-    return (load_cohort(folder),
+    return (pooled_cohort(cohort, args.pool, args.data, args.work),
             with_overrides(config, {"cv": {"training_only_column": TRAINING_ONLY_COLUMN}}))
 
 

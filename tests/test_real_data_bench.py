@@ -152,3 +152,45 @@ def test_the_quartet_section_runs_the_quartet_recipe_on_the_trio_members(bench, 
     trio = tmp_path / "runs" / "busi_trio" / "members"
     assert kwargs["seeds"] == {name: trio / name for name in ("lite0", "whole_frame", "localised")}
 
+
+
+def test_the_pooled_sections_train_on_both_cohorts_and_report_the_first(bench, monkeypatch, small_cohort_dir,
+                                                                        tmp_path):
+    import json
+
+    import yaml
+
+    from breastfusion.data.manifest import load_cohort
+    from breastfusion.data.synthetic.cohort import generate_cohort
+
+    from .conftest import TINY_MODEL
+
+    other = tmp_path / "other"
+    generate_cohort(other, n_subjects=20, seed=8, image_px=32)
+    config = tmp_path / "pooled.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "pooled", "variants": {"ultrasound": ["ultrasound"],
+                                       "fused": {"modalities": ["ultrasound", "clinical"],
+                                                 "model": {"fusion": "score"}}},
+        "model": TINY_MODEL, "training": {"epochs": 1, "batch_size": 16},
+        "cv": {"n_splits": 2, "bootstrap": 100, "training_only_column": "training_only"}}))
+    monkeypatch.setattr(bench, "POOLED_CONFIG", config)
+    monkeypatch.setattr(bench, "prepare", lambda name, *a, **k: load_cohort(
+        small_cohort_dir if name == "breast_lesions_usg" else other))
+    args = type("Args", (), {"epochs_scale": 1.0})()
+
+    out = bench.section_breast_pooled(tmp_path, tmp_path, args)
+    own, pooled = load_cohort(small_cohort_dir).lesions, load_cohort(other).lesions
+    assert out["breast_pooled_n_lesions"] == len(own) and out["breast_pooled_n_pooled"] == len(pooled)
+    results = json.loads((tmp_path / "runs" / "breast_pooled" / "results.json").read_text())
+    assert out["breast_pooled_fused_auc"] == results["variants"]["fused"]["auc"]
+    assert out["breast_pooled_fused_vs_ultrasound_p"] == results["variants"]["ultrasound"]["delong"]["p"]
+    assert "breast_pooled_plain_baseline_auc" not in out          # the plain scripts are the breast section's
+    predictions = pd.read_csv(tmp_path / "runs" / "breast_pooled" / "predictions.csv", dtype={"lesion_id": str})
+    assert set(predictions["lesion_id"]) == set(own["lesion_id"])
+    # the pooled folder is written under WORK/pooled; the BUSI section pools the other way round (here the
+    # stand-in for BUSI is `other`, for BrEaST the small cohort)
+    assert (tmp_path / "pooled" / f"{small_cohort_dir.name}+busi" / "manifest.csv").is_file()
+    busi = bench.section_busi_pooled(tmp_path, tmp_path, args)
+    assert busi["busi_pooled_n_pooled"] == len(own) and busi["busi_n_lesions"] == len(pooled)
+    assert (tmp_path / "pooled" / f"{other.name}+breast_lesions_usg" / "manifest.csv").is_file()

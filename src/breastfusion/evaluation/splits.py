@@ -131,7 +131,8 @@ def training_only(manifest: pd.DataFrame, lesions: pd.DataFrame, column: str) ->
     """
     if column not in manifest:
         raise SplitError(f"cv.training_only_column: the manifest has no column {column!r}; it has "
-                         f"{list(manifest.columns)}")
+                         f"{list(manifest.columns)}. Write a pooled manifest folder with `breastfusion data pool "
+                         "COHORT --add NAME=OTHER --out DIR`, or unset the key")
     values = manifest[column].fillna("").astype(str).str.strip().str.lower()
     bad = manifest.loc[~values.isin(TRAINING_ONLY_VALUES + ORDINARY_VALUES), column]
     if len(bad):
