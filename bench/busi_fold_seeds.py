@@ -90,6 +90,11 @@ RECIPES: dict[str, dict] = {
         "seed0": (ONE_NETWORK, "busi_quartet_auc"), "other": "lite0_quartet_cvseed{seed}", "target": 0.93,
         "versus": ("lite0", "Lite0", "lite0_cvseed"),
         "seed0_versus": (ONE_NETWORK, "busi_quartet_members", "lite0")},
+    # trained on BUSI with every BrEaST-Lesions lesion pooled into each training fold (never tested)
+    "bus_clinical_lite0_pooled.yaml (ImageNet Lite0, one network; BrEaST pooled into training)": {
+        "seed0": "busi_pooled_auc", "other": "lite0_pool_breast_cvseed{seed}", "target": 0.93},
+    "bus_clinical.yaml with BrEaST pooled into training (from scratch; not chosen on the selection folds)": {
+        "other": "scratch_pool_breast_cvseed{seed}", "target": 0.88},
 }
 #: the fold seeds looked for besides 0
 OTHER_SEEDS = (1, 2)
