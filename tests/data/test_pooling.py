@@ -163,3 +163,18 @@ def test_data_pool_writes_a_self_contained_folder_that_loads_and_splits_as_the_f
     assert bad.exit_code != 0 and "expected KEY=VALUE" in bad.output
     with pytest.raises(ValueError, match="'primary' names the first cohort"):
         write_pooled(own_dir, {"primary": other_dir}, tmp_path / "again")
+
+
+def test_the_shipped_pooled_config_is_the_measured_lite0_network_on_the_column_data_pool_writes():
+    from breastfusion.config import deep_merge
+    from breastfusion.experiment.crossval import network_spec
+
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    pooled = load_config(configs / "bus_clinical_lite0_pooled.yaml")
+    assert pooled.cv.training_only_column == TRAINING_ONLY_COLUMN
+    lite0 = load_config(configs / "bus_clinical_lite0.yaml")
+    measured = type(lite0).model_validate(deep_merge(lite0.model_dump(), {
+        "training": {"seeds": 1}, "cv": {"training_only_column": TRAINING_ONLY_COLUMN}}))
+    # bench/busi_recipes.py ran bus_clinical_lite0.yaml with these overrides: the same network, fold for fold
+    assert network_spec(pooled, "ultrasound").key == network_spec(measured, "ultrasound").key
+    assert pooled.cv.seed == measured.cv.seed and pooled.cv.n_splits == measured.cv.n_splits

@@ -10,12 +10,12 @@ its name as a prefix, so no id is shared across sites.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
 
+from breastfusion.data.adapters.base import place_file
 from breastfusion.data.manifest import CLINICAL_FILENAME, MANIFEST_FILENAME, Cohort, cohort_from_frame, load_cohort
 
 __all__ = ["TRAINING_ONLY_COLUMN", "pool_cohorts", "write_pooled"]
@@ -88,12 +88,7 @@ def _linked(cohort: Cohort, name: str, out: Path) -> Cohort:
         except ValueError:  # an image outside its own folder (allow_outside_root): keep its name
             rel = Path(source.name)
         target = out / "images" / name / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if not target.exists():
-            try:
-                os.link(source, target)
-            except OSError:
-                shutil.copy2(source, target)
+        place_file(source, target, "link")
         return str(target.resolve())
 
     manifest = cohort.manifest.copy()
@@ -120,7 +115,8 @@ def write_pooled(primary: Cohort | str | Path, others: Mapping[str, Cohort | str
     """
     out = Path(out).resolve()
     if "primary" in others:
-        raise ValueError("pool_cohorts: 'primary' names the first cohort's images; give the others other names")
+        raise ValueError("write_pooled: 'primary' names the first cohort's images; give the others other names")
+    out.mkdir(parents=True, exist_ok=True)
     cohorts = {n: c if isinstance(c, Cohort) else load_cohort(c) for n, c in {"primary": primary, **others}.items()}
     linked = {n: _linked(c, n, out) for n, c in cohorts.items()}
     pooled = pool_cohorts(linked.pop("primary"), linked, column=column)
@@ -132,4 +128,6 @@ def write_pooled(primary: Cohort | str | Path, others: Mapping[str, Cohort | str
     manifest.to_csv(out / MANIFEST_FILENAME, index=False)
     if len(pooled.clinical.columns) > 1:
         pooled.clinical.to_csv(out / CLINICAL_FILENAME, index=False)
+    elif (out / CLINICAL_FILENAME).exists():  # an earlier pooling's table would be read as this one's
+        (out / CLINICAL_FILENAME).unlink()
     return out

@@ -32,6 +32,7 @@ __all__ = [
     "register",
     "get_adapter",
     "write_prepared",
+    "place_file",
     "IMAGE_MODES",
 ]
 
@@ -123,7 +124,8 @@ def take_options(name: str, options: dict, allowed: dict[str, tuple]) -> dict:
     return out
 
 
-def _place(source: Path, target: Path, mode: str) -> None:
+def place_file(source: Path, target: Path, mode: str) -> None:
+    """Put ``source`` at ``target``: a hard link for ``link`` (a copy where linking fails), else a copy."""
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists():
         target.unlink()
@@ -170,7 +172,7 @@ def write_prepared(prepared: PreparedDataset, out: str | Path, *, images: str = 
         source = prepared.root / rel
         if images == "absolute":
             return str(source.resolve())
-        _place(source, out / "images" / rel, images)
+        place_file(source, out / "images" / rel, images)
         return f"images/{rel}"
 
     manifest["path"] = manifest["path"].map(relocate)
