@@ -178,3 +178,26 @@ def test_the_shipped_pooled_config_is_the_measured_lite0_network_on_the_column_d
     # bench/busi_recipes.py ran bus_clinical_lite0.yaml with these overrides: the same network, fold for fold
     assert network_spec(pooled, "ultrasound").key == network_spec(measured, "ultrasound").key
     assert pooled.cv.seed == measured.cv.seed and pooled.cv.n_splits == measured.cv.n_splits
+
+
+def test_images_outside_their_cohort_folder_keep_distinct_links_when_their_names_collide(two_cohorts, tmp_path):
+    import shutil
+
+    from breastfusion.data.manifest import cohort_from_frame
+
+    other = load_cohort(two_cohorts[1])
+    manifest = other.manifest.copy()
+    moved = []
+    for i, row in enumerate(manifest.index[:2]):    # two images called the same, in two folders outside the cohort
+        target = tmp_path / f"elsewhere{i}" / "scan.png"
+        target.parent.mkdir()
+        shutil.copy(manifest.at[row, "path"], target)
+        manifest.at[row, "path"] = str(target)
+        moved.append(target)
+    assert moved[0].read_bytes() != moved[1].read_bytes()
+    outside = cohort_from_frame(manifest, other.clinical, root=other.root)
+    folder = write_pooled(two_cohorts[0], {"site2": outside}, tmp_path / "pooled")
+    pooled = load_cohort(folder).manifest
+    first = len(load_cohort(two_cohorts[0]).manifest)   # the pooled rows follow the first cohort's, in order
+    for row, source in zip(manifest.index[:2], moved, strict=True):
+        assert Path(pooled.at[first + row, "path"]).read_bytes() == source.read_bytes()

@@ -85,8 +85,8 @@ def _linked(cohort: Cohort, name: str, out: Path) -> Cohort:
         source = Path(path)
         try:
             rel = source.resolve().relative_to(cohort.root.resolve())
-        except ValueError:  # an image outside its own folder (allow_outside_root): keep its name
-            rel = Path(source.name)
+        except ValueError:  # outside its own folder (allow_outside_root): its whole path, so no two names collide
+            rel = Path("outside", *source.resolve().parts[1:])
         target = out / "images" / name / rel
         place_file(source, target, "link")
         return str(target.resolve())
