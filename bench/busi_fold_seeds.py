@@ -91,7 +91,12 @@ RECIPES: dict[str, dict] = {
         "versus": ("lite0", "Lite0", "lite0_cvseed"),
         "seed0_versus": (ONE_NETWORK, "busi_quartet_members", "lite0")},
     # trained on BUSI with every BrEaST-Lesions lesion pooled into each training fold (never tested)
-    "bus_clinical_lite0_pooled.yaml (ImageNet Lite0, one network; BrEaST pooled into training)": {
+    # (the config's three networks per fold: three one-network runs at the members' seeds, their logits averaged by
+    # bench/selection_ensembles.py --busi, equal to training.seeds: 3; compared with member 0, the one-network run)
+    "bus_clinical_lite0_pooled.yaml (ImageNet Lite0, three networks; BrEaST pooled into training)": {
+        "other": "lite0s3_pool_breast_cvseed{seed}", "target": 0.93,
+        "versus": ("pooled", "one network", "lite0_pool_breast_cvseed")},
+    "bus_clinical_lite0_pooled.yaml with training.seeds: 1 (one network; BrEaST pooled into training)": {
         "seed0": "busi_pooled_auc", "other": "lite0_pool_breast_cvseed{seed}", "target": 0.93},
     "bus_clinical.yaml with BrEaST pooled into training (from scratch; not chosen on the selection folds)": {
         "other": "scratch_pool_breast_cvseed{seed}", "target": 0.88},

@@ -32,14 +32,16 @@ Sections (each prepares its dataset through the toolkit's adapters, read in plac
 * ``busi_quartet``: the same folds with ``configs/bus_clinical_lite0_quartet.yaml`` (the trio + Lite0 on the
   localiser's crops, which shares the localised member's fold localisers; the trio's three runs are taken from
   ``busi_trio``'s when there are some: only Lite0 on the crops is trained);
-* ``busi_pooled``: the same folds with ``configs/bus_clinical_lite0_pooled.yaml`` (one Lite0 network per fold)
-  on BUSI with every BrEaST-Lesions lesion pooled into each training fold (never tested: ``breastfusion data
+* ``busi_pooled``: the same folds with ``configs/bus_clinical_lite0_pooled.yaml`` cut to one Lite0 network per
+  fold (``training.seeds: 1``; the config's three networks are measured member by member with
+  ``bench/busi_recipes.py`` and ``bench/selection_ensembles.py --busi``, see :data:`POOLED_BENCH`) on BUSI with every BrEaST-Lesions lesion pooled into each training fold (never tested: ``breastfusion data
   pool``, ``cv.training_only_column``), the cohort written under ``WORK/pooled`` (images linked);
 * ``breast``: BrEaST-Lesions, ``configs/bus_clinical.yaml`` (clinical, ultrasound, fused), the DeLong test of
   fused vs ultrasound, and on the same folds the plain logistic regression + plain CNN average;
 * ``breast_roi``: the same with ``configs/bus_clinical_roi.yaml`` (clinical, ultrasound, fused), the plain CNN on
   the same lesion crops;
-* ``breast_pooled``: BrEaST-Lesions with ``configs/bus_clinical_lite0_pooled.yaml`` (ultrasound, fused) and every
+* ``breast_pooled``: BrEaST-Lesions with ``configs/bus_clinical_lite0_pooled.yaml`` (ultrasound, fused; one network
+  per fold, as ``busi_pooled``) and every
   BUSI lesion pooled into each training fold of the ultrasound network (the clinical learner sees BrEaST's
   training lesions only, the only ones with clinical data); DeLong fused vs ultrasound;
 * ``breastmnist``: ``configs/breastmnist.yaml``: trained on the official train split (val for early stopping
@@ -85,6 +87,9 @@ TRIO_RECIPE = ROOT / "configs" / "bus_clinical_lite0_trio.yaml"
 QUARTET_RECIPE = ROOT / "configs" / "bus_clinical_lite0_quartet.yaml"
 #: Lite0 trained on a cohort with another pooled into its training folds.
 POOLED_CONFIG = ROOT / "configs" / "bus_clinical_lite0_pooled.yaml"
+#: The pooled sections' cut of it: one network per fold (a third of the config's training), the figure the sections
+#: have measured since they exist; ``{key}_seeds`` in the results says so.
+POOLED_BENCH = {"training": {"seeds": 1}}
 #: Datasets a section (or ``--pool`` of the recipe scripts) pools in, with whether their near-duplicates are grouped.
 POOLABLE = {"busi": True, "breast_lesions_usg": False}
 
@@ -149,12 +154,17 @@ def bench_settings(config, *, variants: list[str] | None = None, epochs_scale: f
 
 
 def run_config(cohort, config_path: Path, out: Path, *, variants: list[str] | None = None,
-               epochs_scale: float = 1.0) -> tuple[dict, float, object]:
-    """``breastfusion run CONFIG`` on ``cohort``: (results.json, seconds, the resolved config)."""
+               epochs_scale: float = 1.0, overrides: dict | None = None) -> tuple[dict, float, object]:
+    """``breastfusion run CONFIG`` on ``cohort`` (with the nested ``overrides`` merged into the config): (results.json,
+    seconds, the resolved config)."""
     from breastfusion.config import load_config
     from breastfusion.experiment.run import run_experiment
+    from breastmnist_selection import with_overrides
 
-    config = bench_settings(load_config(config_path), variants=variants, epochs_scale=epochs_scale)
+    config = load_config(config_path)
+    if overrides:
+        config = with_overrides(config, overrides)
+    config = bench_settings(config, variants=variants, epochs_scale=epochs_scale)
     start = time.perf_counter()
     run_experiment(cohort, config, out)
     return json.loads((out / "results.json").read_text()), time.perf_counter() - start, config
@@ -194,17 +204,18 @@ def image_paths(cohort) -> list[str]:
 def _busi_ultrasound(data: Path, work: Path, args, config_path: Path, run_name: str, key: str, *,
                      pool: str | None = None) -> dict:
     """The ``ultrasound`` variant of ``config_path`` on grouped BUSI (with the dataset ``pool`` pooled into its
-    training folds): ``{key}_auc``, ``_auc_ci``, ``_seconds``."""
+    training folds, one network per fold: :data:`POOLED_BENCH`): ``{key}_auc``, ``_auc_ci``, ``_seconds``."""
     cohort = prepare("busi", data, work, group_duplicates=True)
     if pool is not None:
         cohort = pooled_cohort(cohort, pool, data, work)
-    results, seconds, _ = run_config(cohort, config_path, work / "runs" / run_name, variants=["ultrasound"],
-                                     epochs_scale=args.epochs_scale)
+    results, seconds, config = run_config(cohort, config_path, work / "runs" / run_name, variants=["ultrasound"],
+                                          epochs_scale=args.epochs_scale,
+                                          overrides=POOLED_BENCH if pool is not None else None)
     e = variant_entry(results, "ultrasound")
     n_pooled = results["cohort"].get("n_training_only", 0)
     return {f"{key}_auc": e["auc"], f"{key}_auc_ci": e["auc_ci"], f"{key}_seconds": seconds,
             "busi_n_lesions": int(len(cohort.lesions)) - n_pooled,
-            **({f"{key}_n_pooled": n_pooled} if pool is not None else {})}
+            **({f"{key}_n_pooled": n_pooled, f"{key}_seeds": config.training.seeds} if pool is not None else {})}
 
 
 def section_busi(data: Path, work: Path, args) -> dict:
@@ -417,7 +428,8 @@ def _breast_rows(data: Path, work: Path, args, config_path: Path, prefix: str, *
     if pool is not None:
         cohort = pooled_cohort(cohort, pool, data, work)
     run = work / "runs" / prefix
-    results, seconds, config = run_config(cohort, config_path, run, variants=variants, epochs_scale=args.epochs_scale)
+    results, seconds, config = run_config(cohort, config_path, run, variants=variants, epochs_scale=args.epochs_scale,
+                                          overrides=POOLED_BENCH if pool is not None else None)
     n_pooled = results["cohort"].get("n_training_only", 0)
     out = {f"{prefix}_seconds": seconds, f"{prefix}_n_lesions": int(len(cohort.lesions)) - n_pooled}
     for name in results["variants"]:
@@ -426,7 +438,7 @@ def _breast_rows(data: Path, work: Path, args, config_path: Path, prefix: str, *
     delong = results["variants"]["ultrasound"]["delong"]  # ultrasound vs the reference (fused)
     out[f"{prefix}_fused_vs_ultrasound_p"] = delong["p"] if delong else None
     if pool is not None:
-        return {**out, f"{prefix}_n_pooled": n_pooled}
+        return {**out, f"{prefix}_n_pooled": n_pooled, f"{prefix}_seeds": config.training.seeds}
     # The plain script: logistic regression on the clinical table + a plain CNN, averaged, on the same folds.
     folds = same_folds(cohort, config)
     lesions = cohort.lesions

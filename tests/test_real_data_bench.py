@@ -160,6 +160,7 @@ def test_the_pooled_sections_train_on_both_cohorts_and_report_the_first(bench, m
 
     import yaml
 
+    from breastfusion.config import load_config
     from breastfusion.data.manifest import load_cohort
     from breastfusion.data.synthetic.cohort import generate_cohort
 
@@ -172,7 +173,7 @@ def test_the_pooled_sections_train_on_both_cohorts_and_report_the_first(bench, m
         "name": "pooled", "variants": {"ultrasound": ["ultrasound"],
                                        "fused": {"modalities": ["ultrasound", "clinical"],
                                                  "model": {"fusion": "score"}}},
-        "model": TINY_MODEL, "training": {"epochs": 1, "batch_size": 16},
+        "model": TINY_MODEL, "training": {"epochs": 1, "batch_size": 16, "seeds": 2},
         "cv": {"n_splits": 2, "bootstrap": 100, "training_only_column": "training_only"}}))
     monkeypatch.setattr(bench, "POOLED_CONFIG", config)
     monkeypatch.setattr(bench, "prepare", lambda name, *a, **k: load_cohort(
@@ -186,6 +187,9 @@ def test_the_pooled_sections_train_on_both_cohorts_and_report_the_first(bench, m
     assert out["breast_pooled_fused_auc"] == results["variants"]["fused"]["auc"]
     assert out["breast_pooled_fused_vs_ultrasound_p"] == results["variants"]["ultrasound"]["delong"]["p"]
     assert "breast_pooled_plain_baseline_auc" not in out          # the plain scripts are the breast section's
+    # the sections measure one network per fold whatever the config's training.seeds, and say so
+    assert out["breast_pooled_seeds"] == 1
+    assert load_config(tmp_path / "runs" / "breast_pooled" / "config.yaml").training.seeds == 1
     predictions = pd.read_csv(tmp_path / "runs" / "breast_pooled" / "predictions.csv", dtype={"lesion_id": str})
     assert set(predictions["lesion_id"]) == set(own["lesion_id"])
     # the pooled folder is written under WORK/pooled; the BUSI section pools the other way round (here the
@@ -193,4 +197,5 @@ def test_the_pooled_sections_train_on_both_cohorts_and_report_the_first(bench, m
     assert (tmp_path / "pooled" / f"{small_cohort_dir.name}+busi" / "manifest.csv").is_file()
     busi = bench.section_busi_pooled(tmp_path, tmp_path, args)
     assert busi["busi_pooled_n_pooled"] == len(own) and busi["busi_n_lesions"] == len(pooled)
+    assert busi["busi_pooled_seeds"] == 1
     assert (tmp_path / "pooled" / f"{other.name}+breast_lesions_usg" / "manifest.csv").is_file()

@@ -151,3 +151,30 @@ def test_a_seed_ensemble_run_is_explained_through_its_members(fused_ensemble_run
     assert result["clinical_importance"] and np.isfinite(result["clinical_importance_auc"])
     heatmaps = np.load(tmp_path / "explain" / "heatmaps.npz")
     assert heatmaps.files and all(0 <= heatmaps[f].min() and heatmaps[f].max() <= 1 for f in heatmaps.files)
+
+
+def test_a_seed_ensemble_equals_the_ensemble_of_single_runs_at_its_member_seeds(small_cohort_dir, tmp_path):
+    """``training.seeds: K`` is ``breastfusion ensemble`` of K one-network runs with ``training.seed`` j x
+    MEMBER_SEED_STRIDE (member j's seed): the benches measure a K-seed recipe member by member this way."""
+    from breastfusion.experiment.crossval import fold_seed
+    from breastfusion.experiment.run_ensemble import ensemble_runs
+    from breastfusion.models.network import MEMBER_SEED_STRIDE
+
+    cohort = load_cohort(small_cohort_dir)
+    run_experiment(cohort, _config(2, tta="hflip"), tmp_path / "seeds2")
+    singles = []
+    for j in (0, 1):
+        config = _config(1, tta="hflip", seed=j * MEMBER_SEED_STRIDE)
+        assert all(fold_seed(config, k) == member_seed(fold_seed(_config(2), k), j) for k in range(3))
+        run_experiment(cohort, config, tmp_path / f"member{j}")
+        singles.append(tmp_path / f"member{j}")
+    ensemble_runs(singles, tmp_path / "ensemble", variants=["us"])
+
+    def probs(run, name):
+        frame = pd.read_csv(run / name, dtype={"subject_id": str, "lesion_id": str})
+        return frame[frame["variant"] == "us"].sort_values(["fold", "lesion_id"])["prob"].to_numpy()
+
+    for name in ("predictions.csv", "calibration_predictions.csv"):
+        joined = probs(tmp_path / "ensemble", name)
+        np.testing.assert_allclose(joined, probs(tmp_path / "seeds2", name), rtol=1e-4, atol=1e-5)
+        assert not np.allclose(joined, probs(singles[0], name), rtol=1e-4, atol=1e-5)  # two networks, not one

@@ -174,8 +174,11 @@ def test_the_shipped_pooled_config_is_the_measured_lite0_network_on_the_column_d
     assert pooled.cv.training_only_column == TRAINING_ONLY_COLUMN
     lite0 = load_config(configs / "bus_clinical_lite0.yaml")
     measured = type(lite0).model_validate(deep_merge(lite0.model_dump(), {
-        "training": {"seeds": 1}, "cv": {"training_only_column": TRAINING_ONLY_COLUMN}}))
-    # bench/busi_recipes.py ran bus_clinical_lite0.yaml with these overrides: the same network, fold for fold
+        "training": {"seeds": 3}, "cv": {"training_only_column": TRAINING_ONLY_COLUMN}}))
+    # bench/busi_recipes.py ran bus_clinical_lite0.yaml with these overrides, one member seed per run (training.seed
+    # j x MEMBER_SEED_STRIDE, seeds: 1), and bench/selection_ensembles.py averaged the three: the same network, fold
+    # for fold (tests/test_seed_ensemble.py checks that a seed ensemble is that average)
+    assert pooled.training.seeds == 3 and pooled.training.seed == 0
     assert network_spec(pooled, "ultrasound").key == network_spec(measured, "ultrasound").key
     assert pooled.cv.seed == measured.cv.seed and pooled.cv.n_splits == measured.cv.n_splits
 
