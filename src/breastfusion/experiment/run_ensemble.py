@@ -150,7 +150,8 @@ def _combine(members: list[_Member], frames: list[pd.DataFrame], variant: str, w
             raise EnsembleError(
                 f"{what} of variant {variant!r} differ: (repeat, fold, lesion) {lesion} is only in {where}; "
                 f"(repeat, fold) of lesion {lesion_id!r} in each run: {other_folds}. The members need the same "
-                "folds (the same cv settings and manifest) and calibration lesions (the same training.val_fraction)")
+                "folds (the same cv settings and manifest) and calibration lesions (the same training.val_fraction, and "
+                "the same cohort pooled into training, if any: cv.training_only_column)")
         y_first, y_other = first["y"].to_numpy(), frame.loc[first.index, "y"].to_numpy()
         if np.any(y_first != y_other):
             lesion = first.index[np.flatnonzero(y_first != y_other)[0]]
