@@ -92,12 +92,16 @@ RECIPES: dict[str, dict] = {
         "seed0_versus": (ONE_NETWORK, "busi_quartet_members", "lite0")},
     # trained on BUSI with every BrEaST-Lesions lesion pooled into each training fold (never tested)
     # (the config's three networks per fold: three one-network runs at the members' seeds, their logits averaged by
-    # bench/selection_ensembles.py --busi, equal to training.seeds: 3; compared with member 0, the one-network run)
+    # bench/selection_ensembles.py --busi or real_data.py's busi_pooled, equal to training.seeds: 3; compared with
+    # member 0, the one-network run)
     "bus_clinical_lite0_pooled.yaml (ImageNet Lite0, three networks; BrEaST pooled into training)": {
-        "other": "lite0s3_pool_breast_cvseed{seed}", "target": 0.93,
-        "versus": ("pooled", "one network", "lite0_pool_breast_cvseed")},
+        "seed0": "busi_pooled_auc", "other": "lite0s3_pool_breast_cvseed{seed}", "target": 0.93,
+        "versus": ("pooled", "one network", "lite0_pool_breast_cvseed"), "seed0_versus": "busi_pooled_vs_one_network"},
     "bus_clinical_lite0_pooled.yaml with training.seeds: 1 (one network; BrEaST pooled into training)": {
-        "seed0": "busi_pooled_auc", "other": "lite0_pool_breast_cvseed{seed}", "target": 0.93},
+        "seed0": ("busi_pooled_members", "busi_pooled", "auc"), "other": "lite0_pool_breast_cvseed{seed}",
+        "target": 0.93,
+        # the three-network row's other two members: one network each, training.seed 10000000 and 20000000
+        "reruns": {seed: [f"lite0_pool_breast_cvseed{seed}_m{j}" for j in (1, 2)] for seed in (0, 1, 2)}},
     "bus_clinical.yaml with BrEaST pooled into training (from scratch; not chosen on the selection folds)": {
         "other": "scratch_pool_breast_cvseed{seed}", "target": 0.88},
 }

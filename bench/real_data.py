@@ -32,18 +32,19 @@ Sections (each prepares its dataset through the toolkit's adapters, read in plac
 * ``busi_quartet``: the same folds with ``configs/bus_clinical_lite0_quartet.yaml`` (the trio + Lite0 on the
   localiser's crops, which shares the localised member's fold localisers; the trio's three runs are taken from
   ``busi_trio``'s when there are some: only Lite0 on the crops is trained);
-* ``busi_pooled``: the same folds with ``configs/bus_clinical_lite0_pooled.yaml`` cut to one Lite0 network per
-  fold (``training.seeds: 1``; the config's three networks are measured member by member with
-  ``bench/busi_recipes.py`` and ``bench/selection_ensembles.py --busi``, see :data:`POOLED_BENCH`) on BUSI with every BrEaST-Lesions lesion pooled into each training fold (never tested: ``breastfusion data
-  pool``, ``cv.training_only_column``), the cohort written under ``WORK/pooled`` (images linked);
+* ``busi_pooled``: the same folds with ``configs/bus_clinical_lite0_pooled.yaml`` on BUSI with every
+  BrEaST-Lesions lesion pooled into each training fold (never tested: ``breastfusion data pool``,
+  ``cv.training_only_column``), the cohort written under ``WORK/pooled`` (images linked); its three Lite0 networks
+  per fold trained member by member as one-network runs (``runs/busi_pooled``, ``_m1``, ``_m2``) and averaged by
+  ``breastfusion ensemble``, which equals ``training.seeds: 3``;
 * ``breast``: BrEaST-Lesions, ``configs/bus_clinical.yaml`` (clinical, ultrasound, fused), the DeLong test of
   fused vs ultrasound, and on the same folds the plain logistic regression + plain CNN average;
 * ``breast_roi``: the same with ``configs/bus_clinical_roi.yaml`` (clinical, ultrasound, fused), the plain CNN on
   the same lesion crops;
-* ``breast_pooled``: BrEaST-Lesions with ``configs/bus_clinical_lite0_pooled.yaml`` (ultrasound, fused; one network
-  per fold, as ``busi_pooled``) and every
-  BUSI lesion pooled into each training fold of the ultrasound network (the clinical learner sees BrEaST's
-  training lesions only, the only ones with clinical data); DeLong fused vs ultrasound;
+* ``breast_pooled``: BrEaST-Lesions with ``configs/bus_clinical_lite0_pooled.yaml`` (ultrasound, fused) cut to one
+  network per fold (:data:`POOLED_BENCH`) and every BUSI lesion pooled into each training fold of the ultrasound
+  network (the clinical learner sees BrEaST's training lesions only, the only ones with clinical data); DeLong
+  fused vs ultrasound;
 * ``breastmnist``: ``configs/breastmnist.yaml``: trained on the official train split (val for early stopping
   and thresholds), reported on the official test split.
 
@@ -87,8 +88,8 @@ TRIO_RECIPE = ROOT / "configs" / "bus_clinical_lite0_trio.yaml"
 QUARTET_RECIPE = ROOT / "configs" / "bus_clinical_lite0_quartet.yaml"
 #: Lite0 trained on a cohort with another pooled into its training folds.
 POOLED_CONFIG = ROOT / "configs" / "bus_clinical_lite0_pooled.yaml"
-#: The pooled sections' cut of it: one network per fold (a third of the config's training), the figure the sections
-#: have measured since they exist; ``{key}_seeds`` in the results says so.
+#: ``breast_pooled``'s cut of it: one network per fold (a third of the config's training); ``breast_pooled_seeds``
+#: in the results says so.
 POOLED_BENCH = {"training": {"seeds": 1}}
 #: Datasets a section (or ``--pool`` of the recipe scripts) pools in, with whether their near-duplicates are grouped.
 POOLABLE = {"busi": True, "breast_lesions_usg": False}
@@ -202,20 +203,19 @@ def image_paths(cohort) -> list[str]:
 
 
 def _busi_ultrasound(data: Path, work: Path, args, config_path: Path, run_name: str, key: str, *,
-                     pool: str | None = None) -> dict:
-    """The ``ultrasound`` variant of ``config_path`` on grouped BUSI (with the dataset ``pool`` pooled into its
-    training folds, one network per fold: :data:`POOLED_BENCH`): ``{key}_auc``, ``_auc_ci``, ``_seconds``."""
+                     pool: str | None = None, overrides: dict | None = None) -> dict:
+    """The ``ultrasound`` variant of ``config_path`` (with ``overrides``) on grouped BUSI (with the dataset ``pool``
+    pooled into its training folds): ``{key}_auc``, ``_auc_ci``, ``_seconds``."""
     cohort = prepare("busi", data, work, group_duplicates=True)
     if pool is not None:
         cohort = pooled_cohort(cohort, pool, data, work)
-    results, seconds, config = run_config(cohort, config_path, work / "runs" / run_name, variants=["ultrasound"],
-                                          epochs_scale=args.epochs_scale,
-                                          overrides=POOLED_BENCH if pool is not None else None)
+    results, seconds, _ = run_config(cohort, config_path, work / "runs" / run_name, variants=["ultrasound"],
+                                     epochs_scale=args.epochs_scale, overrides=overrides)
     e = variant_entry(results, "ultrasound")
     n_pooled = results["cohort"].get("n_training_only", 0)
     return {f"{key}_auc": e["auc"], f"{key}_auc_ci": e["auc_ci"], f"{key}_seconds": seconds,
             "busi_n_lesions": int(len(cohort.lesions)) - n_pooled,
-            **({f"{key}_n_pooled": n_pooled, f"{key}_seeds": config.training.seeds} if pool is not None else {})}
+            **({f"{key}_n_pooled": n_pooled} if pool is not None else {})}
 
 
 def section_busi(data: Path, work: Path, args) -> dict:
@@ -228,7 +228,38 @@ def section_busi_pretrained(data: Path, work: Path, args) -> dict:
 
 
 def section_busi_pooled(data: Path, work: Path, args) -> dict:
-    return _busi_ultrasound(data, work, args, POOLED_CONFIG, "busi_pooled", "busi_pooled", pool="breast_lesions_usg")
+    """The pooled config's seed ensemble trained member by member: member j is a one-network run at the member's
+    seed (``training.seed`` + j x MEMBER_SEED_STRIDE; ``runs/busi_pooled``, ``busi_pooled_m1``, ...: each reuses
+    its checkpoints), and ``breastfusion ensemble`` of the members is ``training.seeds: K`` itself
+    (tests/test_seed_ensemble.py). ``busi_pooled_auc`` is the ensemble's; ``busi_pooled_members`` each member's."""
+    import shutil
+
+    from breastfusion.config import load_config
+    from breastfusion.experiment.run_ensemble import ensemble_runs
+    from breastfusion.models.network import MEMBER_SEED_STRIDE
+
+    training = load_config(POOLED_CONFIG).training
+    members, runs, seconds, n = {}, [], 0.0, {}
+    for j in range(training.seeds):
+        name = "busi_pooled" if j == 0 else f"busi_pooled_m{j}"
+        seed = training.seed + j * MEMBER_SEED_STRIDE
+        one = _busi_ultrasound(data, work, args, POOLED_CONFIG, name, "member", pool="breast_lesions_usg",
+                               overrides={"training": {"seeds": 1, "seed": seed}})
+        members[name] = {"auc": one["member_auc"], "auc_ci": one["member_auc_ci"], "seconds": one["member_seconds"],
+                         "training_seed": seed}
+        runs.append(work / "runs" / name)
+        seconds += one["member_seconds"]
+        n = {"busi_n_lesions": one["busi_n_lesions"], "busi_pooled_n_pooled": one["member_n_pooled"]}
+    out = {**n, "busi_pooled_seeds": training.seeds, "busi_pooled_members": members}
+    if len(runs) == 1:
+        return {**out, "busi_pooled_auc": members["busi_pooled"]["auc"],
+                "busi_pooled_auc_ci": members["busi_pooled"]["auc_ci"], "busi_pooled_seconds": seconds}
+    folder = work / "runs" / "busi_pooled_ensemble"
+    shutil.rmtree(folder, ignore_errors=True)  # predictions only: rebuilt from the members in seconds
+    v = ensemble_runs(runs, folder, variants=["ultrasound"])["variants"]["ultrasound"]
+    first = v["vs_members"][0]
+    return {**out, "busi_pooled_auc": v["auc"], "busi_pooled_auc_ci": v["auc_ci"], "busi_pooled_seconds": seconds,
+            "busi_pooled_vs_one_network": {k: first[k] for k in ("auc_difference", "p")}}
 
 
 def section_busi_plain(data: Path, work: Path, args) -> dict:

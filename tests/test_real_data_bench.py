@@ -163,6 +163,7 @@ def test_the_pooled_sections_train_on_both_cohorts_and_report_the_first(bench, m
     from breastfusion.config import load_config
     from breastfusion.data.manifest import load_cohort
     from breastfusion.data.synthetic.cohort import generate_cohort
+    from breastfusion.models.network import MEMBER_SEED_STRIDE
 
     from .conftest import TINY_MODEL
 
@@ -197,5 +198,12 @@ def test_the_pooled_sections_train_on_both_cohorts_and_report_the_first(bench, m
     assert (tmp_path / "pooled" / f"{small_cohort_dir.name}+busi" / "manifest.csv").is_file()
     busi = bench.section_busi_pooled(tmp_path, tmp_path, args)
     assert busi["busi_pooled_n_pooled"] == len(own) and busi["busi_n_lesions"] == len(pooled)
-    assert busi["busi_pooled_seeds"] == 1
+    # BUSI runs the config's two seeds member by member (one-network runs at the members' seeds), then ensembles them
+    assert busi["busi_pooled_seeds"] == 2 and list(busi["busi_pooled_members"]) == ["busi_pooled", "busi_pooled_m1"]
+    member_configs = [load_config(tmp_path / "runs" / r / "config.yaml").training for r in busi["busi_pooled_members"]]
+    assert [(t.seeds, t.seed) for t in member_configs] == [(1, 0), (1, MEMBER_SEED_STRIDE)]
+    ensemble = json.loads((tmp_path / "runs" / "busi_pooled_ensemble" / "results.json").read_text())
+    assert busi["busi_pooled_auc"] == ensemble["variants"]["ultrasound"]["auc"]
+    assert busi["busi_pooled_members"]["busi_pooled_m1"]["auc"] == json.loads(
+        (tmp_path / "runs" / "busi_pooled_m1" / "results.json").read_text())["variants"]["ultrasound"]["auc"]
     assert (tmp_path / "pooled" / f"{other.name}+breast_lesions_usg" / "manifest.csv").is_file()
