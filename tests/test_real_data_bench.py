@@ -188,7 +188,7 @@ def test_the_pooled_sections_train_on_both_cohorts_and_report_the_first(bench, m
     assert out["breast_pooled_fused_auc"] == results["variants"]["fused"]["auc"]
     assert out["breast_pooled_fused_vs_ultrasound_p"] == results["variants"]["ultrasound"]["delong"]["p"]
     assert "breast_pooled_plain_baseline_auc" not in out          # the plain scripts are the breast section's
-    # the sections measure one network per fold whatever the config's training.seeds, and say so
+    # breast_pooled measures one network per fold whatever the config's training.seeds, and says so
     assert out["breast_pooled_seeds"] == 1
     assert load_config(tmp_path / "runs" / "breast_pooled" / "config.yaml").training.seeds == 1
     predictions = pd.read_csv(tmp_path / "runs" / "breast_pooled" / "predictions.csv", dtype={"lesion_id": str})
