@@ -33,14 +33,16 @@ SELECTION_CV_SEED = 1
 
 def recipe_args(doc: str) -> argparse.Namespace:
     """NAME CONFIG ['OVERRIDES'] [--work] [--data]: the command line of this script and ``busi_recipes.py``."""
+    from real_data import POOLABLE
+
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("name")
     parser.add_argument("config", type=Path)
     parser.add_argument("overrides", nargs="?", default="{}")
     parser.add_argument("--work", type=Path, default=Path("/tmp/bf/real"))
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
-    parser.add_argument("--pool", choices=["busi", "breast_lesions_usg"], help="pool this dataset into every "
-                        "training fold (training-only: the folds and the AUC are the cohort's own)")
+    parser.add_argument("--pool", choices=list(POOLABLE), help="pool this dataset into every training fold "
+                        "(training-only: the folds and the AUC are the cohort's own)")
     return parser.parse_args()
 
 
