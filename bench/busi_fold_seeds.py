@@ -102,8 +102,14 @@ RECIPES: dict[str, dict] = {
         "target": 0.93,
         # the three-network row's other two members: one network each, training.seed 10000000 and 20000000
         "reruns": {seed: [f"lite0_pool_breast_cvseed{seed}_m{j}" for j in (1, 2)] for seed in (0, 1, 2)}},
-    "bus_clinical.yaml with BrEaST pooled into training (from scratch; not chosen on the selection folds)": {
-        "other": "scratch_pool_breast_cvseed{seed}", "target": 0.88},
+    # from scratch, the same pooling (three one-network runs per fold seed, averaged by selection_ensembles.py --busi)
+    "bus_clinical.yaml, three networks, BrEaST pooled into training (from scratch, no masks)": {
+        "other": "scratch_s3_pool_breast_cvseed{seed}", "target": 0.88,
+        "versus": ("pooled", "one network", "scratch_pool_breast_cvseed")},
+    "bus_clinical.yaml with BrEaST pooled into training, one network (from scratch, no masks)": {
+        "other": "scratch_pool_breast_cvseed{seed}", "target": 0.88,
+        # the three-network row's other two members: one network each, training.seed 10000000 and 20000000
+        "reruns": {seed: [f"scratch_pool_breast_cvseed{seed}_m{j}" for j in (1, 2)] for seed in (0, 1, 2)}},
 }
 #: the fold seeds looked for besides 0
 OTHER_SEEDS = (1, 2)

@@ -34,6 +34,9 @@ def main() -> None:
                         "--busi folders under WORK")
     parser.add_argument("--work", type=Path, default=Path("/tmp/bf/real"))
     parser.add_argument("--busi", action="store_true", help="BUSI runs; record in busi_recipes.json")
+    parser.add_argument("--allow-different-manifest", action="store_true",
+                        help="members whose manifest files differ but list the same lesions (a pooled cohort "
+                        "built in memory and the same one written by `breastfusion data pool`)")
     args = parser.parse_args()
 
     from breastmnist_selection import record_run
@@ -50,7 +53,8 @@ def main() -> None:
         folders = [args.work / "us_selection" / r for r in args.runs]
         out = args.work / "us_selection_ensembles" / args.name
     shutil.rmtree(out, ignore_errors=True)  # predictions only: rebuilt from the members in seconds
-    results = ensemble_runs(folders, out, variants=["ultrasound"])
+    results = ensemble_runs(folders, out, variants=["ultrasound"],
+                            allow_different_manifest=args.allow_different_manifest)
     v = results["variants"]["ultrasound"]
     auc = "auc" if args.busi else "selection_auc"
     record_run(RESULTS, {  # the members' folds are equal (ensemble_runs checks), so is their cv.seed
