@@ -177,3 +177,31 @@ def test_average_logits_is_the_mean_logit_and_survives_certain_scores():
     out = average_logits(probs)
     assert out[0] == pytest.approx(0.5) and out[1] == pytest.approx(0.9)
     assert np.isfinite(out[2]) and 0.5 < out[2] < 1
+
+
+def test_the_selection_ensembles_script_averages_other_manifest_files_only_when_told(members, tmp_path, monkeypatch):
+    import sys
+
+    from ..bench_scripts import BENCH_DIR, load_bench
+
+    _, parts = members
+    work = tmp_path / "work"
+    _member(work / "busi_recipes" / "a", *parts["a"], name="a")
+    _member(work / "busi_recipes" / "b", *parts["b"], name="b", sha="ef" * 32)  # the same lesions, another file
+    monkeypatch.syspath_prepend(str(BENCH_DIR))
+    import busi_recipes
+
+    monkeypatch.setattr(busi_recipes, "RESULTS", tmp_path / "recipes.json")
+    script = load_bench("selection_ensembles")
+    argv = ["selection_ensembles.py", "ab", "busi_recipes/a", "busi_recipes/b", "--busi", "--work", str(work)]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(EnsembleError, match="different manifests"):
+        script.main()
+    assert not (tmp_path / "recipes.json").exists()
+    monkeypatch.setattr(sys, "argv", [*argv, "--allow-different-manifest"])
+    script.main()
+    entry = json.loads((tmp_path / "recipes.json").read_text())["runs"][-1]
+    assert entry["name"] == "ab" and entry["ensemble_of"] == ["busi_recipes/a", "busi_recipes/b"]
+    ensemble = json.loads((work / "busi_ensembles" / "ab" / "results.json").read_text())
+    assert entry["auc"] == ensemble["variants"]["ultrasound"]["auc"]
+    assert [m["run"] for m in entry["members"]] == ["busi_recipes/a", "busi_recipes/b"]
