@@ -12,6 +12,8 @@ reported folds, which inform but never choose a recipe.
 Usage:
     python bench/selection_ensembles.py NAME RUN_A RUN_B [RUN_C ...] [--work /tmp/bf/real]
     python bench/selection_ensembles.py NAME busi_recipes/lite0_seeds3 runs/busi_localised --busi
+    (--allow-different-manifest: members on the same lesions whose manifest files differ, e.g. a pooled cohort
+    built in memory by an earlier bench version and the one `breastfusion data pool` writes)
 """
 
 from __future__ import annotations
