@@ -16,7 +16,6 @@ from breastfusion.data.pooling import TRAINING_ONLY_COLUMN, pool_cohorts, write_
 from breastfusion.data.synthetic.cohort import generate_cohort
 from breastfusion.evaluation.splits import SplitError, training_only
 from breastfusion.experiment.crossval import fold_positions
-from breastfusion.experiment.nested import nested_selection
 from breastfusion.experiment.run import run_experiment
 from breastfusion.experiment.run_artifacts import load_run
 
@@ -139,13 +138,11 @@ def test_pooling_refuses_no_cohort_a_bad_name_and_a_taken_column(two_cohorts):
         pool_cohorts(own, {"site2": other}, column="subject_id")
 
 
-def test_official_splits_and_nested_selection_refuse_a_pooled_cohort(two_cohorts):
+def test_official_splits_refuse_a_pooled_cohort(two_cohorts):
     own, other = (load_cohort(p) for p in two_cohorts)
     pooled = pool_cohorts(own, {"site2": other})
     with pytest.raises(ValueError, match="cv.split_column and cv.training_only_column"):
         fold_positions(pooled, _config(split_column="split"))
-    with pytest.raises(ValueError, match="nested selection does not pool"):
-        nested_selection(pooled, _config(), ["ultrasound"])
 
 
 def test_data_pool_writes_a_self_contained_folder_that_loads_and_splits_as_the_first_cohort(two_cohorts, tmp_path):

@@ -55,7 +55,7 @@ from breastfusion.training.fit import EpochEnd, clear_work_dir, extract_features
 
 __all__ = ["CrossValidation", "MissingModalityError", "NetworkSpec", "network_spec", "check_modalities",
            "cross_validate", "FoldTrainer", "inner_split", "unique_networks", "preprocessing_params", "fold_seed",
-           "FoldPositions", "fold_positions", "fit_clinical_preprocessor"]
+           "FoldPositions", "fold_positions", "seeded_folds", "fit_clinical_preprocessor"]
 
 _RUNTIME_KEYS = {"accelerator", "devices", "num_nodes", "strategy", "num_workers"}  # where it runs, not what it learns
 
@@ -261,7 +261,7 @@ def fold_positions(cohort: Cohort, config: ExperimentConfig,
     if folds is not None and config.cv.repeats != 1:
         raise ValueError("explicit folds are one cross-validation; set cv.repeats to 1")
     repeats = [folds] if folds is not None else [
-        _seeded_folds(cohort, config, config.cv.seed + r) for r in range(config.cv.repeats)]
+        seeded_folds(cohort, config, config.cv.seed + r) for r in range(config.cv.repeats)]
     out = []
     for r, split in enumerate(repeats):
         row = []
@@ -275,17 +275,20 @@ def fold_positions(cohort: Cohort, config: ExperimentConfig,
     return out
 
 
-def _seeded_folds(cohort: Cohort, config: ExperimentConfig, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The seeded subject-grouped folds; with ``cv.training_only_column``, the folds of the ordinary lesions alone
-    (the same folds as that cohort without the pooled one), every training-only lesion added to each training set."""
+def seeded_folds(cohort: Cohort, config: ExperimentConfig, seed: int, n_splits: int | None = None
+                 ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The seeded subject-grouped folds (``n_splits``, default ``cv.n_splits``) as positions into
+    ``cohort.lesions``; with ``cv.training_only_column``, the folds of the ordinary lesions alone (the same folds
+    as that cohort without the pooled one), every training-only lesion added to each training set."""
     lesions = cohort.lesions
+    n_splits = config.cv.n_splits if n_splits is None else n_splits
     if config.cv.training_only_column is None:
-        return subject_folds(lesions, n_splits=config.cv.n_splits, seed=seed)
+        return subject_folds(lesions, n_splits=n_splits, seed=seed)
     pooled = training_only(cohort.manifest, lesions, config.cv.training_only_column)
     own, extra = np.flatnonzero(~pooled), np.flatnonzero(pooled)
     return [(np.sort(np.concatenate([own[train], extra])), own[test])
-            for train, test in subject_folds(lesions.iloc[own].reset_index(drop=True),
-                                             n_splits=config.cv.n_splits, seed=seed)]
+            for train, test in subject_folds(lesions.iloc[own].reset_index(drop=True), n_splits=n_splits,
+                                             seed=seed)]
 
 
 def fold_seed(config: ExperimentConfig, fold: int, repeat: int = 0) -> int:

@@ -24,12 +24,23 @@ The pooled AUC of those predictions is an honest figure for "the model this
 procedure picks". Beside it, the naive figure (the best candidate's pooled
 outer AUC, chosen on the outer test folds themselves) shows the optimism.
 Cost: about ``inner_folds`` times the candidates' training, per outer fold.
+
+A cohort with another cohort pooled into training (``cv.training_only_column``)
+is split as a run splits it: outer and inner folds are the ordinary lesions',
+and every training-only lesion joins each outer and inner training set.
+
+:func:`nested_recipe_selection` chooses among whole recipes instead of the
+variants of one config: each candidate is its own (cohort, config, variant),
+for choices a variant cannot express, such as pooling another cohort into
+training or not. The recipes share the ordinary lesions and the outer folds;
+each is scored on the same inner folds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,14 +50,14 @@ from sklearn.metrics import roc_auc_score
 
 from breastfusion.config import ExperimentConfig, select_variants
 from breastfusion.data.manifest import Cohort
-from breastfusion.experiment.crossval import cross_validate
+from breastfusion.experiment.crossval import CrossValidation, cross_validate, seeded_folds
 from breastfusion.strict_json import json_safe
 from breastfusion.evaluation.metrics import auc_with_ci
 from breastfusion.evaluation.repeats import first_repeat
-from breastfusion.evaluation.splits import subject_folds
 from breastfusion.evaluation.summary import score_subjects
 
-__all__ = ["OuterFold", "NestedSelection", "restrict_cohort", "nested_selection"]
+__all__ = ["OuterFold", "NestedSelection", "Recipe", "restrict_cohort", "outer_training_cohort",
+           "nested_selection", "recipe_inner_cv", "nested_recipe_selection"]
 
 
 def restrict_cohort(cohort: Cohort, subject_ids: Iterable[str]) -> Cohort:
@@ -65,6 +76,32 @@ def restrict_cohort(cohort: Cohort, subject_ids: Iterable[str]) -> Cohort:
     if "subject_id" in clinical.columns:
         clinical = clinical[clinical["subject_id"].isin(ids)].reset_index(drop=True)
     return Cohort(root=cohort.root, manifest=manifest, clinical=clinical)
+
+
+def _one_repeat(config: ExperimentConfig) -> ExperimentConfig:
+    return config.model_copy(update={"cv": config.cv.model_copy(update={"repeats": 1})})
+
+
+def outer_training_cohort(cohort: Cohort, config: ExperimentConfig, train_idx: np.ndarray, fold: int,
+                          inner_folds: int) -> tuple[Cohort, list[tuple[np.ndarray, np.ndarray]]]:
+    """Outer fold ``fold``'s training side as a cohort of its own, and its inner folds.
+
+    The inner folds are the run's splitter (grouped, stratified; training-only lesions in every training set)
+    with ``inner_folds`` splits, seeded ``cv.seed + fold``.
+
+    Args:
+        cohort: the whole cohort; ``train_idx`` holds positions into its ``lesions``.
+        config: the experiment (its ``cv.seed`` and ``cv.training_only_column``).
+        train_idx: the outer fold's training positions.
+        fold: the outer fold's index.
+        inner_folds: inner folds to split into.
+
+    Returns:
+        The restricted cohort and its inner (train, test) folds, as positions into the restricted cohort's
+        ``lesions``.
+    """
+    sub = restrict_cohort(cohort, cohort.lesions.iloc[train_idx]["subject_id"].unique())
+    return sub, seeded_folds(sub, config, config.cv.seed + fold, n_splits=inner_folds)
 
 
 @dataclass
@@ -172,12 +209,9 @@ def nested_selection(cohort: Cohort, config: ExperimentConfig, candidates: list[
                          f"{list(config.variants)}")
     if int(inner_folds) != inner_folds or inner_folds < 2:
         raise ValueError(f"inner_folds should be an integer >= 2, got {inner_folds!r}")
-    if config.cv.training_only_column is not None:
-        raise ValueError("nested selection does not pool a training-only cohort yet: unset cv.training_only_column")
-    config = select_variants(config, candidates)
-    config = config.model_copy(update={"cv": config.cv.model_copy(update={"repeats": 1})})
+    config = _one_repeat(select_variants(config, candidates))
     lesions = cohort.lesions
-    outer = subject_folds(lesions, n_splits=config.cv.n_splits, seed=config.cv.seed)
+    outer = seeded_folds(cohort, config, config.cv.seed)
     if outer_predictions is None or outer_calibration is None:
         cv = cross_validate(cohort, config, folds=outer)
         outer_predictions, outer_calibration = cv.predictions, cv.calibration
@@ -189,14 +223,12 @@ def nested_selection(cohort: Cohort, config: ExperimentConfig, candidates: list[
     task = progress.add_task("nested selection: outer folds", total=len(outer)) if progress else None
     folds, selected = [], []
     for k, (train_idx, test_idx) in enumerate(outer):
-        sub = restrict_cohort(cohort, lesions.iloc[train_idx]["subject_id"].unique())
-        sub_lesions = sub.lesions
-        inner = subject_folds(sub_lesions, n_splits=inner_folds, seed=config.cv.seed + k)
+        sub, inner = outer_training_cohort(cohort, config, train_idx, k, inner_folds)
         inner_cv = cross_validate(sub, config, folds=inner)
         inner_auc = {c: _pooled_auc(_scores(inner_cv.predictions, inner_cv.calibration, config, c))
                      for c in candidates}
         chosen = max(candidates, key=lambda c: inner_auc[c])  # max keeps the first of equal AUCs
-        to_outer = position.loc[sub_lesions["lesion_id"]].to_numpy()
+        to_outer = position.loc[sub.lesions["lesion_id"]].to_numpy()
         folds.append(OuterFold(k, train_idx, test_idx, [(to_outer[a], to_outer[b]) for a, b in inner],
                                inner_auc, chosen))
         selected.append(outer_scores[(outer_scores["variant"] == chosen) & (outer_scores["fold"] == k)])
@@ -233,3 +265,137 @@ def _summary(config: ExperimentConfig, candidates: list[str], inner_folds: int, 
         "outer_auc": outer_auc,
         "n_boot": n_boot,
     })
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One candidate of :func:`nested_recipe_selection`: a whole recipe, not a variant of a shared config.
+
+    Attributes:
+        cohort: the labelled cohort it trains on; its ordinary lesions are the ones every candidate is scored on,
+            and lesions its ``config.cv.training_only_column`` marks only ever train.
+        config: the experiment; ``variant`` is the one scored, and it is trained alone.
+        variant: the variant of ``config`` that the recipe is.
+        outer_predictions, outer_calibration: its out-of-fold and calibration lesion predictions on the outer folds
+            (a run's ``predictions.csv`` and ``calibration_predictions.csv``, which may be a costlier form of the
+            same recipe, e.g. an ensemble of several networks); computed with ``config`` when not given.
+    """
+
+    cohort: Cohort
+    config: ExperimentConfig
+    variant: str
+    outer_predictions: pd.DataFrame | None = field(default=None, repr=False)
+    outer_calibration: pd.DataFrame | None = field(default=None, repr=False)
+
+    def prepared(self) -> Recipe:
+        """The recipe with ``config`` reduced to ``variant`` and one repeat (what every inner run trains)."""
+        if self.variant not in self.config.variants:
+            raise ValueError(f"variant {self.variant!r} is not in config {self.config.name!r}; it has "
+                             f"{list(self.config.variants)}")
+        return Recipe(self.cohort, _one_repeat(select_variants(self.config, [self.variant])), self.variant,
+                      self.outer_predictions, self.outer_calibration)
+
+
+def _ordinary_subjects(cohort: Cohort, positions: np.ndarray, config: ExperimentConfig) -> set[str]:
+    """The subjects at ``positions`` of ``cohort.lesions`` that are tested (not training-only)."""
+    lesions = cohort.lesions.iloc[positions]
+    if config.cv.training_only_column is not None:
+        from breastfusion.evaluation.splits import training_only
+
+        lesions = lesions[~training_only(cohort.manifest, cohort.lesions, config.cv.training_only_column)[positions]]
+    return set(lesions["subject_id"].astype(str))
+
+
+def recipe_inner_cv(recipe: Recipe, fold: int, inner_folds: int = 3, *,
+                    checkpoint_dir: Path | None = None) -> tuple[CrossValidation, list[set[str]]]:
+    """Cross-validate ``recipe`` on the inner folds of outer fold ``fold``'s training side.
+
+    A separate step so that long selections can be spread over processes: with the same ``checkpoint_dir``,
+    :func:`nested_recipe_selection` then reads the finished networks instead of training them again.
+
+    Returns:
+        The inner cross-validation and, per inner fold, its test subjects (ordinary lesions only).
+    """
+    recipe = recipe.prepared()
+    outer = seeded_folds(recipe.cohort, recipe.config, recipe.config.cv.seed)
+    if not 0 <= fold < len(outer):
+        raise ValueError(f"outer fold {fold} does not exist; cv.n_splits is {len(outer)}")
+    sub, inner = outer_training_cohort(recipe.cohort, recipe.config, outer[fold][0], fold, inner_folds)
+    cv = cross_validate(sub, recipe.config, folds=inner, checkpoint_dir=checkpoint_dir)
+    return cv, [_ordinary_subjects(sub, test, recipe.config) for _, test in inner]
+
+
+def nested_recipe_selection(recipes: Mapping[str, Recipe], *, inner_folds: int = 3,
+                            checkpoint_dir: Path | None = None, progress: Progress | None = None) -> NestedSelection:
+    """Choose among whole recipes inside each outer training fold, and score the choices on the outer test folds.
+
+    The procedure is :func:`nested_selection`'s, with each candidate trained on its own cohort with its own config
+    (e.g. one recipe with another cohort pooled into training, one without). The recipes must test the same
+    subjects in the same outer folds (same ordinary lesions, ``cv.n_splits`` and ``cv.seed``), and their inner
+    folds must agree too; every figure is on those subjects.
+
+    Args:
+        recipes: ``{name: recipe}``, in order (ties go to the first).
+        inner_folds: grouped, stratified inner folds per outer training set (at least 2).
+        checkpoint_dir: where each recipe's inner networks are kept (``{name}/outer{k}``) and read back from.
+        progress: a rich Progress to report outer folds on.
+
+    Returns:
+        The selection, with recipe names as candidates; ``OuterFold`` positions index the first recipe's
+        ``cohort.lesions``, and its ``summary`` is :func:`nested_selection`'s.
+
+    Raises:
+        ValueError: no recipe, ``inner_folds < 2``, a variant not in its config, recipes whose outer or inner
+            test folds differ, or outer predictions not made on the outer folds.
+    """
+    if not recipes:
+        raise ValueError("no recipe to choose among; give at least one")
+    if int(inner_folds) != inner_folds or inner_folds < 2:
+        raise ValueError(f"inner_folds should be an integer >= 2, got {inner_folds!r}")
+    prepared = {name: r.prepared() for name, r in recipes.items()}
+    names = list(prepared)
+    first = prepared[names[0]]
+    outers = {name: seeded_folds(r.cohort, r.config, r.config.cv.seed) for name, r in prepared.items()}
+    reference = [first.cohort.lesions.iloc[test]["subject_id"].astype(str).pipe(set) for _, test in outers[names[0]]]
+    for name, outer in outers.items():
+        tested = [prepared[name].cohort.lesions.iloc[test]["subject_id"].astype(str).pipe(set) for _, test in outer]
+        if tested != reference:
+            raise ValueError(f"recipe {name!r} tests other subjects in its outer folds than {names[0]!r}; give "
+                             "recipes on the same ordinary lesions with the same cv.n_splits and cv.seed")
+
+    scores = []
+    for name, r in prepared.items():
+        pred, calib = r.outer_predictions, r.outer_calibration
+        if pred is None or calib is None:
+            cv = cross_validate(r.cohort, r.config, folds=outers[name],
+                                checkpoint_dir=checkpoint_dir / name / "outer" if checkpoint_dir else None)
+            pred, calib = cv.predictions, cv.calibration
+        _check_outer(pred, r.cohort.lesions, outers[name], [r.variant])
+        scores.append(_scores(pred, calib, r.config, r.variant).assign(variant=name))
+    outer_scores = pd.concat(scores, ignore_index=True)
+
+    position = pd.Series(np.arange(len(first.cohort.lesions)), index=first.cohort.lesions["lesion_id"].to_numpy())
+    task = progress.add_task("nested recipe selection: outer folds", total=len(reference)) if progress else None
+    folds, selected = [], []
+    for k, (train_idx, test_idx) in enumerate(outers[names[0]]):
+        inner_auc, inner_tests = {}, None
+        for name, r in prepared.items():
+            cv, tests = recipe_inner_cv(r, k, inner_folds,
+                                        checkpoint_dir=checkpoint_dir / name / f"outer{k}" if checkpoint_dir else None)
+            if inner_tests is not None and tests != inner_tests:
+                raise ValueError(f"outer fold {k}: recipe {name!r}'s inner folds test other subjects than "
+                                 f"{names[0]!r}'s; their ordinary lesions differ")
+            inner_tests = tests
+            inner_auc[name] = _pooled_auc(_scores(cv.predictions, cv.calibration, r.config, r.variant))
+        chosen = max(names, key=lambda c: inner_auc[c])  # max keeps the first of equal AUCs
+        sub, inner = outer_training_cohort(first.cohort, first.config, train_idx, k, inner_folds)
+        to_outer = position.loc[sub.lesions["lesion_id"]].to_numpy()
+        folds.append(OuterFold(k, train_idx, test_idx, [(to_outer[a], to_outer[b]) for a, b in inner],
+                               inner_auc, chosen))
+        selected.append(outer_scores[(outer_scores["variant"] == chosen) & (outer_scores["fold"] == k)])
+        if progress:
+            progress.advance(task)
+    selected_scores = pd.concat(selected, ignore_index=True)
+    return NestedSelection(names, inner_folds, folds, outer_scores, selected_scores,
+                           _summary(first.config, names, inner_folds, folds, outer_scores, selected_scores,
+                                    first.cohort.lesions))
