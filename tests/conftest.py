@@ -66,3 +66,28 @@ def assert_bundle_refuses_a_changed_then_a_missing(bundle: Path, name: str, chan
     path.unlink()
     with pytest.raises(BundleError, match=rf"{re.escape(name)} is missing"):
         load_bundle(bundle)
+
+
+def marker_cohort(root: Path, n_subjects: int, *, seed: int, rng_seed: int, pair_groups: bool = False) -> Path:
+    """A synthetic cohort at ``root`` whose ultrasound images are shuffled across lesions (uninformative) and whose
+    clinical table holds one marker close to the label (informative): candidates of known order for selection tests.
+    With ``pair_groups``, subjects come in pairs sharing a ``cv_group``."""
+    import numpy as np
+    import pandas as pd
+
+    from breastfusion.data.synthetic.cohort import generate_cohort
+
+    generate_cohort(root, n_subjects=n_subjects, seed=seed, image_px=32, masks=False)
+    manifest = pd.read_csv(root / "manifest.csv", dtype=str)
+    rng = np.random.default_rng(rng_seed)
+    us = manifest["modality"] == "ultrasound"
+    manifest.loc[us, "path"] = rng.permutation(manifest.loc[us, "path"].to_numpy())
+    if pair_groups:
+        manifest["cv_group"] = "G" + (manifest["subject_id"].str[1:].astype(int) // 2).astype(str)
+    manifest.to_csv(root / "manifest.csv", index=False)
+    subjects = manifest.drop_duplicates("subject_id")
+    y = (subjects["label"] == "malignant").to_numpy(dtype=float)
+    pd.DataFrame({"subject_id": subjects["subject_id"].to_numpy(),
+                  "marker": np.round(2 * y + rng.normal(0, 0.6, len(y)), 3)}).to_csv(root / "clinical.csv",
+                                                                                    index=False)
+    return root

@@ -6,21 +6,19 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 from breastfusion.config import load_config, select_variants
 from breastfusion.data.manifest import load_cohort
-from breastfusion.data.synthetic.cohort import generate_cohort
+from breastfusion.evaluation.splits import subject_folds
+from breastfusion.evaluation.summary import score_subjects
 from breastfusion.experiment.crossval import cross_validate
 from breastfusion.experiment.nested import nested_selection, restrict_cohort
 from breastfusion.experiment.run_folder import RunLayout
-from breastfusion.evaluation.splits import subject_folds
-from breastfusion.evaluation.summary import score_subjects
 
-from ..conftest import TINY_MODEL
+from ..conftest import TINY_MODEL, marker_cohort
 
 CANDIDATES = ["ultrasound", "clinical"]  # the worse one first: a tie would go to it
 
@@ -29,21 +27,7 @@ CANDIDATES = ["ultrasound", "clinical"]  # the worse one first: a tie would go t
 def cohort_dir(tmp_path_factory) -> Path:
     """60 synthetic subjects in pairs sharing a ``cv_group``; the ultrasound images are shuffled across lesions
     (uninformative) and the clinical table holds one marker close to the label (informative)."""
-    root = tmp_path_factory.mktemp("nested")
-    generate_cohort(root, n_subjects=60, seed=7, image_px=32, masks=False)
-    manifest = pd.read_csv(root / "manifest.csv", dtype=str)
-    rng = np.random.default_rng(0)
-    us = manifest["modality"] == "ultrasound"
-    manifest.loc[us, "path"] = rng.permutation(manifest.loc[us, "path"].to_numpy())
-    number = manifest["subject_id"].str[1:].astype(int)
-    manifest["cv_group"] = "G" + (number // 2).astype(str)
-    manifest.to_csv(root / "manifest.csv", index=False)
-    subjects = manifest.drop_duplicates("subject_id")
-    y = (subjects["label"] == "malignant").to_numpy(dtype=float)
-    pd.DataFrame({"subject_id": subjects["subject_id"].to_numpy(),
-                  "marker": np.round(2 * y + rng.normal(0, 0.6, len(y)), 3)}).to_csv(root / "clinical.csv",
-                                                                                    index=False)
-    return root
+    return marker_cohort(tmp_path_factory.mktemp("nested"), 60, seed=7, rng_seed=0, pair_groups=True)
 
 
 @pytest.fixture(scope="module")

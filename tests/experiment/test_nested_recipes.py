@@ -2,47 +2,26 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
 from breastfusion.config import load_config
 from breastfusion.data.manifest import load_cohort
 from breastfusion.data.pooling import TRAINING_ONLY_COLUMN, pool_cohorts
-from breastfusion.data.synthetic.cohort import generate_cohort
 from breastfusion.evaluation.splits import subject_folds, training_only
 from breastfusion.evaluation.summary import score_subjects
 from breastfusion.experiment.crossval import cross_validate, seeded_folds
 from breastfusion.experiment.nested import Recipe, nested_recipe_selection, nested_selection, recipe_inner_cv
 
-from ..conftest import TINY_MODEL
-
-
-def _marked_cohort(root: Path, n_subjects: int, seed: int) -> Path:
-    """A synthetic cohort whose ultrasound images are shuffled across lesions (uninformative) and whose clinical
-    table holds one marker close to the label (informative)."""
-    generate_cohort(root, n_subjects=n_subjects, seed=seed, image_px=32, masks=False)
-    manifest = pd.read_csv(root / "manifest.csv", dtype=str)
-    rng = np.random.default_rng(seed)
-    us = manifest["modality"] == "ultrasound"
-    manifest.loc[us, "path"] = rng.permutation(manifest.loc[us, "path"].to_numpy())
-    manifest.to_csv(root / "manifest.csv", index=False)
-    subjects = manifest.drop_duplicates("subject_id")
-    y = (subjects["label"] == "malignant").to_numpy(dtype=float)
-    pd.DataFrame({"subject_id": subjects["subject_id"].to_numpy(),
-                  "marker": np.round(2 * y + rng.normal(0, 0.6, len(y)), 3)}).to_csv(root / "clinical.csv",
-                                                                                    index=False)
-    return root
+from ..conftest import TINY_MODEL, marker_cohort
 
 
 @pytest.fixture(scope="module")
 def cohorts(tmp_path_factory):
     """(own cohort, the same with a second cohort pooled into training)."""
-    own = load_cohort(_marked_cohort(tmp_path_factory.mktemp("own"), 45, seed=3))
-    other = load_cohort(_marked_cohort(tmp_path_factory.mktemp("other"), 24, seed=8))
+    own = load_cohort(marker_cohort(tmp_path_factory.mktemp("own"), 45, seed=3, rng_seed=3))
+    other = load_cohort(marker_cohort(tmp_path_factory.mktemp("other"), 24, seed=8, rng_seed=8))
     return own, pool_cohorts(own, {"site2": other})
 
 

@@ -38,7 +38,7 @@ each is scored on the same inner folds.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,14 +50,22 @@ from sklearn.metrics import roc_auc_score
 
 from breastfusion.config import ExperimentConfig, select_variants
 from breastfusion.data.manifest import Cohort
-from breastfusion.experiment.crossval import CrossValidation, cross_validate, seeded_folds
-from breastfusion.strict_json import json_safe
 from breastfusion.evaluation.metrics import auc_with_ci
 from breastfusion.evaluation.repeats import first_repeat
 from breastfusion.evaluation.summary import score_subjects
+from breastfusion.experiment.crossval import CrossValidation, cross_validate, seeded_folds
+from breastfusion.strict_json import json_safe
 
-__all__ = ["OuterFold", "NestedSelection", "Recipe", "restrict_cohort", "outer_training_cohort",
-           "nested_selection", "recipe_inner_cv", "nested_recipe_selection"]
+__all__ = [
+    "NestedSelection",
+    "OuterFold",
+    "Recipe",
+    "nested_recipe_selection",
+    "nested_selection",
+    "outer_training_cohort",
+    "recipe_inner_cv",
+    "restrict_cohort",
+]
 
 
 def restrict_cohort(cohort: Cohort, subject_ids: Iterable[str]) -> Cohort:
@@ -219,18 +227,30 @@ def nested_selection(cohort: Cohort, config: ExperimentConfig, candidates: list[
     outer_scores = pd.concat([_scores(outer_predictions, outer_calibration, config, c) for c in candidates],
                              ignore_index=True)
 
+
+    def inner_auc(k: int, sub: Cohort, inner: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+        inner_cv = cross_validate(sub, config, folds=inner)
+        return {c: _pooled_auc(_scores(inner_cv.predictions, inner_cv.calibration, config, c)) for c in candidates}
+
+    return _select(cohort, config, outer, inner_folds, candidates, outer_scores, inner_auc, progress)
+
+
+def _select(cohort: Cohort, config: ExperimentConfig, outer: list[tuple[np.ndarray, np.ndarray]], inner_folds: int,
+            candidates: list[str], outer_scores: pd.DataFrame,
+            inner_auc: Callable[[int, Cohort, list[tuple[np.ndarray, np.ndarray]]], dict[str, float]],
+            progress: Progress | None) -> NestedSelection:
+    """The outer loop: for each outer fold, the candidates' inner AUCs (``inner_auc(k, training cohort, inner
+    folds)``), the choice (the highest; of equal ones the first candidate) and its outer-fold scores."""
+    lesions = cohort.lesions
     position = pd.Series(np.arange(len(lesions)), index=lesions["lesion_id"].to_numpy())
     task = progress.add_task("nested selection: outer folds", total=len(outer)) if progress else None
     folds, selected = [], []
     for k, (train_idx, test_idx) in enumerate(outer):
         sub, inner = outer_training_cohort(cohort, config, train_idx, k, inner_folds)
-        inner_cv = cross_validate(sub, config, folds=inner)
-        inner_auc = {c: _pooled_auc(_scores(inner_cv.predictions, inner_cv.calibration, config, c))
-                     for c in candidates}
-        chosen = max(candidates, key=lambda c: inner_auc[c])  # max keeps the first of equal AUCs
+        aucs = inner_auc(k, sub, inner)
+        chosen = max(candidates, key=aucs.__getitem__)  # max keeps the first of equal AUCs
         to_outer = position.loc[sub.lesions["lesion_id"]].to_numpy()
-        folds.append(OuterFold(k, train_idx, test_idx, [(to_outer[a], to_outer[b]) for a, b in inner],
-                               inner_auc, chosen))
+        folds.append(OuterFold(k, train_idx, test_idx, [(to_outer[a], to_outer[b]) for a, b in inner], aucs, chosen))
         selected.append(outer_scores[(outer_scores["variant"] == chosen) & (outer_scores["fold"] == k)])
         if progress:
             progress.advance(task)
@@ -254,7 +274,7 @@ def _summary(config: ExperimentConfig, candidates: list[str], inner_folds: int, 
         "folds": [{"fold": f.fold, "n_train_subjects": int(lesions.iloc[f.train_idx]["subject_id"].nunique()),
                    "n_test_subjects": int(lesions.iloc[f.test_idx]["subject_id"].nunique()),
                    "inner_auc": f.inner_auc, "chosen": f.chosen} for f in folds],
-        "selected": {"auc": auc, "auc_ci": list(ci), "n_subjects": int(len(selected)),
+        "selected": {"auc": auc, "auc_ci": list(ci), "n_subjects": len(selected),
                      "n_malignant": int(y.sum()),
                      "what": "each outer fold's test subjects scored by the candidate its training subjects chose "
                              "(inner cross-validation), pooled; subject level"},
@@ -374,11 +394,8 @@ def nested_recipe_selection(recipes: Mapping[str, Recipe], *, inner_folds: int =
         scores.append(_scores(pred, calib, r.config, r.variant).assign(variant=name))
     outer_scores = pd.concat(scores, ignore_index=True)
 
-    position = pd.Series(np.arange(len(first.cohort.lesions)), index=first.cohort.lesions["lesion_id"].to_numpy())
-    task = progress.add_task("nested recipe selection: outer folds", total=len(reference)) if progress else None
-    folds, selected = [], []
-    for k, (train_idx, test_idx) in enumerate(outers[names[0]]):
-        inner_auc, inner_tests = {}, None
+    def inner_auc(k: int, sub: Cohort, inner: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+        aucs, inner_tests = {}, None
         for name, r in prepared.items():
             cv, tests = recipe_inner_cv(r, k, inner_folds,
                                         checkpoint_dir=checkpoint_dir / name / f"outer{k}" if checkpoint_dir else None)
@@ -386,16 +403,8 @@ def nested_recipe_selection(recipes: Mapping[str, Recipe], *, inner_folds: int =
                 raise ValueError(f"outer fold {k}: recipe {name!r}'s inner folds test other subjects than "
                                  f"{names[0]!r}'s; their ordinary lesions differ")
             inner_tests = tests
-            inner_auc[name] = _pooled_auc(_scores(cv.predictions, cv.calibration, r.config, r.variant))
-        chosen = max(names, key=lambda c: inner_auc[c])  # max keeps the first of equal AUCs
-        sub, inner = outer_training_cohort(first.cohort, first.config, train_idx, k, inner_folds)
-        to_outer = position.loc[sub.lesions["lesion_id"]].to_numpy()
-        folds.append(OuterFold(k, train_idx, test_idx, [(to_outer[a], to_outer[b]) for a, b in inner],
-                               inner_auc, chosen))
-        selected.append(outer_scores[(outer_scores["variant"] == chosen) & (outer_scores["fold"] == k)])
-        if progress:
-            progress.advance(task)
-    selected_scores = pd.concat(selected, ignore_index=True)
-    return NestedSelection(names, inner_folds, folds, outer_scores, selected_scores,
-                           _summary(first.config, names, inner_folds, folds, outer_scores, selected_scores,
-                                    first.cohort.lesions))
+            aucs[name] = _pooled_auc(_scores(cv.predictions, cv.calibration, r.config, r.variant))
+        return aucs
+
+    return _select(first.cohort, first.config, outers[names[0]], inner_folds, names, outer_scores, inner_auc,
+                   progress)
