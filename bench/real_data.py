@@ -3,8 +3,8 @@
 Usage:
     python bench/real_data.py [--data ../shared/data] [--work DIR] [--epochs-scale 1.0] [--cv-seed N]
         [--sections busi,busi_pretrained,busi_plain,busi_plain_pretrained,busi_roi,busi_roi_plain,busi_localised,
-                    busi_ensemble,busi_pair,busi_trio,busi_quartet,busi_pooled,breast,breast_roi,breast_pooled,
-                    breastmnist]
+                    busi_ensemble,busi_pair,busi_trio,busi_quartet,busi_pooled,busi_scratch_pooled,breast,breast_roi,
+                    breast_pooled,breastmnist]
 
 Sections (each prepares its dataset through the toolkit's adapters, read in place):
 
@@ -37,6 +37,8 @@ Sections (each prepares its dataset through the toolkit's adapters, read in plac
   ``cv.training_only_column``), the cohort written under ``WORK/pooled`` (images linked); its three Lite0 networks
   per fold trained member by member as one-network runs (``runs/busi_pooled``, ``_m1``, ``_m2``) and averaged by
   ``breastfusion ensemble``, which equals ``training.seeds: 3``;
+* ``busi_scratch_pooled``: the same with ``configs/bus_clinical_pooled.yaml``, the from-scratch recipe for a cohort
+  with a second one pooled into training (three networks per fold, ``runs/busi_scratch_pooled``, ``_m1``, ``_m2``);
 * ``breast``: BrEaST-Lesions, ``configs/bus_clinical.yaml`` (clinical, ultrasound, fused), the DeLong test of
   fused vs ultrasound, and on the same folds the plain logistic regression + plain CNN average;
 * ``breast_roi``: the same with ``configs/bus_clinical_roi.yaml`` (clinical, ultrasound, fused), the plain CNN on
@@ -74,8 +76,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 RESULTS = ROOT / "bench" / "results" / "real_data.json"
 SECTIONS = ("busi", "busi_pretrained", "busi_plain", "busi_plain_pretrained", "busi_roi", "busi_roi_plain",
-            "busi_localised", "busi_ensemble", "busi_pair", "busi_trio", "busi_quartet", "busi_pooled", "breast",
-            "breast_roi", "breast_pooled", "breastmnist")
+            "busi_localised", "busi_ensemble", "busi_pair", "busi_trio", "busi_quartet", "busi_pooled",
+            "busi_scratch_pooled", "breast", "breast_roi", "breast_pooled", "breastmnist")
 #: ``--cv-seed``: the fold seed every config is run with (None: the configs' own).
 CV_SEED: int | None = None
 #: The lesion-ROI (reader-marked lesion) config; its ultrasound ``roi_margin`` is the plain ROI script's too.
@@ -88,6 +90,8 @@ TRIO_RECIPE = ROOT / "configs" / "bus_clinical_lite0_trio.yaml"
 QUARTET_RECIPE = ROOT / "configs" / "bus_clinical_lite0_quartet.yaml"
 #: Lite0 trained on a cohort with another pooled into its training folds.
 POOLED_CONFIG = ROOT / "configs" / "bus_clinical_lite0_pooled.yaml"
+#: The from-scratch recipe trained on a cohort with another pooled into its training folds.
+SCRATCH_POOLED_CONFIG = ROOT / "configs" / "bus_clinical_pooled.yaml"
 #: ``breast_pooled``'s cut of it: one network per fold (a third of the config's training); ``breast_pooled_seeds``
 #: in the results says so.
 POOLED_BENCH = {"training": {"seeds": 1}}
@@ -228,38 +232,48 @@ def section_busi_pretrained(data: Path, work: Path, args) -> dict:
 
 
 def section_busi_pooled(data: Path, work: Path, args) -> dict:
-    """The pooled config's seed ensemble trained member by member: member j is a one-network run at the member's
-    seed (``training.seed`` + j x MEMBER_SEED_STRIDE; ``runs/busi_pooled``, ``busi_pooled_m1``, ...: each reuses
-    its checkpoints), and ``breastfusion ensemble`` of the members is ``training.seeds: K`` itself
-    (tests/test_seed_ensemble.py). ``busi_pooled_auc`` is the ensemble's; ``busi_pooled_members`` each member's."""
+    """The pooled ImageNet config on BUSI with BrEaST-Lesions pooled in: ``busi_pooled_*``."""
+    return _busi_pooled_members(data, work, args, POOLED_CONFIG, "busi_pooled")
+
+
+def section_busi_scratch_pooled(data: Path, work: Path, args) -> dict:
+    """The pooled from-scratch config on BUSI with BrEaST-Lesions pooled in: ``busi_scratch_pooled_*``."""
+    return _busi_pooled_members(data, work, args, SCRATCH_POOLED_CONFIG, "busi_scratch_pooled")
+
+
+def _busi_pooled_members(data: Path, work: Path, args, config_path: Path, key: str) -> dict:
+    """A pooled config's seed ensemble trained member by member: member j is a one-network run at the member's
+    seed (``training.seed`` + j x MEMBER_SEED_STRIDE; ``runs/{key}``, ``{key}_m1``, ...: each reuses its
+    checkpoints), and ``breastfusion ensemble`` of the members is ``training.seeds: K`` itself
+    (tests/test_seed_ensemble.py). ``{key}_auc`` is the ensemble's; ``{key}_members`` each member's."""
     import shutil
 
     from breastfusion.config import load_config
     from breastfusion.experiment.run_ensemble import ensemble_runs
     from breastfusion.models.network import MEMBER_SEED_STRIDE
 
-    training = load_config(POOLED_CONFIG).training
+    training = load_config(config_path).training
     members, runs, seconds, n = {}, [], 0.0, {}
     for j in range(training.seeds):
-        name = "busi_pooled" if j == 0 else f"busi_pooled_m{j}"
+        name = key if j == 0 else f"{key}_m{j}"
         seed = training.seed + j * MEMBER_SEED_STRIDE
-        one = _busi_ultrasound(data, work, args, POOLED_CONFIG, name, "member", pool="breast_lesions_usg",
+        one = _busi_ultrasound(data, work, args, config_path, name, "member", pool="breast_lesions_usg",
                                overrides={"training": {"seeds": 1, "seed": seed}})
         members[name] = {"auc": one["member_auc"], "auc_ci": one["member_auc_ci"], "seconds": one["member_seconds"],
                          "training_seed": seed}
         runs.append(work / "runs" / name)
         seconds += one["member_seconds"]
-        n = {"busi_n_lesions": one["busi_n_lesions"], "busi_pooled_n_pooled": one["member_n_pooled"]}
-    out = {**n, "busi_pooled_seeds": training.seeds, "busi_pooled_members": members}
+        n = {"busi_n_lesions": one["busi_n_lesions"], f"{key}_n_pooled": one["member_n_pooled"]}
+    out = {**n, f"{key}_seeds": training.seeds, f"{key}_members": members}
     if len(runs) == 1:
-        return {**out, "busi_pooled_auc": members["busi_pooled"]["auc"],
-                "busi_pooled_auc_ci": members["busi_pooled"]["auc_ci"], "busi_pooled_seconds": seconds}
-    folder = work / "runs" / "busi_pooled_ensemble"
+        return {**out, f"{key}_auc": members[key]["auc"], f"{key}_auc_ci": members[key]["auc_ci"],
+                f"{key}_seconds": seconds}
+    folder = work / "runs" / f"{key}_ensemble"
     shutil.rmtree(folder, ignore_errors=True)  # predictions only: rebuilt from the members in seconds
     v = ensemble_runs(runs, folder, variants=["ultrasound"])["variants"]["ultrasound"]
     first = v["vs_members"][0]
-    return {**out, "busi_pooled_auc": v["auc"], "busi_pooled_auc_ci": v["auc_ci"], "busi_pooled_seconds": seconds,
-            "busi_pooled_vs_one_network": {k: first[k] for k in ("auc_difference", "p")}}
+    return {**out, f"{key}_auc": v["auc"], f"{key}_auc_ci": v["auc_ci"], f"{key}_seconds": seconds,
+            f"{key}_vs_one_network": {k: first[k] for k in ("auc_difference", "p")}}
 
 
 def section_busi_plain(data: Path, work: Path, args) -> dict:

@@ -207,3 +207,8 @@ def test_the_pooled_sections_train_on_both_cohorts_and_report_the_first(bench, m
     assert busi["busi_pooled_members"]["busi_pooled_m1"]["auc"] == json.loads(
         (tmp_path / "runs" / "busi_pooled_m1" / "results.json").read_text())["variants"]["ultrasound"]["auc"]
     assert (tmp_path / "pooled" / f"{other.name}+breast_lesions_usg" / "manifest.csv").is_file()
+    # the from-scratch pooled section is the same member-by-member path with its own config and keys
+    seen = []
+    monkeypatch.setattr(bench, "_busi_pooled_members", lambda data, work, args, path, key: seen.append((path, key)))
+    bench.section_busi_scratch_pooled(tmp_path, tmp_path, args)
+    assert seen == [(bench.SCRATCH_POOLED_CONFIG, "busi_scratch_pooled")]

@@ -162,17 +162,19 @@ def test_data_pool_writes_a_self_contained_folder_that_loads_and_splits_as_the_f
         write_pooled(own_dir, {"primary": other_dir}, tmp_path / "again")
 
 
-def test_the_shipped_pooled_config_is_the_measured_lite0_network_on_the_column_data_pool_writes():
+@pytest.mark.parametrize(("pooled_name", "measured_name"), [("bus_clinical_lite0_pooled.yaml", "bus_clinical_lite0.yaml"),
+                                                         ("bus_clinical_pooled.yaml", "bus_clinical.yaml")])
+def test_each_shipped_pooled_config_is_the_measured_network_on_the_column_data_pool_writes(pooled_name, measured_name):
     from breastfusion.config import deep_merge
     from breastfusion.experiment.crossval import network_spec
 
     configs = Path(__file__).resolve().parents[2] / "configs"
-    pooled = load_config(configs / "bus_clinical_lite0_pooled.yaml")
+    pooled = load_config(configs / pooled_name)
     assert pooled.cv.training_only_column == TRAINING_ONLY_COLUMN
-    lite0 = load_config(configs / "bus_clinical_lite0.yaml")
-    measured = type(lite0).model_validate(deep_merge(lite0.model_dump(), {
+    single = load_config(configs / measured_name)
+    measured = type(single).model_validate(deep_merge(single.model_dump(), {
         "training": {"seeds": 3}, "cv": {"training_only_column": TRAINING_ONLY_COLUMN}}))
-    # bench/busi_recipes.py ran bus_clinical_lite0.yaml with these overrides, one member seed per run (training.seed
+    # bench/busi_recipes.py ran the single-cohort config with these overrides, one member seed per run (training.seed
     # j x MEMBER_SEED_STRIDE, seeds: 1), and bench/selection_ensembles.py averaged the three: the same network, fold
     # for fold (tests/test_seed_ensemble.py checks that a seed ensemble is that average)
     assert pooled.training.seeds == 3 and pooled.training.seed == 0
