@@ -102,11 +102,14 @@ RECIPES: dict[str, dict] = {
         "target": 0.93,
         # the three-network row's other two members: one network each, training.seed 10000000 and 20000000
         "reruns": {seed: [f"lite0_pool_breast_cvseed{seed}_m{j}" for j in (1, 2)] for seed in (0, 1, 2)}},
-    # from scratch, the same pooling (three one-network runs per fold seed, averaged by selection_ensembles.py --busi)
-    "bus_clinical.yaml, three networks, BrEaST pooled into training (from scratch, no masks)": {
-        "other": "scratch_s3_pool_breast_cvseed{seed}", "target": 0.88,
-        "versus": ("pooled", "one network", "scratch_pool_breast_cvseed")},
-    "bus_clinical.yaml with BrEaST pooled into training, one network (from scratch, no masks)": {
+    # from scratch, the same pooling: bus_clinical_pooled.yaml (three one-network runs per fold seed, averaged by
+    # selection_ensembles.py --busi or real_data.py's busi_scratch_pooled)
+    "bus_clinical_pooled.yaml (from scratch, three networks; BrEaST pooled into training, no masks)": {
+        "seed0": "busi_scratch_pooled_auc", "other": "scratch_s3_pool_breast_cvseed{seed}", "target": 0.88,
+        "versus": ("pooled", "one network", "scratch_pool_breast_cvseed"),
+        "seed0_versus": "busi_scratch_pooled_vs_one_network"},
+    "bus_clinical_pooled.yaml with training.seeds: 1 (from scratch, one network; BrEaST pooled into training)": {
+        "seed0": ("busi_scratch_pooled_members", "busi_scratch_pooled", "auc"),
         "other": "scratch_pool_breast_cvseed{seed}", "target": 0.88,
         # the three-network row's other two members: one network each, training.seed 10000000 and 20000000
         "reruns": {seed: [f"scratch_pool_breast_cvseed{seed}_m{j}" for j in (1, 2)] for seed in (0, 1, 2)}},
