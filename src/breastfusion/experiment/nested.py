@@ -227,7 +227,6 @@ def nested_selection(cohort: Cohort, config: ExperimentConfig, candidates: list[
     outer_scores = pd.concat([_scores(outer_predictions, outer_calibration, config, c) for c in candidates],
                              ignore_index=True)
 
-
     def inner_auc(k: int, sub: Cohort, inner: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
         inner_cv = cross_validate(sub, config, folds=inner)
         return {c: _pooled_auc(_scores(inner_cv.predictions, inner_cv.calibration, config, c)) for c in candidates}
@@ -316,16 +315,6 @@ class Recipe:
                       self.outer_predictions, self.outer_calibration)
 
 
-def _ordinary_subjects(cohort: Cohort, positions: np.ndarray, config: ExperimentConfig) -> set[str]:
-    """The subjects at ``positions`` of ``cohort.lesions`` that are tested (not training-only)."""
-    lesions = cohort.lesions.iloc[positions]
-    if config.cv.training_only_column is not None:
-        from breastfusion.evaluation.splits import training_only
-
-        lesions = lesions[~training_only(cohort.manifest, cohort.lesions, config.cv.training_only_column)[positions]]
-    return set(lesions["subject_id"].astype(str))
-
-
 def recipe_inner_cv(recipe: Recipe, fold: int, inner_folds: int = 3, *,
                     checkpoint_dir: Path | None = None) -> tuple[CrossValidation, list[set[str]]]:
     """Cross-validate ``recipe`` on the inner folds of outer fold ``fold``'s training side.
@@ -334,7 +323,7 @@ def recipe_inner_cv(recipe: Recipe, fold: int, inner_folds: int = 3, *,
     :func:`nested_recipe_selection` then reads the finished networks instead of training them again.
 
     Returns:
-        The inner cross-validation and, per inner fold, its test subjects (ordinary lesions only).
+        The inner cross-validation and, per inner fold, its test subjects (only ordinary lesions are tested).
     """
     recipe = recipe.prepared()
     outer = seeded_folds(recipe.cohort, recipe.config, recipe.config.cv.seed)
@@ -342,7 +331,7 @@ def recipe_inner_cv(recipe: Recipe, fold: int, inner_folds: int = 3, *,
         raise ValueError(f"outer fold {fold} does not exist; cv.n_splits is {len(outer)}")
     sub, inner = outer_training_cohort(recipe.cohort, recipe.config, outer[fold][0], fold, inner_folds)
     cv = cross_validate(sub, recipe.config, folds=inner, checkpoint_dir=checkpoint_dir)
-    return cv, [_ordinary_subjects(sub, test, recipe.config) for _, test in inner]
+    return cv, [set(sub.lesions.iloc[test]["subject_id"].astype(str)) for _, test in inner]
 
 
 def nested_recipe_selection(recipes: Mapping[str, Recipe], *, inner_folds: int = 3,
