@@ -54,14 +54,13 @@ def recipes(data: Path, work: Path, outer: dict[str, Path]):
     cohorts = {"unpooled": (busi, config),
                "pooled": (pooled_cohort(busi, POOL, data, work),
                           with_overrides(config, {"cv": {"training_only_column": TRAINING_ONLY_COLUMN}}))}
-    out = {}
-    for name, (cohort, cfg) in cohorts.items():
+    def read(name: str, file: str):
         run = outer.get(name)
-        predictions = pd.read_csv(run / "predictions.csv", dtype={"subject_id": str, "lesion_id": str}) if run else None
-        calibration = (pd.read_csv(run / "calibration_predictions.csv", dtype={"subject_id": str, "lesion_id": str})
-                       if run else None)
-        out[name] = Recipe(cohort, cfg, "ultrasound", predictions, calibration)
-    return out
+        return pd.read_csv(run / file, dtype={"subject_id": str, "lesion_id": str}) if run else None
+
+    return {name: Recipe(cohort, cfg, "ultrasound", read(name, "predictions.csv"),
+                         read(name, "calibration_predictions.csv"))
+            for name, (cohort, cfg) in cohorts.items()}
 
 
 def _pairs(text: str) -> tuple[str, str]:

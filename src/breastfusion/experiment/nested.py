@@ -315,6 +315,11 @@ class Recipe:
                       self.outer_predictions, self.outer_calibration)
 
 
+def _tested_subjects(cohort: Cohort, folds: list[tuple[np.ndarray, np.ndarray]]) -> list[set[str]]:
+    """Each fold's test subjects (only ordinary lesions are ever tested)."""
+    return [set(cohort.lesions.iloc[test]["subject_id"].astype(str)) for _, test in folds]
+
+
 def recipe_inner_cv(recipe: Recipe, fold: int, inner_folds: int = 3, *,
                     checkpoint_dir: Path | None = None) -> tuple[CrossValidation, list[set[str]]]:
     """Cross-validate ``recipe`` on the inner folds of outer fold ``fold``'s training side.
@@ -331,7 +336,7 @@ def recipe_inner_cv(recipe: Recipe, fold: int, inner_folds: int = 3, *,
         raise ValueError(f"outer fold {fold} does not exist; cv.n_splits is {len(outer)}")
     sub, inner = outer_training_cohort(recipe.cohort, recipe.config, outer[fold][0], fold, inner_folds)
     cv = cross_validate(sub, recipe.config, folds=inner, checkpoint_dir=checkpoint_dir)
-    return cv, [set(sub.lesions.iloc[test]["subject_id"].astype(str)) for _, test in inner]
+    return cv, _tested_subjects(sub, inner)
 
 
 def nested_recipe_selection(recipes: Mapping[str, Recipe], *, inner_folds: int = 3,
@@ -365,10 +370,9 @@ def nested_recipe_selection(recipes: Mapping[str, Recipe], *, inner_folds: int =
     names = list(prepared)
     first = prepared[names[0]]
     outers = {name: seeded_folds(r.cohort, r.config, r.config.cv.seed) for name, r in prepared.items()}
-    reference = [first.cohort.lesions.iloc[test]["subject_id"].astype(str).pipe(set) for _, test in outers[names[0]]]
-    for name, outer in outers.items():
-        tested = [prepared[name].cohort.lesions.iloc[test]["subject_id"].astype(str).pipe(set) for _, test in outer]
-        if tested != reference:
+    reference = _tested_subjects(first.cohort, outers[names[0]])
+    for name, r in prepared.items():
+        if _tested_subjects(r.cohort, outers[name]) != reference:
             raise ValueError(f"recipe {name!r} tests other subjects in its outer folds than {names[0]!r}; give "
                              "recipes on the same ordinary lesions with the same cv.n_splits and cv.seed")
 
